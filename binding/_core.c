@@ -1,0 +1,1266 @@
+/*
+ * _core.c -- the one CPython binding of the parmapper engine.
+ *
+ * It plugs Python into the engine (engine/include/pm.h): items are pickled
+ * into task records by the produce callback in the parent, unpickled and
+ * passed to the user's function by the work callback in a forked worker,
+ * whose results are pickled back.  The function itself is never pickled: the
+ * worker inherits it with the rest of the parent's memory at fork.
+ *
+ * The engine returns negative codes and never touches Python; every Python
+ * exception is made here.  The rule: a function returning NULL or -1 has an
+ * exception set.
+ *
+ * Objects:
+ *   Caller   -- applies the star/kwstar/args/kwargs table to one item.
+ *   MapIter  -- the iterator parmap() returns for N > 1.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <signal.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "pm.h"
+
+/* Result records start with one byte saying how the rest is laid out. */
+#define REC_PLAIN 0  /* pickle of the list of results */
+#define REC_ERRORS 1 /* pickle of (results, {position: error entry}) */
+
+/* Kinds of error entries. */
+#define ERR_CALL 0  /* raised by the user's function: follows `exception` */
+#define ERR_SHAPE 1 /* item of the wrong shape for star/kwstar: always raised */
+
+enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
+
+/* ------------------------------------------------------------------------ */
+/* Module-level references, filled at import or on first use.               */
+
+static PyObject *pickle_dumps;    /* pickle.dumps */
+static PyObject *pickle_loads;    /* pickle.loads */
+static PyObject *protocol;        /* the pickle protocol, an int */
+static PyObject *ItemShapeError;  /* TypeError subclass, made here */
+static PyObject *errors_module;   /* parmapper._errors, imported lazily */
+
+/* 0 in the caller's process; 1 in a worker of a daemon map; 2 in a worker of
+ * a map with daemon=False. */
+static int in_worker = 0;
+
+/* Worker-side thread state: each thread that runs Python code in a worker
+ * owns one, made once; the GIL is taken per task, never held while waiting. */
+static __thread PyThreadState *tls_tstate = NULL;
+static PyInterpreterState *worker_interp = NULL;
+
+static PyObject *errors_attr(const char *name)
+{
+    if (!errors_module) {
+        errors_module = PyImport_ImportModule("parmapper._errors");
+        if (!errors_module)
+            return NULL;
+    }
+    return PyObject_GetAttrString(errors_module, name);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Caller: the star/kwstar table.                                           */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fun;
+    PyObject *args;   /* tuple */
+    PyObject *kwargs; /* dict or NULL when empty */
+    int star;         /* 0 False, 1 True, -1 None */
+    int kwstar;
+} Caller;
+
+static PyObject *shape_error(Py_ssize_t idx, const char *fmt, PyObject *obj)
+{
+    PyObject *msg = PyUnicode_FromFormat(fmt, (long long)idx,
+                                         Py_TYPE(obj)->tp_name);
+    if (!msg)
+        return NULL;
+    PyObject *exc = PyObject_CallOneArg(ItemShapeError, msg);
+    Py_DECREF(msg);
+    if (!exc)
+        return NULL;
+    PyObject *pi = PyLong_FromSsize_t(idx);
+    if (pi) {
+        PyObject_SetAttrString(exc, "seq_index", pi);
+        Py_DECREF(pi);
+    }
+    PyErr_SetObject(ItemShapeError, exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* Returns a new tuple of the positional values of a star item. */
+static PyObject *star_values(Py_ssize_t idx, PyObject *vals)
+{
+    if (PyTuple_CheckExact(vals)) {
+        Py_INCREF(vals);
+        return vals;
+    }
+    PyObject *t = PySequence_Tuple(vals);
+    if (!t && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        return shape_error(idx,
+                           "item %lld: star=True expects an iterable of "
+                           "positional arguments, got %s",
+                           vals);
+    }
+    return t;
+}
+
+/*
+ * Calls the function on one item.  Returns a new reference, or NULL with an
+ * exception set; *shape is set to 1 when the item itself had the wrong shape
+ * (the function was not called).
+ */
+static PyObject *caller_call(Caller *c, Py_ssize_t idx, PyObject *item,
+                             int *shape)
+{
+    *shape = 0;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(c->args);
+    if (c->star == 0 && !c->kwstar && nargs == 0 && !c->kwargs)
+        return PyObject_CallOneArg(c->fun, item); /* the common case */
+
+    PyObject *vals = item, *kwvals = NULL, *pair = NULL;
+    PyObject *pos = NULL, *kw = NULL, *res = NULL;
+    if (c->kwstar) {
+        if (c->star == -1) {
+            vals = NULL;
+            kwvals = item;
+        } else {
+            if (PyTuple_CheckExact(item)) {
+                pair = item;
+                Py_INCREF(pair);
+            } else {
+                pair = PySequence_Tuple(item);
+                if (!pair) {
+                    if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                        goto done;
+                    PyErr_Clear();
+                }
+            }
+            if (!pair || PyTuple_GET_SIZE(pair) != 2) {
+                shape_error(idx,
+                            "item %lld: kwstar=True expects a pair (vals, "
+                            "kwvals), got %s",
+                            item);
+                *shape = 1;
+                goto done;
+            }
+            vals = PyTuple_GET_ITEM(pair, 0);
+            kwvals = PyTuple_GET_ITEM(pair, 1);
+        }
+    }
+    /* Positional arguments. */
+    if (c->star == 1) {
+        PyObject *t = star_values(idx, vals);
+        if (!t) {
+            *shape = PyErr_ExceptionMatches(ItemShapeError);
+            goto done;
+        }
+        if (nargs) {
+            pos = PySequence_Concat(t, c->args);
+            Py_DECREF(t);
+            if (!pos)
+                goto done;
+        } else {
+            pos = t;
+        }
+    } else if (c->star == 0) {
+        pos = PyTuple_New(1 + nargs);
+        if (!pos)
+            goto done;
+        Py_INCREF(vals);
+        PyTuple_SET_ITEM(pos, 0, vals);
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyObject *a = PyTuple_GET_ITEM(c->args, i);
+            Py_INCREF(a);
+            PyTuple_SET_ITEM(pos, i + 1, a);
+        }
+    } else {
+        pos = c->args;
+        Py_INCREF(pos);
+    }
+    /* Keywords: kwvals win over kwargs. */
+    if (kwvals) {
+        if (!PyDict_Check(kwvals) && !PyMapping_Check(kwvals)) {
+            shape_error(idx,
+                        "item %lld: kwstar=True expects a mapping of keyword "
+                        "arguments (kwvals), got %s",
+                        kwvals);
+            *shape = 1;
+            goto done;
+        }
+        kw = c->kwargs ? PyDict_Copy(c->kwargs) : PyDict_New();
+        if (!kw)
+            goto done;
+        if (PyDict_Update(kw, kwvals) < 0) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError) ||
+                PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Clear();
+                shape_error(idx,
+                            "item %lld: kwstar=True expects a mapping of "
+                            "keyword arguments (kwvals), got %s",
+                            kwvals);
+                *shape = 1;
+            }
+            goto done;
+        }
+        PyObject *key;
+        Py_ssize_t ppos = 0;
+        while (PyDict_Next(kw, &ppos, &key, NULL)) {
+            if (!PyUnicode_Check(key)) {
+                shape_error(idx,
+                            "item %lld: keyword names in kwvals must be "
+                            "strings, got a key of type %s",
+                            key);
+                *shape = 1;
+                goto done;
+            }
+        }
+    } else if (c->kwargs) {
+        kw = c->kwargs;
+        Py_INCREF(kw);
+    }
+    res = PyObject_Call(c->fun, pos, kw);
+done:
+    Py_XDECREF(pair);
+    Py_XDECREF(pos);
+    Py_XDECREF(kw);
+    return res;
+}
+
+static int Caller_init(Caller *self, PyObject *a, PyObject *k)
+{
+    static char *kwlist[] = {"fun", "args", "kwargs", "star", "kwstar", NULL};
+    PyObject *fun, *args, *kwargs, *star;
+    int kwstar;
+    if (!PyArg_ParseTupleAndKeywords(a, k, "OOOOp", kwlist, &fun, &args,
+                                     &kwargs, &star, &kwstar))
+        return -1;
+    if (!PyCallable_Check(fun)) {
+        PyErr_SetString(PyExc_TypeError, "fun must be callable");
+        return -1;
+    }
+    PyObject *t = PySequence_Tuple(args);
+    if (!t)
+        return -1;
+    PyObject *d = NULL;
+    if (kwargs != Py_None) {
+        d = PyDict_New();
+        if (!d || PyDict_Update(d, kwargs) < 0) {
+            Py_DECREF(t);
+            Py_XDECREF(d);
+            return -1;
+        }
+        if (PyDict_GET_SIZE(d) == 0)
+            Py_CLEAR(d);
+    }
+    Py_INCREF(fun);
+    Py_XSETREF(self->fun, fun);
+    Py_XSETREF(self->args, t);
+    Py_XSETREF(self->kwargs, d);
+    if (star == Py_None) {
+        self->star = -1;
+    } else {
+        int s = PyObject_IsTrue(star);
+        if (s < 0)
+            return -1;
+        self->star = s;
+    }
+    self->kwstar = kwstar;
+    return 0;
+}
+
+static PyObject *Caller_call(Caller *self, PyObject *a, PyObject *k)
+{
+    Py_ssize_t idx;
+    PyObject *item;
+    if (k && PyDict_GET_SIZE(k)) {
+        PyErr_SetString(PyExc_TypeError, "Caller takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(a, "nO", &idx, &item))
+        return NULL;
+    int shape;
+    return caller_call(self, idx, item, &shape);
+}
+
+static int Caller_traverse(Caller *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fun);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    return 0;
+}
+
+static int Caller_clear(Caller *self)
+{
+    Py_CLEAR(self->fun);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    return 0;
+}
+
+static void Caller_dealloc(Caller *self)
+{
+    PyObject_GC_UnTrack(self);
+    Caller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CallerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parmapper._core.Caller",
+    .tp_basicsize = sizeof(Caller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Caller(fun, args, kwargs, star, kwstar)(index, item): call fun "
+              "on one item as the star/kwstar table says.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Caller_init,
+    .tp_call = (ternaryfunc)Caller_call,
+    .tp_traverse = (traverseproc)Caller_traverse,
+    .tp_clear = (inquiry)Caller_clear,
+    .tp_dealloc = (destructor)Caller_dealloc,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Pickling helpers.                                                        */
+
+static PyObject *dumps(PyObject *obj)
+{
+    PyObject *argv[2] = {obj, protocol};
+    return PyObject_Vectorcall(pickle_dumps, argv, 2, NULL);
+}
+
+static PyObject *loads_mem(const void *p, size_t n)
+{
+    PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
+    if (!mv)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(pickle_loads, mv);
+    Py_DECREF(mv);
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* MapIter.                                                                 */
+
+typedef struct {
+    PyObject_HEAD
+    Caller *caller;
+    PyObject *it;         /* iterator over the input */
+    pm_map *map;
+    pm_options opt;
+    Py_ssize_t chunksize;
+    int mode;
+    int daemon;
+    int started;
+    int finished;
+    int running;          /* __next__ in progress (guards re-entry) */
+    Py_ssize_t next_index; /* index of the next item pulled from the input */
+    PyObject *task_bytes;  /* the pickled task handed to the engine */
+    PyThreadState *save;   /* the parent's thread state while it waits */
+    /* The chunk being handed out. */
+    PyObject *chunk;       /* list of results */
+    PyObject *chunk_errors; /* dict position -> entry, or NULL */
+    Py_ssize_t chunk_pos;
+    Py_ssize_t chunk_first;
+} MapIter;
+
+/* --- engine callbacks, parent side --- */
+
+static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
+{
+    MapIter *self = ctx;
+    Py_CLEAR(self->task_bytes);
+    PyObject *items = PyList_New(0);
+    if (!items)
+        return PM_ECALLBACK;
+    for (Py_ssize_t k = 0; k < self->chunksize; k++) {
+        PyObject *x = PyIter_Next(self->it);
+        if (!x) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(items);
+                return PM_ECALLBACK;
+            }
+            break;
+        }
+        int rc = PyList_Append(items, x);
+        Py_DECREF(x);
+        if (rc < 0) {
+            Py_DECREF(items);
+            return PM_ECALLBACK;
+        }
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (n == 0) {
+        Py_DECREF(items);
+        return 0;
+    }
+    PyObject *b = dumps(items);
+    if (!b) {
+        /* Name the item that cannot be sent. */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        Py_ssize_t bad = 0;
+        PyObject *bad_item = PyList_GET_ITEM(items, 0);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *t = dumps(PyList_GET_ITEM(items, k));
+            if (!t) {
+                PyErr_Clear();
+                bad = k;
+                bad_item = PyList_GET_ITEM(items, k);
+                break;
+            }
+            Py_DECREF(t);
+        }
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *msg = PyUnicode_FromFormat(
+            "item %zd: cannot pickle the item (type %s) to send it to a "
+            "worker process: %S",
+            self->next_index + bad, Py_TYPE(bad_item)->tp_name,
+            ev ? ev : Py_None);
+        PyObject *cls = errors_attr("ItemPicklingError");
+        if (msg && cls) {
+            PyObject *exc = PyObject_CallOneArg(cls, msg);
+            if (exc) {
+                PyObject *pi = PyLong_FromSsize_t(self->next_index + bad);
+                if (pi) {
+                    PyObject_SetAttrString(exc, "seq_index", pi);
+                    Py_DECREF(pi);
+                }
+                if (ev) {
+                    Py_INCREF(ev);
+                    PyException_SetCause(exc, ev);
+                }
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+        }
+        Py_XDECREF(msg);
+        Py_XDECREF(cls);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        Py_DECREF(items);
+        return PM_ECALLBACK;
+    }
+    Py_DECREF(items);
+    task->first = (uint64_t)self->next_index;
+    task->count = (uint32_t)n;
+    self->next_index += n;
+    self->task_bytes = b;
+    *data = PyBytes_AS_STRING(b);
+    *len = (size_t)PyBytes_GET_SIZE(b);
+    return 1;
+}
+
+static void hook_before_fork(void *ctx)
+{
+    (void)ctx;
+    PyOS_BeforeFork();
+}
+
+static void hook_after_fork_parent(void *ctx)
+{
+    (void)ctx;
+    PyOS_AfterFork_Parent();
+}
+
+static void hook_after_fork_child(void *ctx, int worker)
+{
+    MapIter *self = ctx;
+    (void)worker;
+    PyOS_AfterFork_Child();
+    in_worker = self->daemon ? 1 : 2;
+    worker_interp = PyThreadState_Get()->interp;
+    /* The GIL is never held while the worker waits for a task, so threads
+     * the user's function starts keep running between tasks. */
+    tls_tstate = PyEval_SaveThread();
+}
+
+static void flush_std(void)
+{
+    static const char *names[] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *f = PySys_GetObject(names[i]);
+        if (f && f != Py_None) {
+            PyObject *r = PyObject_CallMethod(f, "flush", NULL);
+            if (!r)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
+    }
+}
+
+static void gil_take(void)
+{
+    if (!tls_tstate)
+        tls_tstate = PyThreadState_New(worker_interp);
+    PyEval_RestoreThread(tls_tstate);
+}
+
+static void hook_worker_exit(void *ctx)
+{
+    (void)ctx;
+    /* Flush only what this worker wrote: the parent flushed its own buffers
+     * before forking, so nothing of the parent's is written twice. */
+    gil_take();
+    flush_std();
+}
+
+static void hook_wait_begin(void *ctx)
+{
+    MapIter *self = ctx;
+    self->save = PyEval_SaveThread();
+}
+
+static void hook_wait_end(void *ctx)
+{
+    MapIter *self = ctx;
+    PyEval_RestoreThread(self->save);
+    self->save = NULL;
+}
+
+static int hook_check(void *ctx)
+{
+    (void)ctx;
+    return PyErr_CheckSignals() < 0 ? PM_ECALLBACK : 0;
+}
+
+/* --- engine callbacks, worker side --- */
+
+/* Describes the exception being handled as an error entry
+ * (exc or None, type name, message, traceback text, kind); clears it. */
+static PyObject *error_entry(Py_ssize_t idx, int kind)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    PyObject *tname = NULL, *msg = NULL, *tb = NULL, *entry = NULL;
+    PyObject *exc = ev ? ev : Py_None;
+    Py_INCREF(exc);
+    tname = PyUnicode_FromString(et ? ((PyTypeObject *)et)->tp_name : "?");
+    msg = ev ? PyObject_Str(ev) : PyUnicode_FromString("");
+    if (!msg) {
+        PyErr_Clear();
+        msg = PyUnicode_FromString("<exception str() failed>");
+    }
+    /* The worker's traceback, as text: tracebacks cannot be pickled. */
+    PyObject *tbmod = PyImport_ImportModule("traceback");
+    if (tbmod && ev) {
+        PyObject *lines = PyObject_CallMethod(tbmod, "format_exception",
+                                              "OOO", et, ev,
+                                              etb ? etb : Py_None);
+        if (lines) {
+            PyObject *empty = PyUnicode_FromString("");
+            if (empty) {
+                tb = PyUnicode_Join(empty, lines);
+                Py_DECREF(empty);
+            }
+            Py_DECREF(lines);
+        }
+    }
+    Py_XDECREF(tbmod);
+    if (!tb) {
+        PyErr_Clear();
+        tb = PyUnicode_FromString("");
+    }
+    /* An exception that does not survive a pickle round trip is sent as its
+     * type name and message only. */
+    if (exc != Py_None) {
+        PyObject *b = dumps(exc);
+        PyObject *back = b ? PyObject_CallOneArg(pickle_loads, b) : NULL;
+        if (!back) {
+            PyErr_Clear();
+            Py_DECREF(exc);
+            exc = Py_None;
+            Py_INCREF(exc);
+        }
+        Py_XDECREF(back);
+        Py_XDECREF(b);
+    }
+    if (tname && msg && tb)
+        entry = Py_BuildValue("(OOOOi)", exc, tname, msg, tb, kind);
+    Py_DECREF(exc);
+    Py_XDECREF(tname);
+    Py_XDECREF(msg);
+    Py_XDECREF(tb);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(etb);
+    (void)idx;
+    return entry;
+}
+
+/* Replaces each result that cannot be pickled by an error naming it. */
+static int sanitize_results(PyObject *results, PyObject **errors,
+                            Py_ssize_t first)
+{
+    Py_ssize_t n = PyList_GET_SIZE(results);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *r = PyList_GET_ITEM(results, j);
+        if (*errors) {
+            PyObject *pj = PyLong_FromSsize_t(j);
+            int has = pj ? PyDict_Contains(*errors, pj) : -1;
+            Py_XDECREF(pj);
+            if (has)
+                continue;
+        }
+        PyObject *b = dumps(r);
+        if (b) {
+            Py_DECREF(b);
+            continue;
+        }
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *cls = errors_attr("ResultPicklingError");
+        if (!cls)
+            return -1;
+        PyObject *exc = PyObject_CallFunction(
+            cls, "N",
+            PyUnicode_FromFormat("item %zd: the result (type %s) cannot be "
+                                 "pickled to send it back from the worker: %S",
+                                 first + j, Py_TYPE(r)->tp_name,
+                                 ev ? ev : Py_None));
+        Py_DECREF(cls);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        if (!exc)
+            return -1;
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        PyObject *entry = error_entry(first + j, ERR_CALL);
+        if (!entry)
+            return -1;
+        if (!*errors && !(*errors = PyDict_New())) {
+            Py_DECREF(entry);
+            return -1;
+        }
+        PyObject *pj = PyLong_FromSsize_t(j);
+        int rc = pj ? PyDict_SetItem(*errors, pj, entry) : -1;
+        Py_XDECREF(pj);
+        Py_DECREF(entry);
+        if (rc < 0)
+            return -1;
+        Py_INCREF(Py_None);
+        PyList_SetItem(results, j, Py_None);
+    }
+    return 0;
+}
+
+/* Runs one task in a worker.  Returns 0, or -1 when the worker must stop
+ * (exception='proc', or the results cannot be sent at all). */
+static int work_run(MapIter *self, const pm_task *task, const void *in,
+                    size_t len, pm_writer *out)
+{
+    int ret = -1;
+    PyObject *items = NULL, *results = NULL, *errors = NULL, *payload = NULL;
+    PyObject *b = NULL;
+    Py_ssize_t first = (Py_ssize_t)task->first;
+
+    items = loads_mem(in, len);
+    if (!items || !PyList_Check(items))
+        goto fatal;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    results = PyList_New(n);
+    if (!results)
+        goto fatal;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int shape = 0;
+        PyObject *r = caller_call(self->caller, first + j,
+                                  PyList_GET_ITEM(items, j), &shape);
+        if (!r) {
+            if (self->mode == MODE_PROC && !shape) {
+                /* The original's debugging mode: the exception propagates
+                 * in the worker, which prints it and dies; the parent names
+                 * the item. */
+                PyErr_Print();
+                goto fatal;
+            }
+            PyObject *entry = error_entry(first + j, shape ? ERR_SHAPE : ERR_CALL);
+            if (!entry)
+                goto fatal;
+            if (!errors && !(errors = PyDict_New())) {
+                Py_DECREF(entry);
+                goto fatal;
+            }
+            PyObject *pj = PyLong_FromSsize_t(j);
+            int rc = pj ? PyDict_SetItem(errors, pj, entry) : -1;
+            Py_XDECREF(pj);
+            Py_DECREF(entry);
+            if (rc < 0)
+                goto fatal;
+            r = Py_None;
+            Py_INCREF(r);
+        }
+        PyList_SET_ITEM(results, j, r);
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (errors)
+            payload = PyTuple_Pack(2, results, errors);
+        else {
+            payload = results;
+            Py_INCREF(payload);
+        }
+        if (!payload)
+            goto fatal;
+        b = dumps(payload);
+        Py_CLEAR(payload);
+        if (b)
+            break;
+        if (attempt == 1)
+            goto fatal;
+        PyErr_Clear();
+        if (sanitize_results(results, &errors, first) < 0)
+            goto fatal;
+    }
+    unsigned char kind = errors ? REC_ERRORS : REC_PLAIN;
+    char *data = PyBytes_AS_STRING(b);
+    Py_ssize_t blen = PyBytes_GET_SIZE(b);
+    /* Write without the GIL: the ring may be full until the parent reads. */
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = pm_write(out, &kind, 1);
+    if (rc == 0)
+        rc = pm_write(out, data, (size_t)blen);
+    PyEval_RestoreThread(ts);
+    ret = rc < 0 ? -1 : 0;
+    goto done;
+fatal:
+    if (PyErr_Occurred())
+        PyErr_Print();
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(results);
+    Py_XDECREF(errors);
+    Py_XDECREF(b);
+    return ret;
+}
+
+static int work_cb(void *ctx, const pm_task *task, const void *in, size_t len,
+                   pm_writer *out)
+{
+    gil_take();
+    int rc = work_run((MapIter *)ctx, task, in, len, out);
+    if (rc < 0)
+        flush_std(); /* the process exits next: keep its traceback */
+    tls_tstate = PyEval_SaveThread();
+    return rc;
+}
+
+/* --- the iterator --- */
+
+static void map_teardown(MapIter *self)
+{
+    if (self->map) {
+        pm_map *m = self->map;
+        self->map = NULL;
+        pm_map_destroy(m);
+    }
+    Py_CLEAR(self->task_bytes);
+    self->finished = 1;
+}
+
+/* Teardown that keeps the exception being raised. */
+static void map_teardown_keep_error(MapIter *self)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    map_teardown(self);
+    PyErr_Restore(et, ev, etb);
+}
+
+static PyObject *format_range_list(const pm_death *d, PyObject **indices)
+{
+    *indices = PyList_New(0);
+    if (!*indices)
+        return NULL;
+    PyObject *parts = PyList_New(0);
+    if (!parts)
+        return NULL;
+    for (size_t i = 0; i < d->nlost; i++) {
+        uint64_t a = d->lost[i].first, n = d->lost[i].count;
+        for (uint64_t k = 0; k < n; k++) {
+            PyObject *v = PyLong_FromUnsignedLongLong(a + k);
+            if (!v || PyList_Append(*indices, v) < 0) {
+                Py_XDECREF(v);
+                Py_DECREF(parts);
+                return NULL;
+            }
+            Py_DECREF(v);
+        }
+        PyObject *s = n == 1 ? PyUnicode_FromFormat("%llu", (unsigned long long)a)
+                             : PyUnicode_FromFormat("%llu-%llu",
+                                                    (unsigned long long)a,
+                                                    (unsigned long long)(a + n - 1));
+        if (!s || PyList_Append(parts, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(parts);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    PyObject *sep = PyUnicode_FromString(", ");
+    PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    return joined;
+}
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGKILL: return "SIGKILL";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGQUIT: return "SIGQUIT";
+    default: return "signal";
+    }
+}
+
+/* Sets the Python exception for an engine error code. */
+static void raise_engine_error(MapIter *self, int rc)
+{
+    if (rc == PM_ECALLBACK) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError,
+                            "parmapper: callback failed without an exception");
+        return;
+    }
+    if (rc == PM_EWORKERDIED) {
+        const pm_death *d = pm_map_death(self->map);
+        PyObject *cls = errors_attr("WorkerDiedError");
+        if (!cls || !d)
+            return;
+        PyObject *indices = NULL;
+        PyObject *items = format_range_list(d, &indices);
+        PyObject *how;
+        if (d->signal) {
+            how = PyUnicode_FromFormat("was killed by signal %d (%s)",
+                                       d->signal, signal_name(d->signal));
+        } else {
+            how = PyUnicode_FromFormat("exited with code %d", d->exit_code);
+        }
+        PyObject *what =
+            d->nlost ? PyUnicode_FromFormat("while running item%s %S",
+                                            (d->nlost == 1 && d->lost[0].count == 1) ? "" : "s",
+                                            items)
+                     : PyUnicode_FromString("with no item in flight, and no "
+                                            "worker is left to finish the map");
+        const char *hint =
+            (self->mode == MODE_PROC && d->exit_code == 70)
+                ? " (exception='proc': the exception propagated inside the "
+                  "worker; its traceback is printed above)"
+                : "";
+        PyObject *msg = (how && what)
+            ? PyUnicode_FromFormat("parmap worker process %d %S %S%s",
+                                   (int)d->pid, how, what, hint)
+            : NULL;
+        PyObject *exc = msg ? PyObject_CallOneArg(cls, msg) : NULL;
+        if (exc) {
+            PyObject *v;
+            v = PyLong_FromLong(d->pid);
+            if (v) { PyObject_SetAttrString(exc, "pid", v); Py_DECREF(v); }
+            if (d->signal) { v = Py_None; Py_INCREF(v); }
+            else v = PyLong_FromLong(d->exit_code);
+            if (v) { PyObject_SetAttrString(exc, "exitcode", v); Py_DECREF(v); }
+            v = d->signal ? PyLong_FromLong(d->signal) : (Py_INCREF(Py_None), Py_None);
+            if (v) { PyObject_SetAttrString(exc, "signal", v); Py_DECREF(v); }
+            PyObject_SetAttrString(exc, "seq_indices", indices);
+            if (PyList_GET_SIZE(indices) > 0)
+                PyObject_SetAttrString(exc, "seq_index",
+                                       PyList_GET_ITEM(indices, 0));
+            PyErr_SetObject(cls, exc);
+            Py_DECREF(exc);
+        }
+        Py_XDECREF(msg);
+        Py_XDECREF(how);
+        Py_XDECREF(what);
+        Py_XDECREF(items);
+        Py_XDECREF(indices);
+        Py_DECREF(cls);
+        return;
+    }
+    PyObject *cls = errors_attr("ParmapperError");
+    if (!cls)
+        return;
+    if (rc > -4000 && rc < 0)
+        PyErr_Format(cls, "parmap engine: %s (errno %d)", pm_strerror(rc), -rc);
+    else
+        PyErr_Format(cls, "parmap engine: %s", pm_strerror(rc));
+    Py_DECREF(cls);
+}
+
+/* Builds the exception an error entry describes, with seq_index and the
+ * remote traceback as its cause.  Returns a new reference; *kind is set. */
+static PyObject *entry_exception(PyObject *entry, Py_ssize_t idx, int *kind)
+{
+    PyObject *exc, *tname, *msg, *tb;
+    if (!PyArg_ParseTuple(entry, "OOOOi", &exc, &tname, &msg, &tb, kind))
+        return NULL;
+    if (exc == Py_None) {
+        PyObject *cls = errors_attr("RemoteError");
+        if (!cls)
+            return NULL;
+        exc = PyObject_CallFunction(
+            cls, "NOO",
+            PyUnicode_FromFormat("%U: %U (the original exception could not "
+                                 "be pickled)",
+                                 tname, msg),
+            tname, msg);
+        Py_DECREF(cls);
+        if (!exc)
+            return NULL;
+    } else {
+        Py_INCREF(exc);
+    }
+    PyObject *pi = PyLong_FromSsize_t(idx);
+    if (!pi || PyObject_SetAttrString(exc, "seq_index", pi) < 0)
+        PyErr_Clear(); /* an exception type with __slots__: keep going */
+    Py_XDECREF(pi);
+    if (PyUnicode_GET_LENGTH(tb) > 0) {
+        PyObject *cls = errors_attr("RemoteTraceback");
+        PyObject *cause = cls ? PyObject_CallOneArg(cls, tb) : NULL;
+        Py_XDECREF(cls);
+        if (!cause) {
+            Py_DECREF(exc);
+            return NULL;
+        }
+        PyException_SetCause(exc, cause); /* steals */
+    }
+    return exc;
+}
+
+static int decode_result(MapIter *self, const pm_result *res)
+{
+    const unsigned char *p = res->data;
+    if (res->len < 1) {
+        PyErr_SetString(PyExc_RuntimeError, "parmapper: empty result record");
+        return -1;
+    }
+    PyObject *obj = loads_mem(p + 1, res->len - 1);
+    if (!obj)
+        return -1;
+    PyObject *results = obj, *errors = NULL;
+    if (p[0] == REC_ERRORS) {
+        if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {
+            Py_DECREF(obj);
+            PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
+            return -1;
+        }
+        results = PyTuple_GET_ITEM(obj, 0);
+        errors = PyTuple_GET_ITEM(obj, 1);
+        Py_INCREF(results);
+        Py_INCREF(errors);
+        Py_DECREF(obj);
+    }
+    if (!PyList_Check(results) ||
+        PyList_GET_SIZE(results) != (Py_ssize_t)res->task.count) {
+        Py_DECREF(results);
+        Py_XDECREF(errors);
+        PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
+        return -1;
+    }
+    Py_XSETREF(self->chunk, results);
+    Py_XSETREF(self->chunk_errors, errors);
+    self->chunk_pos = 0;
+    self->chunk_first = (Py_ssize_t)res->task.first;
+    return 0;
+}
+
+static int map_begin(MapIter *self)
+{
+    pm_hooks hooks = {
+        .ctx = self,
+        .before_fork = hook_before_fork,
+        .after_fork_parent = hook_after_fork_parent,
+        .after_fork_child = hook_after_fork_child,
+        .worker_exit = hook_worker_exit,
+        .wait_begin = hook_wait_begin,
+        .wait_end = hook_wait_end,
+        .check = hook_check,
+    };
+    int rc = pm_map_create(&self->map, &self->opt, produce_cb, self, work_cb,
+                           self, &hooks);
+    if (rc < 0) {
+        raise_engine_error(self, rc);
+        return -1;
+    }
+    /* Children must not inherit unflushed output they would write again. */
+    flush_std();
+    rc = pm_map_start(self->map);
+    if (rc < 0) {
+        raise_engine_error(self, rc);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *MapIter_next(MapIter *self)
+{
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "parmap iterator already executing");
+        return NULL;
+    }
+    for (;;) {
+        if (self->chunk && self->chunk_pos < PyList_GET_SIZE(self->chunk)) {
+            Py_ssize_t j = self->chunk_pos++;
+            if (self->chunk_errors) {
+                PyObject *pj = PyLong_FromSsize_t(j);
+                PyObject *entry = pj ? PyDict_GetItemWithError(self->chunk_errors, pj) : NULL;
+                Py_XDECREF(pj);
+                if (entry) {
+                    int kind = ERR_CALL;
+                    PyObject *exc = entry_exception(entry, self->chunk_first + j, &kind);
+                    if (!exc)
+                        return NULL;
+                    if (self->mode == MODE_RETURN && kind == ERR_CALL)
+                        return exc;
+                    map_teardown(self);
+                    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                    Py_DECREF(exc);
+                    return NULL;
+                }
+                if (PyErr_Occurred())
+                    return NULL;
+            }
+            PyObject *r = PyList_GET_ITEM(self->chunk, j);
+            Py_INCREF(r);
+            return r;
+        }
+        Py_CLEAR(self->chunk);
+        Py_CLEAR(self->chunk_errors);
+        if (self->finished)
+            return NULL;
+        self->running = 1;
+        if (!self->started) {
+            self->started = 1;
+            if (map_begin(self) < 0) {
+                self->running = 0;
+                map_teardown_keep_error(self);
+                return NULL;
+            }
+        }
+        pm_result res;
+        int rc = pm_map_next(self->map, &res);
+        if (rc == 1) {
+            rc = decode_result(self, &res);
+            self->running = 0;
+            if (rc < 0) {
+                map_teardown_keep_error(self);
+                return NULL;
+            }
+            continue;
+        }
+        self->running = 0;
+        if (rc == 0) {
+            map_teardown(self);
+            return NULL;
+        }
+        raise_engine_error(self, rc);
+        map_teardown_keep_error(self);
+        return NULL;
+    }
+}
+
+static PyObject *MapIter_close(MapIter *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "parmap iterator already executing");
+        return NULL;
+    }
+    map_teardown(self);
+    Py_CLEAR(self->chunk);
+    Py_CLEAR(self->chunk_errors);
+    Py_RETURN_NONE;
+}
+
+static PyObject *MapIter_pids(MapIter *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *l = PyList_New(0);
+    if (!l || !self->map)
+        return l;
+    int n;
+    const pid_t *p = pm_map_pids(self->map, &n);
+    for (int i = 0; i < n; i++) {
+        if (!p[i])
+            continue;
+        PyObject *v = PyLong_FromLong(p[i]);
+        if (!v || PyList_Append(l, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(l);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return l;
+}
+
+static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
+{
+    static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
+                             "chunksize", "ordered", "mode", "daemon",
+                             "window", "ring_bytes", NULL};
+    PyObject *caller, *seq;
+    int nproc, nthreads, ordered, mode, daemon, window = 0;
+    Py_ssize_t chunksize, ring = 0;
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|in", kwlist, &CallerType,
+                                     &caller, &seq, &nproc, &nthreads,
+                                     &chunksize, &ordered, &mode, &daemon,
+                                     &window, &ring))
+        return -1;
+    if (nproc < 1 || nthreads < 1 || chunksize < 1 || mode < 0 || mode > 2 ||
+        window < 0 || ring < 0) {
+        PyErr_SetString(PyExc_ValueError, "MapIter: bad option");
+        return -1;
+    }
+    PyObject *it = PyObject_GetIter(seq);
+    if (!it)
+        return -1;
+    Py_INCREF(caller);
+    Py_XSETREF(self->caller, (Caller *)caller);
+    Py_XSETREF(self->it, it);
+    pm_options_init(&self->opt);
+    self->opt.nproc = nproc;
+    self->opt.nthreads = nthreads;
+    self->opt.ordered = ordered;
+    self->opt.window = window;
+    self->opt.ring_bytes = (size_t)ring;
+    self->chunksize = chunksize;
+    self->mode = mode;
+    self->daemon = daemon;
+    return 0;
+}
+
+static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->caller);
+    Py_VISIT(self->it);
+    Py_VISIT(self->chunk);
+    Py_VISIT(self->chunk_errors);
+    return 0;
+}
+
+static int MapIter_clear(MapIter *self)
+{
+    Py_CLEAR(self->caller);
+    Py_CLEAR(self->it);
+    Py_CLEAR(self->chunk);
+    Py_CLEAR(self->chunk_errors);
+    return 0;
+}
+
+static void MapIter_dealloc(MapIter *self)
+{
+    PyObject_GC_UnTrack(self);
+    /* Garbage collection of a half-consumed iterator stops its workers. */
+    if (self->map)
+        map_teardown_keep_error(self);
+    MapIter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef MapIter_methods[] = {
+    {"close", (PyCFunction)MapIter_close, METH_NOARGS,
+     "Stop the workers now and release everything; iteration ends."},
+    {"_pids", (PyCFunction)MapIter_pids, METH_NOARGS,
+     "Process ids of the running workers (diagnostics)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject MapIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "parmapper._core.MapIter",
+    .tp_basicsize = sizeof(MapIter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Iterator over the results of a map run by forked workers.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)MapIter_init,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)MapIter_next,
+    .tp_methods = MapIter_methods,
+    .tp_traverse = (traverseproc)MapIter_traverse,
+    .tp_clear = (inquiry)MapIter_clear,
+    .tp_dealloc = (destructor)MapIter_dealloc,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Module.                                                                  */
+
+static PyObject *mod_in_worker(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return PyLong_FromLong(in_worker);
+}
+
+static PyMethodDef module_methods[] = {
+    {"in_worker", mod_in_worker, METH_NOARGS,
+     "0 in the caller's process, 1 in a worker of a daemon map, 2 in a "
+     "worker of a map with daemon=False."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int add_object(PyObject *m, const char *name, PyObject *o)
+{
+    Py_INCREF(o);
+    if (PyModule_AddObject(m, name, o) < 0) {
+        Py_DECREF(o);
+        return -1;
+    }
+    return 0;
+}
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "parmapper._core",
+    "The CPython binding of the parmapper C engine.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m)
+        return NULL;
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    if (!pickle)
+        goto fail;
+    pickle_dumps = PyObject_GetAttrString(pickle, "dumps");
+    pickle_loads = PyObject_GetAttrString(pickle, "loads");
+    protocol = PyObject_GetAttrString(pickle, "HIGHEST_PROTOCOL");
+    Py_DECREF(pickle);
+    if (!pickle_dumps || !pickle_loads || !protocol)
+        goto fail;
+    ItemShapeError = PyErr_NewExceptionWithDoc(
+        "parmapper.ItemShapeError",
+        "An item does not have the shape star/kwstar asks for; a TypeError "
+        "that names the item's index (seq_index).",
+        PyExc_TypeError, NULL);
+    if (!ItemShapeError || add_object(m, "ItemShapeError", ItemShapeError) < 0)
+        goto fail;
+    if (PyType_Ready(&CallerType) < 0 || PyType_Ready(&MapIterType) < 0)
+        goto fail;
+    if (add_object(m, "Caller", (PyObject *)&CallerType) < 0 ||
+        add_object(m, "MapIter", (PyObject *)&MapIterType) < 0)
+        goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

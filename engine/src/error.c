@@ -1,0 +1,45 @@
+/* error.c -- messages and names for the engine's error codes. */
+#include <errno.h>
+#include <string.h>
+
+#include "pm.h"
+
+const char *pm_strerror(int err)
+{
+    switch (err) {
+#define PM__MSG(name, code, msg)                                               \
+    case PM_E##name:                                                           \
+        return msg;
+        PM_ERRNO_MAP(PM__MSG)
+#undef PM__MSG
+    case 0:
+        return "success";
+    default:
+        return err < 0 ? strerror(-err) : "unknown error";
+    }
+}
+
+const char *pm_errname(int err)
+{
+    switch (err) {
+#define PM__NAME(name, code, msg)                                              \
+    case PM_E##name:                                                           \
+        return "PM_E" #name;
+        PM_ERRNO_MAP(PM__NAME)
+#undef PM__NAME
+    case -ENOMEM:
+        return "ENOMEM";
+    case -EINVAL:
+        return "EINVAL";
+    case -EAGAIN:
+        return "EAGAIN";
+    case -EINTR:
+        return "EINTR";
+    case -ECHILD:
+        return "ECHILD";
+    case -ETIMEDOUT:
+        return "ETIMEDOUT";
+    default:
+        return "UNKNOWN";
+    }
+}

@@ -1,0 +1,145 @@
+/*
+ * internal.h -- the engine's shared declarations: memory layout, the map
+ * object, and the functions the engine's files call in each other.
+ */
+#ifndef PM_INTERNAL_H
+#define PM_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "pm.h"
+#include "ring.h"
+#include "wait.h"
+
+#define PM_DEFAULT_WINDOW 32
+#define PM_DEFAULT_RING (1u << 20)
+#define PM_MSG_MAGIC 0x4d41504du /* "MPAM" */
+#define PM_WORKER_FATAL_EXIT 70  /* the work function asked to stop */
+#define PM_WORKER_CORRUPT_EXIT 71
+
+/* Every task and result message starts with this header; results echo the
+ * task's, so the parent can check that the bytes it reads answer the task it
+ * expects from that slot. */
+typedef struct pm_msg_hdr {
+    uint64_t first;
+    uint32_t count;
+    uint32_t magic;
+} pm_msg_hdr;
+
+/* Shared: the parent's bell, in a mapping of its own. */
+typedef struct pm_ctl {
+    pm_bell parent;
+} pm_ctl;
+
+/* Shared, at the start of each worker's own mapping. */
+typedef struct pm_wctl {
+    _Alignas(64) _Atomic uint32_t stop; /* the parent asks the worker to exit */
+} pm_wctl;
+
+/* Shared, at the start of each slot (one thread of one worker). */
+typedef struct pm_slot_ctl {
+    pm_bell bell; /* the worker thread sleeps here */
+} pm_slot_ctl;
+
+/* Parent's private view of one slot. */
+typedef struct pm_slot {
+    int worker;
+    pm_slot_ctl *ctl;
+    pm_ring *task_ring;
+    pm_ring *result_ring;
+    pm_ring_tx tx; /* tasks, parent -> worker */
+    pm_ring_rx rx; /* results, worker -> parent */
+    /* Tasks in flight on this slot, oldest first (capacity: window). */
+    pm_task *fifo;
+    uint32_t fifo_head;
+    uint32_t fifo_n;
+    /* The rest of a task message that did not fit in the ring yet. */
+    unsigned char *pend;
+    size_t pend_len, pend_off, pend_cap;
+    int pend_active; /* bytes or the end marker still to write */
+    /* A result that came in several fragments, or wrapped around. */
+    unsigned char *asm_buf;
+    size_t asm_len, asm_cap;
+    int asm_active;
+} pm_slot;
+
+enum { PM_W_IDLE = 0, PM_W_RUNNING, PM_W_REAPED };
+
+typedef struct pm_worker {
+    pid_t pid;
+    int state;
+    int status; /* raw wait status once reaped */
+    void *shm;
+    size_t shm_len;
+    pm_wctl *wctl;
+} pm_worker;
+
+struct pm_map {
+    pid_t creator;
+    pm_options opt;
+    pm_produce_fn produce;
+    void *produce_ctx;
+    pm_work_fn work;
+    void *work_ctx;
+    pm_hooks hooks;
+
+    pm_ctl *ctl;
+    pm_worker *workers;
+    pid_t *pids; /* for pm_map_pids: running workers' pids, else 0 */
+    pm_slot *slots;
+    int nslots;
+    size_t slot_bytes;
+
+    int started;
+    int input_done;
+    int error;           /* sticky error code */
+    uint64_t next_seq;   /* tasks produced */
+    uint64_t next_deliver;
+    uint64_t outstanding; /* produced and not yet delivered */
+    uint64_t win;         /* power of two >= nslots * window */
+    int32_t *slot_of;     /* slot of task seq, at seq & (win - 1) */
+    int rr;               /* unordered delivery: slot to look at first */
+    unsigned checks;      /* deliveries since the last check hook */
+
+    int held_slot;        /* fragment delivered in place, consumed next call */
+    pm_frag held;
+
+    pm_spin spin;
+    pm_death death;
+    pm_task *lost;
+};
+
+/* proc.c */
+
+/* Forks worker w.  In the child: runs the after_fork_child hook, arranges to
+ * die with the parent, ignores SIGINT, unmaps the other workers' memory and
+ * runs pm__worker_main(); it never returns.  Returns 0 in the parent, or the
+ * -errno of fork(). */
+int pm__spawn(pm_map *m, int w);
+
+/* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
+ * still running, or when it was not running. */
+int pm__try_reap(pm_map *m, int w);
+
+/* Stops every running worker: asks politely, waits up to grace_ms, then
+ * SIGKILLs and reaps the rest. */
+void pm__stop_all(pm_map *m, int grace_ms);
+
+/* Fills m->death for worker w from its wait status and its slots' FIFOs. */
+void pm__record_death(pm_map *m, int w);
+
+/* worker.c */
+
+/* The worker process: serves its slots (one thread each when nthreads > 1)
+ * until asked to stop or the parent dies, then runs the worker_exit hook and
+ * _exits.  Never returns. */
+void pm__worker_main(pm_map *m, int w) __attribute__((noreturn));
+
+/* map.c */
+
+/* Address of slot s of worker w inside the worker's mapping. */
+pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t);
+
+#endif

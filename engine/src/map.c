@@ -1,0 +1,570 @@
+/* map.c -- the parent side: shared memory, dispatch, delivery, teardown. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define PARENT_SLEEP_MS 50
+#define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
+#define STOP_GRACE_MS 200
+
+#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
+
+void pm_options_init(pm_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->nproc = 1;
+    o->nthreads = 1;
+    o->ordered = 1;
+}
+
+static size_t ring_bytes(const pm_map *m)
+{
+    return ALIGN64(pm__ring_size(m->opt.ring_bytes));
+}
+
+pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t)
+{
+    unsigned char *base = m->workers[w].shm;
+    return (pm_slot_ctl *)(base + ALIGN64(sizeof(pm_wctl)) +
+                           (size_t)t * m->slot_bytes);
+}
+
+static void *map_shared(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static uint64_t pow2_at_least(uint64_t x)
+{
+    uint64_t p = 1;
+    while (p < x)
+        p <<= 1;
+    return p;
+}
+
+int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
+                  void *produce_ctx, pm_work_fn work, void *work_ctx,
+                  const pm_hooks *hooks)
+{
+    int err = 0;
+    pm_map *m = NULL;
+    *out = NULL;
+    if (!opt || !produce || !work || opt->nproc < 1 || opt->nthreads < 1 ||
+        opt->window < 0 || opt->nproc > 4096 || opt->nthreads > 4096)
+        return -EINVAL;
+    if (opt->ring_bytes &&
+        (opt->ring_bytes < 4096 || (opt->ring_bytes & (opt->ring_bytes - 1))))
+        return -EINVAL;
+
+    m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->creator = getpid();
+    m->opt = *opt;
+    if (!m->opt.window)
+        m->opt.window = PM_DEFAULT_WINDOW;
+    if (!m->opt.ring_bytes)
+        m->opt.ring_bytes = PM_DEFAULT_RING;
+    m->produce = produce;
+    m->produce_ctx = produce_ctx;
+    m->work = work;
+    m->work_ctx = work_ctx;
+    if (hooks)
+        m->hooks = *hooks;
+    m->held_slot = -1;
+    m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
+    m->nslots = m->opt.nproc * m->opt.nthreads;
+    m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
+    m->slot_bytes = ALIGN64(sizeof(pm_slot_ctl)) + 2 * ring_bytes(m);
+
+    m->workers = calloc((size_t)m->opt.nproc, sizeof *m->workers);
+    m->slots = calloc((size_t)m->nslots, sizeof *m->slots);
+    m->slot_of = calloc((size_t)m->win, sizeof *m->slot_of);
+    m->pids = calloc((size_t)m->opt.nproc, sizeof *m->pids);
+    if (!m->workers || !m->slots || !m->slot_of || !m->pids) {
+        err = -ENOMEM;
+        goto fail;
+    }
+    m->ctl = map_shared(ALIGN64(sizeof(pm_ctl)));
+    if (!m->ctl) {
+        err = -errno;
+        goto fail;
+    }
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        wk->shm_len = ALIGN64(sizeof(pm_wctl)) +
+                      (size_t)m->opt.nthreads * m->slot_bytes;
+        wk->shm = map_shared(wk->shm_len);
+        if (!wk->shm) {
+            err = -errno;
+            goto fail;
+        }
+        wk->wctl = wk->shm;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            s->worker = w;
+            s->ctl = pm__slot_ctl(m, w, t);
+            s->task_ring = (pm_ring *)((unsigned char *)s->ctl +
+                                       ALIGN64(sizeof(pm_slot_ctl)));
+            s->result_ring =
+                (pm_ring *)((unsigned char *)s->task_ring + ring_bytes(m));
+            pm__ring_init(s->task_ring, m->opt.ring_bytes);
+            pm__ring_init(s->result_ring, m->opt.ring_bytes);
+            pm__tx_init(&s->tx, s->task_ring);
+            pm__rx_init(&s->rx, s->result_ring);
+            s->fifo = calloc((size_t)m->opt.window, sizeof *s->fifo);
+            if (!s->fifo) {
+                err = -ENOMEM;
+                goto fail;
+            }
+        }
+    }
+    *out = m;
+    return 0;
+fail:
+    pm_map_destroy(m);
+    return err;
+}
+
+int pm_map_start(pm_map *m)
+{
+    if (getpid() != m->creator)
+        return PM_ENOTOWNER;
+    if (m->started)
+        return 0;
+    m->started = 1;
+    for (int w = 0; w < m->opt.nproc; w++) {
+        int rc = pm__spawn(m, w);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int fail(pm_map *m, int err)
+{
+    if (!m->error)
+        m->error = err;
+    return m->error;
+}
+
+static int worker_alive(const pm_map *m, int w)
+{
+    return m->workers[w].state == PM_W_RUNNING;
+}
+
+/* --- dispatch ------------------------------------------------------------ */
+
+/* Pushes what remains of a slot's pending task message.  Returns 1 when
+ * bytes moved. */
+static int flush_pending(pm_map *m, pm_slot *s)
+{
+    int moved = 0;
+    if (s->pend_off < s->pend_len) {
+        size_t k = pm__tx_write(&s->tx, s->pend + s->pend_off,
+                                s->pend_len - s->pend_off);
+        s->pend_off += k;
+        moved = k > 0;
+    }
+    if (s->pend_off == s->pend_len && pm__tx_end(&s->tx) == 0) {
+        s->pend_active = 0;
+        moved = 1;
+    }
+    if (moved)
+        pm__bell_ring(&s->ctl->bell);
+    (void)m;
+    return moved;
+}
+
+/* Keeps the bytes of a task message that did not fit for later. */
+static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
+                        const unsigned char *b, size_t nb)
+{
+    size_t need = na + nb;
+    if (need > s->pend_cap) {
+        unsigned char *p = realloc(s->pend, need);
+        if (!p)
+            return -ENOMEM;
+        s->pend = p;
+        s->pend_cap = need;
+    }
+    memcpy(s->pend, a, na);
+    if (nb)
+        memcpy(s->pend + na, b, nb);
+    s->pend_len = need;
+    s->pend_off = 0;
+    s->pend_active = 1;
+    return 0;
+}
+
+/* The live slot with the fewest tasks in flight and room for one more. */
+static pm_slot *choose_slot(pm_map *m)
+{
+    pm_slot *best = NULL;
+    for (int i = 0; i < m->nslots; i++) {
+        pm_slot *s = &m->slots[i];
+        if (s->pend_active || s->fifo_n >= (uint32_t)m->opt.window ||
+            !worker_alive(m, s->worker))
+            continue;
+        if (!best || s->fifo_n < best->fifo_n)
+            best = s;
+        if (s->fifo_n == 0)
+            break;
+    }
+    return best;
+}
+
+static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
+                     const void *data, size_t len)
+{
+    pm_msg_hdr hdr = {task->first, task->count, PM_MSG_MAGIC};
+    s->fifo[(s->fifo_head + s->fifo_n) % (uint32_t)m->opt.window] = *task;
+    s->fifo_n++;
+    m->slot_of[m->next_seq & (m->win - 1)] = (int32_t)(s - m->slots);
+    m->next_seq++;
+    m->outstanding++;
+
+    size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
+    int rc = 0;
+    if (k < sizeof hdr) {
+        rc = save_pending(s, (const unsigned char *)&hdr + k, sizeof hdr - k,
+                          data, len);
+    } else {
+        size_t d = len ? pm__tx_write(&s->tx, data, len) : 0;
+        if (d < len)
+            rc = save_pending(s, (const unsigned char *)data + d, len - d,
+                              NULL, 0);
+        else if (pm__tx_end(&s->tx) == -EAGAIN)
+            rc = save_pending(s, NULL, 0, NULL, 0);
+    }
+    pm__bell_ring(&s->ctl->bell);
+    return rc;
+}
+
+static int dispatch(pm_map *m, int *progress)
+{
+    for (int i = 0; i < m->nslots; i++) {
+        pm_slot *s = &m->slots[i];
+        if (s->pend_active && worker_alive(m, s->worker))
+            *progress |= flush_pending(m, s);
+    }
+    while (!m->input_done && m->outstanding < m->win) {
+        pm_slot *s = choose_slot(m);
+        if (!s)
+            break;
+        pm_task task = {0, 0};
+        const void *data = NULL;
+        size_t len = 0;
+        int rc = m->produce(m->produce_ctx, &task, &data, &len);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            m->input_done = 1;
+            break;
+        }
+        rc = send_task(m, s, &task, data, len);
+        if (rc < 0)
+            return rc;
+        *progress = 1;
+    }
+    return 0;
+}
+
+/* --- delivery ------------------------------------------------------------ */
+
+static int asm_append(pm_slot *s, const pm_frag *f)
+{
+    size_t need = s->asm_len + f->len;
+    if (need > s->asm_cap) {
+        size_t cap = s->asm_cap ? s->asm_cap : 4096;
+        while (cap < need)
+            cap *= 2;
+        unsigned char *p = realloc(s->asm_buf, cap);
+        if (!p)
+            return -ENOMEM;
+        s->asm_buf = p;
+        s->asm_cap = cap;
+    }
+    memcpy(s->asm_buf + s->asm_len, f->p1, f->n1);
+    if (f->n2)
+        memcpy(s->asm_buf + s->asm_len + f->n1, f->p2, f->n2);
+    s->asm_len = need;
+    return 0;
+}
+
+/*
+ * Reads the next complete result of slot s.  Returns 1 with *res filled (the
+ * fragment stays in the ring until the next call when it is read in place),
+ * 0 when it is not complete yet, or a negative code.
+ */
+static int try_read(pm_map *m, int si, pm_result *res, int *progress)
+{
+    pm_slot *s = &m->slots[si];
+    const unsigned char *msg;
+    size_t len;
+    for (;;) {
+        pm_frag f;
+        int rc = pm__rx_peek(&s->rx, &f);
+        if (rc <= 0)
+            return rc;
+        int first = (f.flags & PM_FRAG_FIRST) != 0;
+        int last = (f.flags & PM_FRAG_LAST) != 0;
+        if (first == s->asm_active)
+            return PM_ECORRUPT;
+        if (first && last && f.p2 == NULL) {
+            msg = f.p1;
+            len = f.len;
+            m->held = f;
+            m->held_slot = si;
+            break;
+        }
+        if (first)
+            s->asm_len = 0;
+        rc = asm_append(s, &f);
+        if (rc < 0)
+            return rc;
+        pm__rx_consume(&s->rx, &f);
+        pm__bell_ring(&s->ctl->bell);
+        *progress = 1;
+        s->asm_active = !last;
+        if (last) {
+            msg = s->asm_buf;
+            len = s->asm_len;
+            break;
+        }
+    }
+    pm_msg_hdr hdr;
+    pm_task *expect = &s->fifo[s->fifo_head];
+    if (len < sizeof hdr || s->fifo_n == 0)
+        return PM_ECORRUPT;
+    memcpy(&hdr, msg, sizeof hdr);
+    if (hdr.magic != PM_MSG_MAGIC || hdr.first != expect->first ||
+        hdr.count != expect->count)
+        return PM_ECORRUPT;
+    res->task = *expect;
+    res->data = msg + sizeof hdr;
+    res->len = len - sizeof hdr;
+    s->fifo_head = (s->fifo_head + 1) % (uint32_t)m->opt.window;
+    s->fifo_n--;
+    m->outstanding--;
+    return 1;
+}
+
+static void release_held(pm_map *m)
+{
+    if (m->held_slot < 0)
+        return;
+    pm_slot *s = &m->slots[m->held_slot];
+    pm__rx_consume(&s->rx, &m->held);
+    pm__bell_ring(&s->ctl->bell);
+    m->held_slot = -1;
+}
+
+/* A slot whose worker is gone and whose next result never came. */
+static int lost(pm_map *m, int si)
+{
+    pm__record_death(m, m->slots[si].worker);
+    return PM_EWORKERDIED;
+}
+
+static int deliver(pm_map *m, pm_result *res, int *progress)
+{
+    if (m->outstanding == 0)
+        return 0;
+    if (m->opt.ordered) {
+        int si = m->slot_of[m->next_deliver & (m->win - 1)];
+        int rc = try_read(m, si, res, progress);
+        if (rc == 1)
+            m->next_deliver++;
+        if (rc == 0 && !worker_alive(m, m->slots[si].worker))
+            return lost(m, si);
+        return rc;
+    }
+    for (int i = 0; i < m->nslots; i++) {
+        int si = (m->rr + i) % m->nslots;
+        if (m->slots[si].fifo_n == 0)
+            continue;
+        int rc = try_read(m, si, res, progress);
+        if (rc == 1) {
+            m->rr = (si + 1) % m->nslots;
+            m->next_deliver++;
+        }
+        if (rc == 0 && !worker_alive(m, m->slots[si].worker))
+            return lost(m, si);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* --- waiting ------------------------------------------------------------- */
+
+/* Would another round of dispatch/deliver make progress? */
+static int parent_ready(pm_map *m)
+{
+    if (m->outstanding) {
+        if (m->opt.ordered) {
+            pm_slot *s = &m->slots[m->slot_of[m->next_deliver & (m->win - 1)]];
+            if (pm__rx_ready(&s->rx))
+                return 1;
+        } else {
+            for (int i = 0; i < m->nslots; i++)
+                if (m->slots[i].fifo_n && pm__rx_ready(&m->slots[i].rx))
+                    return 1;
+        }
+    }
+    for (int i = 0; i < m->nslots; i++) {
+        pm_slot *s = &m->slots[i];
+        if (s->pend_active &&
+            pm__tx_room(&s->tx, PM_FRAG_HDR * 2) >= PM_FRAG_HDR * 2)
+            return 1;
+    }
+    return 0;
+}
+
+/* Reaps dead workers.  Returns 1 when one died. */
+static int check_children(pm_map *m)
+{
+    int died = 0;
+    for (int w = 0; w < m->opt.nproc; w++)
+        died |= pm__try_reap(m, w);
+    return died;
+}
+
+static int any_alive(pm_map *m)
+{
+    for (int w = 0; w < m->opt.nproc; w++)
+        if (worker_alive(m, w))
+            return 1;
+    return 0;
+}
+
+static int idle_wait(pm_map *m)
+{
+    uint64_t t0 = pm__now_ns();
+    do {
+        for (int i = 0; i < 64; i++) {
+            if (parent_ready(m)) {
+                pm__spin_hit(&m->spin);
+                return 0;
+            }
+            pm__cpu_relax();
+        }
+    } while (pm__now_ns() - t0 < m->spin.budget_ns);
+    pm__spin_miss(&m->spin);
+
+    pm_bell *b = &m->ctl->parent;
+    uint32_t v = pm__bell_prepare(b);
+    int rc = 0;
+    if (!parent_ready(m) && !check_children(m)) {
+        if (m->hooks.wait_begin)
+            m->hooks.wait_begin(m->hooks.ctx);
+        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
+        if (m->hooks.wait_end)
+            m->hooks.wait_end(m->hooks.ctx);
+        check_children(m);
+        if (m->hooks.check)
+            rc = m->hooks.check(m->hooks.ctx);
+    }
+    pm__bell_done(b);
+    /* Nothing can finish the remaining work: no worker is left. */
+    if (rc == 0 && !any_alive(m) && (m->outstanding || !m->input_done)) {
+        for (int w = 0; w < m->opt.nproc; w++)
+            if (m->workers[w].state == PM_W_REAPED) {
+                pm__record_death(m, w);
+                break;
+            }
+        rc = PM_EWORKERDIED;
+    }
+    return rc;
+}
+
+/* --- the public entry points --------------------------------------------- */
+
+int pm_map_next(pm_map *m, pm_result *res)
+{
+    if (getpid() != m->creator)
+        return PM_ENOTOWNER;
+    release_held(m);
+    if (m->error)
+        return m->error;
+    if (!m->started) {
+        int rc = pm_map_start(m);
+        if (rc < 0)
+            return fail(m, rc);
+    }
+    for (;;) {
+        int progress = 0;
+        int rc = dispatch(m, &progress);
+        if (rc < 0)
+            return fail(m, rc);
+        rc = deliver(m, res, &progress);
+        if (rc < 0)
+            return fail(m, rc);
+        if (rc == 1) {
+            if (++m->checks >= CHECK_EVERY && m->hooks.check) {
+                m->checks = 0;
+                /* Keep the result: the check runs before it is handed out,
+                 * so an abort here must not lose it silently. */
+                int c = m->hooks.check(m->hooks.ctx);
+                if (c != 0)
+                    return fail(m, c);
+            }
+            return 1;
+        }
+        if (m->outstanding == 0 && m->input_done)
+            return 0;
+        if (!progress) {
+            rc = idle_wait(m);
+            if (rc != 0)
+                return fail(m, rc);
+        }
+    }
+}
+
+const pm_death *pm_map_death(const pm_map *m)
+{
+    return m->error == PM_EWORKERDIED ? &m->death : NULL;
+}
+
+const pid_t *pm_map_pids(const pm_map *m, int *n)
+{
+    *n = m->opt.nproc;
+    return m->pids;
+}
+
+int pm_map_destroy(pm_map *m)
+{
+    if (!m)
+        return 0;
+    int mine = getpid() == m->creator;
+    if (mine && m->started)
+        pm__stop_all(m, STOP_GRACE_MS);
+    if (m->workers) {
+        for (int w = 0; w < m->opt.nproc; w++)
+            if (m->workers[w].shm)
+                munmap(m->workers[w].shm, m->workers[w].shm_len);
+    }
+    if (m->ctl)
+        munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
+    if (m->slots) {
+        for (int i = 0; i < m->nslots; i++) {
+            free(m->slots[i].fifo);
+            free(m->slots[i].pend);
+            free(m->slots[i].asm_buf);
+        }
+    }
+    free(m->slots);
+    free(m->workers);
+    free(m->slot_of);
+    free(m->pids);
+    free(m->lost);
+    free(m);
+    return 0;
+}

@@ -1,0 +1,177 @@
+/* proc.c -- forking, stopping and reaping the worker processes. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include "internal.h"
+
+/* Runs in the child right after fork(): nothing here may return into the
+ * caller's frames. */
+static void child_setup(pm_map *m, int w, const sigset_t *oldmask)
+{
+    if (m->hooks.after_fork_child)
+        m->hooks.after_fork_child(m->hooks.ctx, w);
+#ifdef __linux__
+    /* Die with the parent; if it is already gone, PDEATHSIG came too late. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+    if (getppid() != m->creator)
+        _exit(0);
+    /* Ctrl+C goes to the whole process group: the parent handles it and
+     * stops the workers; they must not print tracebacks of their own. */
+    struct sigaction sa;
+    sa.sa_handler = SIG_IGN;
+    sa.sa_flags = 0;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    /* Isolation: a worker keeps only its own rings (and the parent's bell),
+     * so a wild write can damage nothing but its own slots. */
+    for (int i = 0; i < m->opt.nproc; i++) {
+        if (i != w && m->workers[i].shm) {
+            munmap(m->workers[i].shm, m->workers[i].shm_len);
+            m->workers[i].shm = NULL;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, oldmask, NULL);
+    pm__worker_main(m, w);
+}
+
+int pm__spawn(pm_map *m, int w)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (m->hooks.before_fork)
+        m->hooks.before_fork(m->hooks.ctx);
+    pid_t pid = fork();
+    if (pid == 0)
+        child_setup(m, w, &old); /* never returns */
+    int err = pid < 0 ? -errno : 0;
+    if (m->hooks.after_fork_parent)
+        m->hooks.after_fork_parent(m->hooks.ctx);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err)
+        return err;
+    m->workers[w].pid = pid;
+    m->workers[w].state = PM_W_RUNNING;
+    m->pids[w] = pid;
+    return 0;
+}
+
+int pm__try_reap(pm_map *m, int w)
+{
+    pm_worker *wk = &m->workers[w];
+    if (wk->state != PM_W_RUNNING)
+        return 0;
+    int status = 0;
+    pid_t r = waitpid(wk->pid, &status, WNOHANG);
+    if (r == 0)
+        return 0;
+    if (r < 0) {
+        if (errno == EINTR)
+            return 0;
+        /* ECHILD: someone else reaped it (SIGCHLD ignored); status unknown. */
+        status = 0x7f00;
+    }
+    wk->status = status;
+    wk->state = PM_W_REAPED;
+    m->pids[w] = 0;
+    return 1;
+}
+
+void pm__record_death(pm_map *m, int w)
+{
+    pm_worker *wk = &m->workers[w];
+    pm_death *d = &m->death;
+    d->pid = wk->pid;
+    d->worker = w;
+    if (WIFSIGNALED(wk->status)) {
+        d->exit_code = -1;
+        d->signal = WTERMSIG(wk->status);
+    } else {
+        d->exit_code = WIFEXITED(wk->status) ? WEXITSTATUS(wk->status) : -1;
+        d->signal = 0;
+    }
+    size_t n = 0;
+    for (int t = 0; t < m->opt.nthreads; t++)
+        n += m->slots[w * m->opt.nthreads + t].fifo_n;
+    free(m->lost);
+    m->lost = n ? malloc(n * sizeof *m->lost) : NULL;
+    d->nlost = 0;
+    if (!m->lost)
+        return;
+    /* Oldest first across the worker's slots: merge by item index. */
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+        uint32_t cap = (uint32_t)m->opt.window;
+        for (uint32_t i = 0; i < s->fifo_n; i++)
+            m->lost[d->nlost++] = s->fifo[(s->fifo_head + i) % cap];
+    }
+    for (size_t i = 1; i < d->nlost; i++) {
+        pm_task key = m->lost[i];
+        size_t j = i;
+        while (j > 0 && m->lost[j - 1].first > key.first) {
+            m->lost[j] = m->lost[j - 1];
+            j--;
+        }
+        m->lost[j] = key;
+    }
+    d->lost = m->lost;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+void pm__stop_all(pm_map *m, int grace_ms)
+{
+    int running = 0;
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (wk->state != PM_W_RUNNING)
+            continue;
+        running++;
+        atomic_store_explicit(&wk->wctl->stop, 1, memory_order_seq_cst);
+        for (int t = 0; t < m->opt.nthreads; t++)
+            pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+    }
+    if (!running)
+        return;
+    if (m->hooks.wait_begin)
+        m->hooks.wait_begin(m->hooks.ctx);
+    /* Idle workers exit at once; poll with short sleeps for the others. */
+    uint64_t deadline = pm__now_ns() + (uint64_t)grace_ms * 1000000u;
+    for (;;) {
+        running = 0;
+        for (int w = 0; w < m->opt.nproc; w++) {
+            pm__try_reap(m, w);
+            running += m->workers[w].state == PM_W_RUNNING;
+        }
+        if (!running || pm__now_ns() >= deadline)
+            break;
+        sleep_ms(1);
+    }
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (wk->state != PM_W_RUNNING)
+            continue;
+        kill(wk->pid, SIGKILL);
+        int status = 0;
+        while (waitpid(wk->pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        wk->status = status;
+        wk->state = PM_W_REAPED;
+        m->pids[w] = 0;
+    }
+    if (m->hooks.wait_end)
+        m->hooks.wait_end(m->hooks.ctx);
+}

@@ -1,0 +1,125 @@
+/*
+ * ring.h -- single-producer single-consumer byte ring in shared memory.
+ *
+ * A ring carries messages as a sequence of fragments.  A fragment is an
+ * 8-byte header {u32 len; u32 flags} followed by len payload bytes, padded
+ * to 8 bytes.  Headers sit at 8-aligned positions, so a header never
+ * straddles the end of the buffer; payloads may wrap around it.  A message
+ * larger than the ring is streamed as several fragments (FIRST ... LAST);
+ * a small message is one fragment with both flags.
+ *
+ * head and tail are byte counts that only grow (64 bits never wrap).  The
+ * producer alone writes head, the consumer alone writes tail; each side keeps
+ * a private cached copy of the other's counter so that the shared cache
+ * lines are read only when the cached value says the ring looks full/empty.
+ */
+#ifndef PM_RING_H
+#define PM_RING_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PM_FRAG_FIRST 1u
+#define PM_FRAG_LAST 2u
+#define PM_FRAG_MAGIC 0x504d0000u /* "PM" in the high half of flags */
+#define PM_FRAG_HDR 8u
+
+typedef struct pm_ring {
+    _Alignas(64) _Atomic uint64_t head; /* bytes published by the producer */
+    _Alignas(64) _Atomic uint64_t tail; /* bytes released by the consumer */
+    _Alignas(64) uint64_t cap;          /* power of two, multiple of 64 */
+    uint64_t max_frag;                  /* largest fragment payload */
+    _Alignas(64) unsigned char data[];
+} pm_ring;
+
+/* Producer side, private to the process that writes. */
+typedef struct pm_ring_tx {
+    pm_ring *r;
+    uint64_t pos;        /* write position: published head + open fragment */
+    uint64_t tail_cache; /* last tail read from the ring */
+    uint64_t frag_at;    /* position of the open fragment's header */
+    uint32_t frag_len;   /* payload bytes in the open fragment */
+    int open;            /* a fragment is being written */
+    int first;           /* the next fragment starts a message */
+} pm_ring_tx;
+
+/* Consumer side, private to the process that reads. */
+typedef struct pm_ring_rx {
+    pm_ring *r;
+    uint64_t tail;       /* consumer position (published on consume) */
+    uint64_t head_cache; /* last head read from the ring */
+} pm_ring_rx;
+
+/* A fragment seen by the consumer: payload in one or two pieces. */
+typedef struct pm_frag {
+    uint32_t len;
+    uint32_t flags;
+    const unsigned char *p1;
+    size_t n1;
+    const unsigned char *p2; /* the wrapped part, or NULL */
+    size_t n2;
+    uint64_t end;            /* tail position after this fragment */
+} pm_frag;
+
+/* Bytes a ring of capacity cap occupies in shared memory. */
+size_t pm__ring_size(size_t cap);
+
+/* Initializes a ring in zeroed memory of pm__ring_size(cap) bytes. cap must be
+ * a power of two >= 4096. */
+void pm__ring_init(pm_ring *r, size_t cap);
+
+void pm__tx_init(pm_ring_tx *tx, pm_ring *r);
+void pm__rx_init(pm_ring_rx *rx, pm_ring *r);
+
+/*
+ * Appends up to n bytes to the message being written and returns how many it
+ * took (fewer than n only when the ring is full).  Fragments that reach the
+ * maximum size or fill the ring are published as it goes.  Never blocks.
+ */
+size_t pm__tx_write(pm_ring_tx *tx, const void *p, size_t n);
+
+/*
+ * Ends the message: publishes its last fragment.  Returns 0, or -EAGAIN when
+ * there was no open fragment and no room for an empty last one (call again
+ * once the consumer has freed room).
+ */
+int pm__tx_end(pm_ring_tx *tx);
+
+/* Free bytes after the write position.  Cheap: the shared tail is read only
+ * when the cached value gives less than want. */
+static inline uint64_t pm__tx_room(pm_ring_tx *tx, uint64_t want)
+{
+    uint64_t room = tx->r->cap - (tx->pos - tx->tail_cache);
+    if (room < want) {
+        tx->tail_cache = atomic_load_explicit(&tx->r->tail, memory_order_acquire);
+        room = tx->r->cap - (tx->pos - tx->tail_cache);
+    }
+    return room;
+}
+
+/* Nonzero when the ring holds at least one published fragment not yet
+ * consumed.  Cheap: the shared head is read only when the cache is stale. */
+static inline int pm__rx_ready(pm_ring_rx *rx)
+{
+    if (rx->head_cache != rx->tail)
+        return 1;
+    rx->head_cache = atomic_load_explicit(&rx->r->head, memory_order_acquire);
+    return rx->head_cache != rx->tail;
+}
+
+/*
+ * Looks at the next fragment without consuming it.  Returns 1 and fills *f,
+ * 0 when none is published, or PM_ECORRUPT when the header is malformed.
+ */
+int pm__rx_peek(pm_ring_rx *rx, pm_frag *f);
+
+/* Releases the fragment returned by the last pm__rx_peek (and every byte
+ * before it) to the producer. */
+static inline void pm__rx_consume(pm_ring_rx *rx, const pm_frag *f)
+{
+    rx->tail = f->end;
+    atomic_store_explicit(&rx->r->tail, f->end, memory_order_release);
+}
+
+#endif

@@ -1,0 +1,252 @@
+/* worker.c -- the worker process: serve tasks from its rings, write results. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define WORKER_SLEEP_MS 100
+
+/* One thread's state: the worker ends of one slot's rings. */
+struct pm_writer {
+    pm_map *m;
+    pm_slot_ctl *ctl;
+    pm_wctl *wctl;
+    pm_bell *parent;
+    pm_ring_rx rx; /* tasks */
+    pm_ring_tx tx; /* results */
+    pm_spin spin;
+    unsigned char *buf; /* assembly of large or wrapped tasks */
+    size_t buf_cap;
+};
+
+typedef int (*ready_fn)(struct pm_writer *w);
+
+static int task_ready(struct pm_writer *w)
+{
+    return pm__rx_ready(&w->rx) ||
+           atomic_load_explicit(&w->wctl->stop, memory_order_relaxed);
+}
+
+static int room_ready(struct pm_writer *w)
+{
+    return pm__tx_room(&w->tx, PM_FRAG_HDR * 2) >= PM_FRAG_HDR * 2 ||
+           atomic_load_explicit(&w->wctl->stop, memory_order_relaxed);
+}
+
+/*
+ * Waits until ready(w): spins for the adaptive budget, then sleeps on the
+ * slot's bell.  Returns 0, or -EPIPE when the parent is gone.
+ */
+static int worker_wait(struct pm_writer *w, ready_fn ready)
+{
+    uint64_t t0 = pm__now_ns();
+    do {
+        for (int i = 0; i < 64; i++) {
+            if (ready(w)) {
+                pm__spin_hit(&w->spin);
+                return 0;
+            }
+            pm__cpu_relax();
+        }
+    } while (pm__now_ns() - t0 < w->spin.budget_ns);
+    pm__spin_miss(&w->spin);
+    for (;;) {
+        uint32_t v = pm__bell_prepare(&w->ctl->bell);
+        if (ready(w)) {
+            pm__bell_done(&w->ctl->bell);
+            return 0;
+        }
+        int rc = pm__bell_sleep(&w->ctl->bell, v, WORKER_SLEEP_MS);
+        pm__bell_done(&w->ctl->bell);
+        if (rc == -ETIMEDOUT && getppid() != w->m->creator)
+            return -EPIPE;
+        if (ready(w))
+            return 0;
+    }
+}
+
+static void worker_exit(pm_map *m, int code) __attribute__((noreturn));
+static void worker_exit(pm_map *m, int code)
+{
+    if (m->hooks.worker_exit)
+        m->hooks.worker_exit(m->hooks.ctx);
+    _exit(code);
+}
+
+int pm_write(pm_writer *w, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    while (len > 0) {
+        uint64_t before = atomic_load_explicit(&w->tx.r->head,
+                                               memory_order_relaxed);
+        size_t k = pm__tx_write(&w->tx, p, len);
+        if (atomic_load_explicit(&w->tx.r->head, memory_order_relaxed) != before)
+            pm__bell_ring(w->parent);
+        p += k;
+        len -= k;
+        if (len == 0)
+            break;
+        int rc = worker_wait(w, room_ready);
+        if (rc < 0)
+            return rc;
+        if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+            return -ECANCELED;
+    }
+    return 0;
+}
+
+static int grow(struct pm_writer *w, size_t need)
+{
+    if (need <= w->buf_cap)
+        return 0;
+    size_t cap = w->buf_cap ? w->buf_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    unsigned char *b = realloc(w->buf, cap);
+    if (!b)
+        return -ENOMEM;
+    w->buf = b;
+    w->buf_cap = cap;
+    return 0;
+}
+
+/*
+ * Reads the next task message.  Returns 1 with msg and len set (*held is the
+ * fragment to consume after the work when the message is read in place), 0
+ * when asked to stop, or a negative code.
+ */
+static int read_task(struct pm_writer *w, const unsigned char **msg,
+                     size_t *len, pm_frag *held, int *in_place)
+{
+    size_t have = 0;
+    int assembling = 0;
+    for (;;) {
+        pm_frag f;
+        int rc = pm__rx_peek(&w->rx, &f);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            if (!assembling &&
+                atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+                return 0;
+            rc = worker_wait(w, task_ready);
+            if (rc < 0)
+                return rc;
+            if (assembling &&
+                atomic_load_explicit(&w->wctl->stop, memory_order_relaxed) &&
+                !pm__rx_ready(&w->rx))
+                return 0;
+            continue;
+        }
+        int first = (f.flags & PM_FRAG_FIRST) != 0;
+        int last = (f.flags & PM_FRAG_LAST) != 0;
+        if (first == assembling)
+            return PM_ECORRUPT;
+        if (first && last && f.p2 == NULL) {
+            *msg = f.p1;
+            *len = f.len;
+            *held = f;
+            *in_place = 1;
+            return 1;
+        }
+        if (grow(w, have + f.len) < 0)
+            return -ENOMEM;
+        memcpy(w->buf + have, f.p1, f.n1);
+        if (f.n2)
+            memcpy(w->buf + have + f.n1, f.p2, f.n2);
+        have += f.len;
+        pm__rx_consume(&w->rx, &f);
+        pm__bell_ring(w->parent);
+        assembling = 1;
+        if (last) {
+            *msg = w->buf;
+            *len = have;
+            *in_place = 0;
+            return 1;
+        }
+    }
+}
+
+static int serve_one(struct pm_writer *w)
+{
+    const unsigned char *msg;
+    size_t len;
+    pm_frag held;
+    int in_place = 0;
+    int rc = read_task(w, &msg, &len, &held, &in_place);
+    if (rc <= 0)
+        return rc;
+    pm_msg_hdr hdr;
+    if (len < sizeof hdr)
+        return PM_ECORRUPT;
+    memcpy(&hdr, msg, sizeof hdr);
+    if (hdr.magic != PM_MSG_MAGIC)
+        return PM_ECORRUPT;
+    pm_task task = {hdr.first, hdr.count};
+    rc = pm_write(w, &hdr, sizeof hdr);
+    if (rc < 0)
+        return rc;
+    rc = w->m->work(w->m->work_ctx, &task, msg + sizeof hdr, len - sizeof hdr,
+                    w);
+    if (rc < 0)
+        worker_exit(w->m, PM_WORKER_FATAL_EXIT);
+    while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
+        rc = worker_wait(w, room_ready);
+        if (rc < 0)
+            return rc;
+        if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+            return 0;
+    }
+    if (in_place)
+        pm__rx_consume(&w->rx, &held);
+    pm__bell_ring(w->parent);
+    return 1;
+}
+
+static void *slot_main(void *arg)
+{
+    struct pm_writer *w = arg;
+    int rc;
+    while ((rc = serve_one(w)) > 0)
+        ;
+    if (rc == PM_ECORRUPT)
+        worker_exit(w->m, PM_WORKER_CORRUPT_EXIT);
+    return NULL;
+}
+
+void pm__worker_main(pm_map *m, int w)
+{
+    int nt = m->opt.nthreads;
+    struct pm_writer *ws = calloc((size_t)nt, sizeof *ws);
+    pthread_t *th = calloc((size_t)nt, sizeof *th);
+    if (!ws || !th)
+        worker_exit(m, PM_WORKER_FATAL_EXIT);
+    for (int t = 0; t < nt; t++) {
+        pm_slot *s = &m->slots[w * nt + t];
+        ws[t].m = m;
+        ws[t].ctl = s->ctl;
+        ws[t].wctl = m->workers[w].wctl;
+        ws[t].parent = &m->ctl->parent;
+        ws[t].spin.budget_ns = PM_SPIN_MIN_NS * 8;
+        pm__rx_init(&ws[t].rx, s->task_ring);
+        pm__tx_init(&ws[t].tx, s->result_ring);
+    }
+    if (nt == 1) {
+        slot_main(&ws[0]);
+    } else {
+        int started = 0;
+        for (int t = 0; t < nt; t++) {
+            if (pthread_create(&th[t], NULL, slot_main, &ws[t]) != 0)
+                break;
+            started++;
+        }
+        if (started < nt)
+            worker_exit(m, PM_WORKER_FATAL_EXIT);
+        for (int t = 0; t < started; t++)
+            pthread_join(th[t], NULL);
+    }
+    worker_exit(m, 0);
+}

@@ -1,0 +1,297 @@
+"""parmap: the public map function and its serial and threaded paths."""
+import collections
+import math
+import operator
+import os
+import warnings
+from collections.abc import Mapping
+
+from . import _core
+from ._core import ItemShapeError
+from ._progress import progress_iter
+
+__all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
+
+CPU_COUNT = os.cpu_count() or 1
+
+_MODES = {"raise": 0, "return": 1, "proc": 2}
+
+
+def _count(name, value, default):
+    """Validates a positive whole-number option."""
+    if value is None:
+        return default
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            "parmap: {} must be a whole number >= 1, got {!r}".format(name, value)
+        ) from None
+    if v < 1:
+        raise ValueError("parmap: {} must be >= 1, got {}".format(name, v))
+    return v
+
+
+def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
+           progress=False, total=None, args=(), kwargs=None, star=False,
+           kwstar=False, exception=None):
+    """Map `fun` over `seq` in parallel processes and/or threads.
+
+    The function is inherited by forked worker processes, never pickled, so
+    lambdas, closures and methods of local classes work.  Only the items and
+    the results cross process boundaries (pickled).  Variables in scope are
+    read-only copies in the workers.
+
+    Parameters
+    ----------
+    fun : callable
+        The function to apply to each item.
+    seq : iterable
+        The items.  Read lazily, a bounded number of items ahead of the
+        results, so generators and infinite iterators work.
+    N : int, optional
+        Number of worker processes; default ``CPU_COUNT``.  ``N=1`` starts
+        no process: a plain serial map, or a thread pool when ``Nt > 1``.
+        Fewer processes are started when the input has fewer chunks.
+    Nt : int, default 1
+        Number of threads inside each process (useful when `fun` releases
+        the GIL: I/O, sleep, numpy...).
+    chunksize : int, default 1
+        Items per task sent to a worker; ``-1`` means
+        ``ceil(len(seq) / (N * Nt))`` (a warning and ``Nt`` when the length
+        is unknown).  Raised to at least `Nt`.  Results never depend on it.
+    ordered : bool, default True
+        Yield results in input order; ``False`` yields them as they complete.
+    daemon : bool, default True
+        When False, a worker may itself run a parmap with ``N > 1``
+        (nesting).  With True such a nested map raises a RuntimeError.
+    progress : bool or str, default False
+        Show a progress bar counting items (tqdm when installed, else a text
+        bar on stderr); a string is used as the bar's label.
+    total : int, optional
+        The number of items, for the progress bar, when ``len(seq)`` is not
+        available (or to override it).
+    args : tuple, default ()
+        Extra positional arguments passed after the item's.
+    kwargs : dict, optional
+        Extra keyword arguments; per-item `kwvals` win over them.
+    star : bool or None, default False
+        How the item gives positional arguments (see the table below).
+    kwstar : bool, default False
+        Whether the item also carries a mapping of keyword arguments.
+    exception : {'raise', 'return', 'proc'}, optional
+        What happens when `fun` raises; default 'raise' when ``N > 1`` else
+        'proc'.  'raise' re-raises in the caller with the original type and
+        message, ``seq_index`` set to the item's index and the worker's
+        traceback chained as the cause; 'return' yields the exception object
+        in the item's place; 'proc' lets the exception propagate where `fun`
+        runs (with ``N > 1`` the worker prints it and dies, and the map
+        raises :class:`WorkerDiedError` naming the item).  An item of the
+        wrong shape for star/kwstar always raises a TypeError
+        (:class:`ItemShapeError`) naming its index.
+
+    Returns
+    -------
+    iterator
+        The results.  Nothing starts until the first result is requested.
+
+    Notes
+    -----
+    How each item is turned into a call (`kwvals` win over `kwargs`):
+
+    =====  ======  ===============  ==============  ===================
+    star   kwstar  item             positional      keywords
+    =====  ======  ===============  ==============  ===================
+    False  False   ``val``          ``(val,)+args``  ``kwargs``
+    True   False   ``vals``         ``vals+args``   ``kwargs``
+    None   False   ignored          ``args``        ``kwargs``
+    None   True    ``kwvals``       ``args``        ``kwargs | kwvals``
+    False  True    ``val,kwvals``   ``(val,)+args``  ``kwargs | kwvals``
+    True   True    ``vals,kwvals``  ``vals+args``   ``kwargs | kwvals``
+    =====  ======  ===============  ==============  ===================
+
+    ``parmap.map`` and ``parmap.imap`` are the same call, and
+    ``parmap.close()`` does nothing, so parmap can stand in for a
+    multiprocessing pool.
+
+    Examples
+    --------
+    >>> list(parmap(lambda x: x * x, range(5)))
+    [0, 1, 4, 9, 16]
+    >>> list(parmap(lambda a, b, c=0: a + b + c, [(1, 2), (3, 4)], star=True,
+    ...             kwargs={'c': 10}))
+    [13, 17]
+    """
+    if not callable(fun):
+        raise TypeError("parmap: fun must be callable, got {!r}".format(
+            type(fun).__name__))
+    # The same test iter() makes, without creating an iterator yet.
+    if not hasattr(seq, "__iter__") and not hasattr(seq, "__getitem__"):
+        raise TypeError("parmap: seq must be iterable, got {!r}".format(
+            type(seq).__name__))
+    user_N = _count("N", N, CPU_COUNT)
+    Nt = _count("Nt", Nt, 1)
+    try:
+        chunksize = operator.index(chunksize)
+    except TypeError:
+        raise TypeError("parmap: chunksize must be a whole number (>= 1, or -1 "
+                        "for automatic), got {!r}".format(chunksize)) from None
+    if chunksize == 0 or chunksize < -1:
+        raise ValueError("parmap: chunksize must be >= 1, or -1 for automatic; "
+                         "got {}".format(chunksize))
+    if exception is None:
+        exception = "raise" if user_N > 1 else "proc"
+    if exception not in _MODES:
+        raise ValueError("parmap: exception must be 'raise', 'return' or 'proc',"
+                         " got {!r}".format(exception))
+    if not isinstance(args, (tuple, list)):
+        raise TypeError("parmap: args must be a tuple or a list, got {!r}".format(
+            type(args).__name__))
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError("parmap: kwargs must be a mapping (dict), got {!r}".format(
+            type(kwargs).__name__))
+    if kwargs is not None:
+        for k in kwargs:
+            if not isinstance(k, str):
+                raise TypeError("parmap: kwargs keys must be strings, got "
+                                "{!r}".format(k))
+    if star is not None:
+        star = bool(star)
+    kwstar = bool(kwstar)
+    if total is not None:
+        total = operator.index(total)
+
+    try:
+        n = len(seq)
+    except TypeError:
+        n = None
+
+    if chunksize == -1:
+        if n is not None:
+            chunksize = max(1, math.ceil(n / (user_N * Nt)))
+        else:
+            warnings.warn("parmap: chunksize=-1 needs len(seq); the input has "
+                          "no length, so chunksize={} is used".format(Nt),
+                          UserWarning, stacklevel=2)
+            chunksize = Nt
+    chunksize = max(chunksize, Nt)
+
+    if user_N > 1 and _core.in_worker() == 1:
+        raise RuntimeError(
+            "parmap: a nested parmap with N={} cannot start processes inside a "
+            "worker of a parmap with daemon=True; pass daemon=False to the "
+            "outer parmap to allow nesting".format(user_N))
+
+    caller = _core.Caller(fun, tuple(args), kwargs, star, kwstar)
+    if user_N == 1:
+        if Nt == 1:
+            results = _serial(caller, seq, exception)
+        else:
+            results = _threaded(caller, seq, Nt, chunksize, ordered, exception)
+    else:
+        nproc = user_N
+        if n is not None:
+            nproc = max(1, min(nproc, math.ceil(n / chunksize)))
+        if n == 0:
+            results = iter(())
+        else:
+            results = _core.MapIter(caller, seq, nproc, Nt, chunksize,
+                                    bool(ordered), _MODES[exception],
+                                    bool(daemon))
+    if progress:
+        results = progress_iter(results, progress, total if total is not None else n)
+    return results
+
+
+def _serial(caller, seq, mode):
+    for i, item in enumerate(seq):
+        try:
+            r = caller(i, item)
+        except ItemShapeError:
+            raise
+        except Exception as e:
+            try:
+                e.seq_index = i
+            except Exception:  # an exception class with __slots__
+                pass
+            if mode != "return":
+                raise
+            r = e
+        yield r
+
+
+def _run_chunk(caller, first, items):
+    out = []
+    for j, x in enumerate(items):
+        try:
+            out.append((0, caller(first + j, x)))
+        except ItemShapeError as e:
+            out.append((1, e))
+        except Exception as e:
+            out.append((2, e))
+    return out
+
+
+def _threaded(caller, seq, Nt, chunksize, ordered, mode):
+    """N == 1, Nt > 1: a bounded thread pool in the caller's process."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    it = iter(seq)
+    pending = collections.deque() if ordered else set()
+    ahead = 2 * Nt
+    ex = ThreadPoolExecutor(max_workers=Nt)
+    first = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < ahead:
+                items = []
+                for x in it:
+                    items.append(x)
+                    if len(items) >= chunksize:
+                        break
+                if not items:
+                    exhausted = True
+                    break
+                fut = ex.submit(_run_chunk, caller, first, items)
+                fut.first = first
+                first += len(items)
+                if ordered:
+                    pending.append(fut)
+                else:
+                    pending.add(fut)
+            if not pending:
+                return
+            if ordered:
+                fut = pending.popleft()
+            else:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                fut = done.pop()
+                pending.discard(fut)
+            for j, (kind, val) in enumerate(fut.result()):
+                if kind:
+                    try:
+                        val.seq_index = fut.first + j
+                    except Exception:
+                        pass
+                    if kind == 1 or mode != "return":
+                        raise val
+                yield val
+    finally:
+        for f in pending:
+            f.cancel()
+        ex.shutdown(wait=False)
+
+
+parmap.map = parmap.imap = parmap
+parmap.close = lambda *a, **k: None
+parmapper = parmap
+
+
+def set_start_method(*args, **kwargs):
+    """Kept for compatibility with the original parmapper; does nothing.
+
+    parmapper forks its workers itself, so multiprocessing's start method
+    (forkserver by default on Linux from Python 3.14) does not matter.
+    """
+    return None

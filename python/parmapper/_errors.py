@@ -1,0 +1,78 @@
+"""Exceptions raised by parmapper.
+
+Every error a map raises names the item concerned through ``seq_index`` (the
+item's position in the input) when one item is concerned.
+"""
+import pickle
+
+__all__ = [
+    "ParmapperError",
+    "WorkerDiedError",
+    "RemoteError",
+    "RemoteTraceback",
+    "ItemPicklingError",
+    "ResultPicklingError",
+]
+
+
+class ParmapperError(RuntimeError):
+    """Base class of the errors parmapper itself raises."""
+
+
+class WorkerDiedError(ParmapperError):
+    """A worker process died (exited, crashed or was killed) while running items.
+
+    Attributes
+    ----------
+    pid : int
+        The worker's process id.
+    exitcode : int or None
+        Its exit status, or None when a signal killed it.
+    signal : int or None
+        The signal that killed it, or None when it exited.
+    seq_indices : list of int
+        The indices of the items that were in flight on it (lost).
+    seq_index : int
+        The first of those, when there is one.
+    """
+
+    pid = None
+    exitcode = None
+    signal = None
+    seq_indices = ()
+
+
+class RemoteError(ParmapperError):
+    """An exception raised in a worker whose object could not be pickled.
+
+    It carries the original's type name and message; the worker's traceback
+    is attached as the ``__cause__`` (a :class:`RemoteTraceback`).
+    """
+
+    def __init__(self, message, type_name=None, remote_message=None):
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_message = remote_message
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker process.
+
+    Attached as the ``__cause__`` of the re-raised exception, so Python prints
+    the worker's traceback above the caller's.
+    """
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return '\n"""\n' + self.tb.rstrip("\n") + '\n"""'
+
+
+class ItemPicklingError(ParmapperError, pickle.PicklingError):
+    """An input item could not be pickled to send it to a worker."""
+
+
+class ResultPicklingError(ParmapperError, pickle.PicklingError):
+    """A result could not be pickled to send it back from a worker."""
