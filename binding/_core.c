@@ -798,6 +798,17 @@ static PyObject *format_range_list(const pm_death *d, PyObject **indices)
             }
             Py_DECREF(v);
         }
+        if (i == 8) {
+            PyObject *s = PyUnicode_FromFormat("... (%zu tasks in all)", d->nlost);
+            if (!s || PyList_Append(parts, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(parts);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+        if (i >= 8)
+            continue;
         PyObject *s = n == 1 ? PyUnicode_FromFormat("%llu", (unsigned long long)a)
                              : PyUnicode_FromFormat("%llu-%llu",
                                                     (unsigned long long)a,
@@ -858,7 +869,7 @@ static void raise_engine_error(MapIter *self, int rc)
             how = PyUnicode_FromFormat("exited with code %d", d->exit_code);
         }
         PyObject *what =
-            d->nlost ? PyUnicode_FromFormat("while running item%s %S",
+            d->nlost ? PyUnicode_FromFormat("with item%s %S in flight on it (lost)",
                                             (d->nlost == 1 && d->lost[0].count == 1) ? "" : "s",
                                             items)
                      : PyUnicode_FromString("with no item in flight, and no "

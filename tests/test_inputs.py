@@ -1,0 +1,210 @@
+"""Input kinds, laziness, infinite inputs and generator chains."""
+import gc
+import itertools
+
+import pytest
+
+import parmapper
+
+
+def sq(x):
+    return x * x
+
+
+INPUT_KINDS = {
+    "list": lambda n: list(range(n)),
+    "tuple": lambda n: tuple(range(n)),
+    "range": lambda n: range(n),
+    "generator": lambda n: (i for i in range(n)),
+    "iterator": lambda n: iter(list(range(n))),
+    "map": lambda n: map(int, range(n)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
+@pytest.mark.parametrize("N,Nt", [(1, 1), (1, 3), (2, 1), (2, 2)])
+def test_input_kinds(kind, N, Nt):
+    seq = INPUT_KINDS[kind](37)
+    assert list(parmapper.parmap(sq, seq, N=N, Nt=Nt)) == [i * i for i in range(37)]
+
+
+@pytest.mark.parametrize("kind", ["list", "generator", "tuple", "range"])
+@pytest.mark.parametrize("N,Nt", [(1, 1), (1, 3), (2, 1), (3, 2)])
+def test_empty_input(kind, N, Nt):
+    seq = INPUT_KINDS[kind](0)
+    assert list(parmapper.parmap(sq, seq, N=N, Nt=Nt)) == []
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_single_item(N):
+    assert list(parmapper.parmap(sq, [9], N=N)) == [81]
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_string_input_iterates_characters(N):
+    assert list(parmapper.parmap(str.upper, "abc", N=N)) == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_dict_input_iterates_keys(N):
+    d = {"x": 1, "y": 2, "z": 3}
+    assert list(parmapper.parmap(str.upper, d, N=N)) == ["X", "Y", "Z"]
+
+
+@pytest.mark.parametrize("N,Nt", [(1, 1), (1, 2), (2, 1), (2, 3)])
+def test_lazy_start_does_not_consume_input(N, Nt):
+    consumed = []
+
+    def gen():
+        for i in range(10):
+            consumed.append(i)
+            yield i
+
+    it = parmapper.parmap(sq, gen(), N=N, Nt=Nt)
+    assert consumed == []
+    assert next(it) == 0
+    assert consumed and consumed[0] == 0
+    assert list(it) == [i * i for i in range(1, 10)]
+    assert consumed == list(range(10))
+
+
+@pytest.mark.parametrize("N", [2, 3])
+def test_lazy_start_forks_nothing(N, children):
+    before = children.pids()
+    it = parmapper.parmap(sq, range(10), N=N)
+    after = children.pids()
+    assert after <= before, "parmap() started processes before iteration"
+    assert list(it) == [i * i for i in range(10)]
+
+
+@pytest.mark.parametrize("N,Nt", [(1, 1), (2, 1), (2, 2)])
+def test_returns_iterator(N, Nt):
+    it = parmapper.parmap(sq, [1, 2, 3], N=N, Nt=Nt)
+    assert iter(it) is it
+    assert next(it) == 1
+    assert next(it) == 4
+    assert next(it) == 9
+    with pytest.raises(StopIteration):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def _close(it):
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+@pytest.mark.parametrize("N,Nt", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_infinite_input_islice(N, Nt):
+    it = parmapper.parmap(sq, itertools.count(), N=N, Nt=Nt)
+    first = list(itertools.islice(it, 15))
+    _close(it)
+    del it
+    gc.collect()
+    assert first == [i * i for i in range(15)]
+    # the engine is usable afterwards
+    assert list(parmapper.parmap(sq, range(6), N=2)) == [0, 1, 4, 9, 16, 25]
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["closed", "dropped"])
+def test_infinite_input_workers_are_cleaned_up(children, close):
+    before = children.pids()
+    it = parmapper.parmap(sq, itertools.count(), N=2, chunksize=3)
+    first = list(itertools.islice(it, 10))
+    assert first == [i * i for i in range(10)]
+    if close:
+        _close(it)
+    del it
+    gc.collect()
+    leftover = children.wait_back_to(before)
+    assert not leftover, "worker processes left behind: %r" % (leftover,)
+
+
+@pytest.mark.parametrize("N,Nt", [(2, 1), (3, 2)])
+def test_no_children_left_after_full_consumption(children, N, Nt):
+    before = children.pids()
+    assert list(parmapper.parmap(sq, range(50), N=N, Nt=Nt)) == [
+        i * i for i in range(50)
+    ]
+    leftover = children.wait_back_to(before)
+    assert not leftover, "worker processes left behind: %r" % (leftover,)
+
+
+@pytest.mark.parametrize("N,Nt", [(1, 1), (2, 1), (2, 3)])
+def test_generator_chain(N, Nt):
+    log = []
+
+    def gen():
+        for i in range(25):
+            log.append(("gen", i))
+            yield i
+
+    def pre(x):
+        return x + 1
+
+    def post(x):
+        return -x
+
+    data = map(post, parmapper.parmap(sq, map(pre, gen()), N=N, Nt=Nt))
+    assert log == []  # nothing consumed before iteration
+    assert list(data) == [-((i + 1) ** 2) for i in range(25)]
+    assert log == [("gen", i) for i in range(25)]
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_chain_of_two_parmaps(N):
+    inner = parmapper.parmap(sq, range(20), N=N)
+    outer = parmapper.parmap(lambda x: x + 1, inner, N=N)
+    assert list(outer) == [i * i + 1 for i in range(20)]
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_two_maps_interleaved(N):
+    a = parmapper.parmap(sq, range(20), N=N)
+    b = parmapper.parmap(lambda x: -x, range(20), N=N)
+    out = [(x, y) for x, y in zip(a, b)]
+    assert out == [(i * i, -i) for i in range(20)]
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_items_and_results_of_various_types(N):
+    items = [None, 1, 2.5, "s", b"b", (1, 2), [3, 4], {"k": [1]}, {1, 2},
+             10 ** 30, "é" * 1000, b"\0" * 100000]
+
+    def ident(x):
+        return x
+
+    assert list(parmapper.parmap(ident, items, N=N)) == items
+
+
+@pytest.mark.parametrize("N,Nt", [(2, 1), (2, 2)])
+def test_large_results(N, Nt):
+    def big(i):
+        return bytes([i % 256]) * (300000 + i)
+
+    out = list(parmapper.parmap(big, range(12), N=N, Nt=Nt))
+    assert out == [bytes([i % 256]) * (300000 + i) for i in range(12)]
+
+
+@pytest.mark.parametrize("N", [2])
+def test_large_items(N):
+    items = [bytes([i]) * (250000 + i) for i in range(10)]
+    out = list(parmapper.parmap(len, items, N=N, chunksize=2))
+    assert out == [250000 + i for i in range(10)]
+
+
+@pytest.mark.parametrize("N,Nt", [(1, 2), (2, 1), (2, 2)])
+def test_more_items(N, Nt):
+    out = list(parmapper.parmap(sq, range(200), N=N, Nt=Nt))
+    assert out == [i * i for i in range(200)]
+
+
+def test_partially_consumed_then_next_call_works():
+    it = parmapper.parmap(sq, range(100), N=2)
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    _close(it)
+    del it
+    gc.collect()
+    assert list(parmapper.parmap(sq, range(10), N=2)) == [i * i for i in range(10)]
