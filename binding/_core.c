@@ -43,6 +43,7 @@ static PyObject *pickle_loads;    /* pickle.loads */
 static PyObject *protocol;        /* the pickle protocol, an int */
 static PyObject *ItemShapeError;  /* TypeError subclass, made here */
 static PyObject *errors_module;   /* parmapper._errors, imported lazily */
+static PyObject *unsent_type;     /* parmapper._errors._Unsent, set before fork */
 
 /* 0 in the caller's process; 1 in a worker of a daemon map; 2 in a worker of
  * a map with daemon=False. */
@@ -365,6 +366,7 @@ typedef struct {
     Py_ssize_t next_index; /* index of the next item pulled from the input */
     PyObject *task_bytes;  /* the pickled task handed to the engine */
     PyThreadState *save;   /* the parent's thread state while it waits */
+    PyObject *timeout_obj; /* the timeout in seconds, for messages */
     /* The chunk being handed out. */
     PyObject *chunk;       /* list of results */
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
@@ -373,6 +375,47 @@ typedef struct {
 } MapIter;
 
 /* --- engine callbacks, parent side --- */
+
+/*
+ * Replaces each item of a task that cannot be pickled by an _Unsent marker
+ * carrying an ItemPicklingError that names it: the worker raises that error
+ * in the item's place, so it follows `exception` like any other.
+ */
+static int mark_unsendable(MapIter *self, PyObject *items)
+{
+    PyObject *cls = errors_attr("ItemPicklingError");
+    if (!cls)
+        return -1;
+    int ret = 0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(items) && ret == 0; k++) {
+        PyObject *item = PyList_GET_ITEM(items, k);
+        PyObject *t = dumps(item);
+        if (t) {
+            Py_DECREF(t);
+            continue;
+        }
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *exc = PyObject_CallFunction(
+            cls, "N",
+            PyUnicode_FromFormat("item %zd: cannot pickle the item (type %s) "
+                                 "to send it to a worker process: %S",
+                                 self->next_index + k, Py_TYPE(item)->tp_name,
+                                 ev ? ev : Py_None));
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        PyObject *marker = exc ? PyObject_CallOneArg(unsent_type, exc) : NULL;
+        Py_XDECREF(exc);
+        if (!marker)
+            ret = -1;
+        else
+            PyList_SetItem(items, k, marker); /* steals marker */
+    }
+    Py_DECREF(cls);
+    return ret;
+}
 
 static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
 {
@@ -404,51 +447,16 @@ static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
     }
     PyObject *b = dumps(items);
     if (!b) {
-        /* Name the item that cannot be sent. */
-        PyObject *et, *ev, *etb;
-        PyErr_Fetch(&et, &ev, &etb);
-        Py_ssize_t bad = 0;
-        PyObject *bad_item = PyList_GET_ITEM(items, 0);
-        for (Py_ssize_t k = 0; k < n; k++) {
-            PyObject *t = dumps(PyList_GET_ITEM(items, k));
-            if (!t) {
-                PyErr_Clear();
-                bad = k;
-                bad_item = PyList_GET_ITEM(items, k);
-                break;
-            }
-            Py_DECREF(t);
+        PyErr_Clear();
+        if (mark_unsendable(self, items) < 0) {
+            Py_DECREF(items);
+            return PM_ECALLBACK;
         }
-        PyErr_NormalizeException(&et, &ev, &etb);
-        PyObject *msg = PyUnicode_FromFormat(
-            "item %zd: cannot pickle the item (type %s) to send it to a "
-            "worker process: %S",
-            self->next_index + bad, Py_TYPE(bad_item)->tp_name,
-            ev ? ev : Py_None);
-        PyObject *cls = errors_attr("ItemPicklingError");
-        if (msg && cls) {
-            PyObject *exc = PyObject_CallOneArg(cls, msg);
-            if (exc) {
-                PyObject *pi = PyLong_FromSsize_t(self->next_index + bad);
-                if (pi) {
-                    PyObject_SetAttrString(exc, "seq_index", pi);
-                    Py_DECREF(pi);
-                }
-                if (ev) {
-                    Py_INCREF(ev);
-                    PyException_SetCause(exc, ev);
-                }
-                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_DECREF(exc);
-            }
+        b = dumps(items);
+        if (!b) {
+            Py_DECREF(items);
+            return PM_ECALLBACK;
         }
-        Py_XDECREF(msg);
-        Py_XDECREF(cls);
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(etb);
-        Py_DECREF(items);
-        return PM_ECALLBACK;
     }
     Py_DECREF(items);
     task->first = (uint64_t)self->next_index;
@@ -677,10 +685,22 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         goto fatal;
     for (Py_ssize_t j = 0; j < n; j++) {
         int shape = 0;
-        PyObject *r = caller_call(self->caller, first + j,
-                                  PyList_GET_ITEM(items, j), &shape);
+        PyObject *item = PyList_GET_ITEM(items, j);
+        PyObject *r;
+        if (Py_TYPE(item) == (PyTypeObject *)unsent_type) {
+            /* The parent could not pickle this item: raise its error here. */
+            PyObject *err = PyObject_GetAttrString(item, "error");
+            if (err) {
+                PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+                Py_DECREF(err);
+            }
+            r = NULL;
+        } else {
+            r = caller_call(self->caller, first + j, item, &shape);
+        }
         if (!r) {
-            if (self->mode == MODE_PROC && !shape) {
+            if (self->mode == MODE_PROC && !shape &&
+                Py_TYPE(item) != (PyTypeObject *)unsent_type) {
                 /* The original's debugging mode: the exception propagates
                  * in the worker, which prints it and dies; the parent names
                  * the item. */
@@ -874,7 +894,13 @@ static void raise_engine_error(MapIter *self, int rc)
                                             items)
                      : PyUnicode_FromString("with no item in flight, and no "
                                             "worker is left to finish the map");
+        char retried[96] = "";
+        if (self->opt.retries > 0)
+            snprintf(retried, sizeof retried,
+                     " (retries=%d used up: the item kept killing its worker)",
+                     self->opt.retries);
         const char *hint =
+            self->opt.retries > 0 ? retried :
             (self->mode == MODE_PROC && d->exit_code == 70)
                 ? " (exception='proc': the exception propagated inside the "
                   "worker; its traceback is printed above)"
@@ -958,8 +984,49 @@ static PyObject *entry_exception(PyObject *entry, Py_ssize_t idx, int *kind)
     return exc;
 }
 
+/* A task that ran past the timeout: every item of it gets a TimeoutError. */
+static int decode_timeout(MapIter *self, const pm_result *res)
+{
+    Py_ssize_t n = (Py_ssize_t)res->task.count;
+    PyObject *results = PyList_New(n);
+    PyObject *errors = PyDict_New();
+    if (!results || !errors)
+        goto fail;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(results, j, Py_None);
+        PyObject *msg = PyUnicode_FromFormat(
+            "item %zd: timed out after %S s; its worker process was killed "
+            "and replaced",
+            (Py_ssize_t)res->task.first + j, self->timeout_obj);
+        PyObject *exc = msg ? PyObject_CallOneArg(PyExc_TimeoutError, msg) : NULL;
+        Py_XDECREF(msg);
+        PyObject *entry = exc ? Py_BuildValue("(Osssi)", exc, "TimeoutError",
+                                              "", "", ERR_CALL)
+                              : NULL;
+        Py_XDECREF(exc);
+        PyObject *pj = PyLong_FromSsize_t(j);
+        int rc = (entry && pj) ? PyDict_SetItem(errors, pj, entry) : -1;
+        Py_XDECREF(entry);
+        Py_XDECREF(pj);
+        if (rc < 0)
+            goto fail;
+    }
+    Py_XSETREF(self->chunk, results);
+    Py_XSETREF(self->chunk_errors, errors);
+    self->chunk_pos = 0;
+    self->chunk_first = (Py_ssize_t)res->task.first;
+    return 0;
+fail:
+    Py_XDECREF(results);
+    Py_XDECREF(errors);
+    return -1;
+}
+
 static int decode_result(MapIter *self, const pm_result *res)
 {
+    if (res->status == PM_RESULT_TIMEDOUT)
+        return decode_timeout(self, res);
     const unsigned char *p = res->data;
     if (res->len < 1) {
         PyErr_SetString(PyExc_RuntimeError, "parmapper: empty result record");
@@ -997,6 +1064,8 @@ static int decode_result(MapIter *self, const pm_result *res)
 
 static int map_begin(MapIter *self)
 {
+    if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
+        return -1;
     pm_hooks hooks = {
         .ctx = self,
         .before_fork = hook_before_fork,
@@ -1129,17 +1198,24 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
 {
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
                              "chunksize", "ordered", "mode", "daemon",
-                             "window", "ring_bytes", NULL};
-    PyObject *caller, *seq;
-    int nproc, nthreads, ordered, mode, daemon, window = 0;
+                             "window", "ring_bytes", "retries", "timeout",
+                             NULL};
+    PyObject *caller, *seq, *timeout = Py_None;
+    int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
     Py_ssize_t chunksize, ring = 0;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|in", kwlist, &CallerType,
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniO", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
-                                     &window, &ring))
+                                     &window, &ring, &retries, &timeout))
         return -1;
+    double tsec = 0.0;
+    if (timeout != Py_None) {
+        tsec = PyFloat_AsDouble(timeout);
+        if (tsec == -1.0 && PyErr_Occurred())
+            return -1;
+    }
     if (nproc < 1 || nthreads < 1 || chunksize < 1 || mode < 0 || mode > 2 ||
-        window < 0 || ring < 0) {
+        window < 0 || ring < 0 || retries < 0 || tsec < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: bad option");
         return -1;
     }
@@ -1155,6 +1231,12 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     self->opt.ordered = ordered;
     self->opt.window = window;
     self->opt.ring_bytes = (size_t)ring;
+    self->opt.retries = retries;
+    self->opt.timeout_ms = timeout != Py_None ? (int64_t)(tsec * 1000.0 + 0.5) : 0;
+    if (timeout != Py_None && self->opt.timeout_ms < 1)
+        self->opt.timeout_ms = 1;
+    Py_INCREF(timeout);
+    Py_XSETREF(self->timeout_obj, timeout);
     self->chunksize = chunksize;
     self->mode = mode;
     self->daemon = daemon;
@@ -1176,6 +1258,7 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->it);
     Py_CLEAR(self->chunk);
     Py_CLEAR(self->chunk_errors);
+    Py_CLEAR(self->timeout_obj);
     return 0;
 }
 

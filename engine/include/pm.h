@@ -57,9 +57,17 @@ typedef struct pm_task {
     uint32_t count;
 } pm_task;
 
+/* Status of a delivered result. */
+enum {
+    PM_RESULT_OK = 0,       /* data/len hold what the work function wrote */
+    PM_RESULT_TIMEDOUT = 1, /* the task ran longer than opt.timeout_ms: its
+                               worker was killed (and replaced); no data */
+};
+
 /* One delivered result. */
 typedef struct pm_result {
     pm_task task;     /* the task this result answers */
+    int status;       /* PM_RESULT_* */
     const void *data; /* the bytes the worker wrote */
     size_t len;
 } pm_result;
@@ -129,6 +137,11 @@ typedef struct pm_options {
     int ordered;        /* deliver results in task order (else as completed) */
     int window;         /* tasks in flight per thread (0: default) */
     size_t ring_bytes;  /* bytes per ring, a power of two (0: default) */
+    int retries;        /* times a task lost to a dying worker is run again
+                           on a fresh worker before PM_EWORKERDIED (0: never) */
+    int64_t timeout_ms; /* a task running longer is abandoned: its worker is
+                           killed and replaced, the task is delivered with
+                           PM_RESULT_TIMEDOUT (0: no limit) */
 } pm_options;
 
 /* Fills *o with defaults: 1 process, 1 thread, ordered, default window and
@@ -156,7 +169,11 @@ int pm_map_start(pm_map *m);
 
 /*
  * Runs the map until the next result is available and returns 1 with *res
- * filled in; res->data stays valid until the next call on the map.  Returns
+ * filled in; res->data stays valid until the next call on the map.
+ * Tasks that were in flight on a worker that died are run again on a fresh
+ * worker when opt.retries allows (other tasks of that worker that were not
+ * running are re-sent without counting an attempt; results it had completed
+ * are kept), and tasks past opt.timeout_ms come back as PM_RESULT_TIMEDOUT.  Returns
  * 0 when every task has been delivered, or a negative code: the produce
  * function's or the check hook's value, PM_EWORKERDIED (see pm_map_death),
  * PM_ECORRUPT, or a -errno.  After an error every later call returns the

@@ -41,7 +41,31 @@ typedef struct pm_wctl {
 /* Shared, at the start of each slot (one thread of one worker). */
 typedef struct pm_slot_ctl {
     pm_bell bell; /* the worker thread sleeps here */
+    /* The task the worker thread is running: its first item and the clock
+     * when it started (0 when idle).  Read by the parent for timeouts and to
+     * tell which tasks were running when a worker died. */
+    _Alignas(64) _Atomic uint64_t run_first;
+    _Atomic uint64_t run_start_ns;
 } pm_slot_ctl;
+
+/* States of a task in a slot's FIFO. */
+enum {
+    PM_T_SENT = 0, /* written (or being written) to the worker */
+    PM_T_TIMEDOUT, /* abandoned: delivered as PM_RESULT_TIMEDOUT */
+    PM_T_DONE,     /* its result was saved from a dead worker's ring */
+};
+
+/* A task in flight on a slot. */
+typedef struct pm_inflight {
+    pm_task task;
+    uint32_t attempts;   /* runs lost to a dying worker, charged to it */
+    int state;           /* PM_T_* */
+    unsigned char *copy; /* the whole task message, kept when it may have to
+                            be sent again (retries or timeout set) */
+    size_t copy_len;
+    unsigned char *result; /* PM_T_DONE: the result message */
+    size_t result_len;
+} pm_inflight;
 
 /* Parent's private view of one slot. */
 typedef struct pm_slot {
@@ -52,9 +76,11 @@ typedef struct pm_slot {
     pm_ring_tx tx; /* tasks, parent -> worker */
     pm_ring_rx rx; /* results, worker -> parent */
     /* Tasks in flight on this slot, oldest first (capacity: window). */
-    pm_task *fifo;
+    pm_inflight *fifo;
     uint32_t fifo_head;
     uint32_t fifo_n;
+    uint32_t resend;  /* after a respawn: FIFO position of the next task to
+                         send again; == fifo_n when nothing is left to send */
     /* The rest of a task message that did not fit in the ring yet. */
     unsigned char *pend;
     size_t pend_len, pend_off, pend_cap;
@@ -74,6 +100,7 @@ typedef struct pm_worker {
     void *shm;
     size_t shm_len;
     pm_wctl *wctl;
+    int uncharged; /* deaths in a row with no running task to blame */
 } pm_worker;
 
 struct pm_map {
@@ -102,9 +129,14 @@ struct pm_map {
     int32_t *slot_of;     /* slot of task seq, at seq & (win - 1) */
     int rr;               /* unordered delivery: slot to look at first */
     unsigned checks;      /* deliveries since the last check hook */
+    unsigned loops;       /* rounds of pm_map_next's loop, for health checks */
 
     int held_slot;        /* fragment delivered in place, consumed next call */
     pm_frag held;
+    unsigned char *held_copy; /* a saved result delivered, freed next call */
+
+    int keep;             /* keep task copies: retries or timeout are set */
+    uint64_t next_health_ns; /* when to look at the workers again while busy */
 
     pm_spin spin;
     pm_death death;
@@ -123,12 +155,22 @@ int pm__spawn(pm_map *m, int w);
  * still running, or when it was not running. */
 int pm__try_reap(pm_map *m, int w);
 
+/* Kills worker w (SIGKILL) and reaps it. */
+void pm__kill_reap(pm_map *m, int w);
+
 /* Stops every running worker: asks politely, waits up to grace_ms, then
  * SIGKILLs and reaps the rest. */
 void pm__stop_all(pm_map *m, int grace_ms);
 
-/* Fills m->death for worker w from its wait status and its slots' FIFOs. */
+/* Fills m->death for worker w from its wait status and the tasks of its
+ * slots' FIFOs that were not completed. */
 void pm__record_death(pm_map *m, int w);
+
+/* The FIFO entry at position i (0 = oldest) of slot s. */
+static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
+{
+    return &s->fifo[(s->fifo_head + i) % (uint32_t)m->opt.window];
+}
 
 /* worker.c */
 

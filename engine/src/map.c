@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #define PARENT_SLEEP_MS 50
+#define HEALTH_EVERY_NS 20000000u /* look at the workers this often when busy */
 #define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
 #define STOP_GRACE_MS 200
 
@@ -56,7 +57,8 @@ int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     pm_map *m = NULL;
     *out = NULL;
     if (!opt || !produce || !work || opt->nproc < 1 || opt->nthreads < 1 ||
-        opt->window < 0 || opt->nproc > 4096 || opt->nthreads > 4096)
+        opt->window < 0 || opt->nproc > 4096 || opt->nthreads > 4096 ||
+        opt->retries < 0 || opt->timeout_ms < 0)
         return -EINVAL;
     if (opt->ring_bytes &&
         (opt->ring_bytes < 4096 || (opt->ring_bytes & (opt->ring_bytes - 1))))
@@ -78,6 +80,7 @@ int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (hooks)
         m->hooks = *hooks;
     m->held_slot = -1;
+    m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
@@ -194,7 +197,8 @@ static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
         s->pend = p;
         s->pend_cap = need;
     }
-    memcpy(s->pend, a, na);
+    if (na)
+        memcpy(s->pend, a, na);
     if (nb)
         memcpy(s->pend + na, b, nb);
     s->pend_len = need;
@@ -209,8 +213,8 @@ static pm_slot *choose_slot(pm_map *m)
     pm_slot *best = NULL;
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (s->pend_active || s->fifo_n >= (uint32_t)m->opt.window ||
-            !worker_alive(m, s->worker))
+        if (s->pend_active || s->resend < s->fifo_n ||
+            s->fifo_n >= (uint32_t)m->opt.window || !worker_alive(m, s->worker))
             continue;
         if (!best || s->fifo_n < best->fifo_n)
             best = s;
@@ -224,8 +228,21 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
                      const void *data, size_t len)
 {
     pm_msg_hdr hdr = {task->first, task->count, PM_MSG_MAGIC};
-    s->fifo[(s->fifo_head + s->fifo_n) % (uint32_t)m->opt.window] = *task;
+    pm_inflight *e = pm__fifo_at(m, s, s->fifo_n);
+    memset(e, 0, sizeof *e);
+    e->task = *task;
+    if (m->keep) {
+        /* It may have to be sent again to a fresh worker. */
+        e->copy = malloc(sizeof hdr + len);
+        if (!e->copy)
+            return -ENOMEM;
+        memcpy(e->copy, &hdr, sizeof hdr);
+        if (len)
+            memcpy(e->copy + sizeof hdr, data, len);
+        e->copy_len = sizeof hdr + len;
+    }
     s->fifo_n++;
+    s->resend = s->fifo_n;
     m->slot_of[m->next_seq & (m->win - 1)] = (int32_t)(s - m->slots);
     m->next_seq++;
     m->outstanding++;
@@ -247,12 +264,40 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     return rc;
 }
 
+/* After a respawn: sends the slot's tasks again, in FIFO order. */
+static int resend_some(pm_map *m, pm_slot *s, int *progress)
+{
+    while (s->resend < s->fifo_n && !s->pend_active) {
+        pm_inflight *e = pm__fifo_at(m, s, s->resend++);
+        if (e->state != PM_T_SENT)
+            continue;
+        size_t k = pm__tx_write(&s->tx, e->copy, e->copy_len);
+        int rc = 0;
+        if (k < e->copy_len)
+            rc = save_pending(s, e->copy + k, e->copy_len - k, NULL, 0);
+        else if (pm__tx_end(&s->tx) == -EAGAIN)
+            rc = save_pending(s, NULL, 0, NULL, 0);
+        pm__bell_ring(&s->ctl->bell);
+        *progress = 1;
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static int dispatch(pm_map *m, int *progress)
 {
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (s->pend_active && worker_alive(m, s->worker))
+        if (!worker_alive(m, s->worker))
+            continue;
+        if (s->pend_active)
             *progress |= flush_pending(m, s);
+        if (s->resend < s->fifo_n) {
+            int rc = resend_some(m, s, progress);
+            if (rc < 0)
+                return rc;
+        }
     }
     while (!m->input_done && m->outstanding < m->win) {
         pm_slot *s = choose_slot(m);
@@ -299,65 +344,124 @@ static int asm_append(pm_slot *s, const pm_frag *f)
 }
 
 /*
- * Reads the next complete result of slot s.  Returns 1 with *res filled (the
- * fragment stays in the ring until the next call when it is read in place),
- * 0 when it is not complete yet, or a negative code.
+ * Reads the next complete message of slot s's result ring.  Returns 1 with
+ * *msg and *len set (when *in_ring, *f is the fragment to consume once the
+ * message is no longer needed; otherwise the message is in the slot's
+ * assembly buffer), 0 when no complete message is there yet, or a negative
+ * code.
  */
-static int try_read(pm_map *m, int si, pm_result *res, int *progress)
+static int read_msg(pm_slot *s, const unsigned char **msg, size_t *len,
+                    pm_frag *f, int *in_ring, int *progress)
 {
-    pm_slot *s = &m->slots[si];
-    const unsigned char *msg;
-    size_t len;
     for (;;) {
-        pm_frag f;
-        int rc = pm__rx_peek(&s->rx, &f);
+        int rc = pm__rx_peek(&s->rx, f);
         if (rc <= 0)
             return rc;
-        int first = (f.flags & PM_FRAG_FIRST) != 0;
-        int last = (f.flags & PM_FRAG_LAST) != 0;
+        int first = (f->flags & PM_FRAG_FIRST) != 0;
+        int last = (f->flags & PM_FRAG_LAST) != 0;
         if (first == s->asm_active)
             return PM_ECORRUPT;
-        if (first && last && f.p2 == NULL) {
-            msg = f.p1;
-            len = f.len;
-            m->held = f;
-            m->held_slot = si;
-            break;
+        if (first && last && f->p2 == NULL) {
+            *msg = f->p1;
+            *len = f->len;
+            *in_ring = 1;
+            return 1;
         }
         if (first)
             s->asm_len = 0;
-        rc = asm_append(s, &f);
+        rc = asm_append(s, f);
         if (rc < 0)
             return rc;
-        pm__rx_consume(&s->rx, &f);
+        pm__rx_consume(&s->rx, f);
         pm__bell_ring(&s->ctl->bell);
         *progress = 1;
         s->asm_active = !last;
         if (last) {
-            msg = s->asm_buf;
-            len = s->asm_len;
-            break;
+            *msg = s->asm_buf;
+            *len = s->asm_len;
+            *in_ring = 0;
+            return 1;
         }
     }
+}
+
+/* Checks that a result message answers task t. */
+static int msg_answers(const unsigned char *msg, size_t len, const pm_task *t)
+{
     pm_msg_hdr hdr;
-    pm_task *expect = &s->fifo[s->fifo_head];
-    if (len < sizeof hdr || s->fifo_n == 0)
-        return PM_ECORRUPT;
+    if (len < sizeof hdr)
+        return 0;
     memcpy(&hdr, msg, sizeof hdr);
-    if (hdr.magic != PM_MSG_MAGIC || hdr.first != expect->first ||
-        hdr.count != expect->count)
-        return PM_ECORRUPT;
-    res->task = *expect;
-    res->data = msg + sizeof hdr;
-    res->len = len - sizeof hdr;
+    return hdr.magic == PM_MSG_MAGIC && hdr.first == t->first &&
+           hdr.count == t->count;
+}
+
+static void pop_entry(pm_map *m, pm_slot *s)
+{
+    pm_inflight *e = pm__fifo_at(m, s, 0);
+    free(e->copy);
+    e->copy = NULL;
+    /* e->result is handed out through m->held_copy and freed next call. */
+    e->result = NULL;
     s->fifo_head = (s->fifo_head + 1) % (uint32_t)m->opt.window;
     s->fifo_n--;
+    if (s->resend)
+        s->resend--;
     m->outstanding--;
+}
+
+/*
+ * Delivers the next result of slot si.  Returns 1 with *res filled (a
+ * fragment read in place stays in the ring until the next call), 0 when it
+ * is not complete yet, or a negative code.
+ */
+static int try_read(pm_map *m, int si, pm_result *res, int *progress)
+{
+    pm_slot *s = &m->slots[si];
+    if (s->fifo_n == 0)
+        return PM_ECORRUPT;
+    pm_inflight *e = pm__fifo_at(m, s, 0);
+    res->task = e->task;
+    if (e->state == PM_T_TIMEDOUT) {
+        res->status = PM_RESULT_TIMEDOUT;
+        res->data = NULL;
+        res->len = 0;
+        pop_entry(m, s);
+        return 1;
+    }
+    if (e->state == PM_T_DONE) {
+        res->status = PM_RESULT_OK;
+        res->data = e->result + sizeof(pm_msg_hdr);
+        res->len = e->result_len - sizeof(pm_msg_hdr);
+        m->held_copy = e->result;
+        pop_entry(m, s);
+        return 1;
+    }
+    const unsigned char *msg;
+    size_t len;
+    pm_frag f;
+    int in_ring = 0;
+    int rc = read_msg(s, &msg, &len, &f, &in_ring, progress);
+    if (rc <= 0)
+        return rc;
+    if (!msg_answers(msg, len, &e->task))
+        return PM_ECORRUPT;
+    if (in_ring) {
+        m->held = f;
+        m->held_slot = si;
+    }
+    m->workers[s->worker].uncharged = 0;
+    res->status = PM_RESULT_OK;
+    res->data = msg + sizeof(pm_msg_hdr);
+    res->len = len - sizeof(pm_msg_hdr);
+    pop_entry(m, s);
     return 1;
 }
 
 static void release_held(pm_map *m)
 {
+    free(m->held_copy);
+    m->held_copy = NULL;
     if (m->held_slot < 0)
         return;
     pm_slot *s = &m->slots[m->held_slot];
@@ -403,6 +507,163 @@ static int deliver(pm_map *m, pm_result *res, int *progress)
     return 0;
 }
 
+/* --- worker health: deaths, respawns, timeouts ---------------------------- */
+
+/* Resets worker w's shared memory for a fresh process. */
+static void reset_worker_shm(pm_map *m, int w)
+{
+    atomic_store(&m->workers[w].wctl->stop, 0);
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        int si = w * m->opt.nthreads + t;
+        pm_slot *s = &m->slots[si];
+        atomic_store(&s->ctl->bell.seq, 0);
+        atomic_store(&s->ctl->bell.sleeping, 0);
+        atomic_store(&s->ctl->run_first, 0);
+        atomic_store(&s->ctl->run_start_ns, 0);
+        pm__ring_init(s->task_ring, m->opt.ring_bytes);
+        pm__ring_init(s->result_ring, m->opt.ring_bytes);
+        pm__tx_init(&s->tx, s->task_ring);
+        pm__rx_init(&s->rx, s->result_ring);
+        s->pend_active = 0;
+        s->pend_len = s->pend_off = 0;
+        s->asm_active = 0;
+        s->asm_len = 0;
+        s->resend = 0;
+        if (m->held_slot == si)
+            m->held_slot = -1;
+    }
+}
+
+/* Saves the complete results still in a dead worker's ring into the FIFO
+ * entries they answer, so they are delivered and not run again. */
+static void drain_dead(pm_map *m, pm_slot *s)
+{
+    uint32_t i = 0;
+    int progress = 0;
+    for (;;) {
+        const unsigned char *msg;
+        size_t len;
+        pm_frag f;
+        int in_ring = 0;
+        if (read_msg(s, &msg, &len, &f, &in_ring, &progress) != 1)
+            return;
+        pm_inflight *e = NULL;
+        for (; i < s->fifo_n; i++) {
+            e = pm__fifo_at(m, s, i);
+            if ((e->state == PM_T_SENT || e->state == PM_T_TIMEDOUT) &&
+                msg_answers(msg, len, &e->task))
+                break;
+        }
+        if (i == s->fifo_n)
+            return;
+        unsigned char *copy = malloc(len);
+        if (!copy)
+            return; /* it will run again instead */
+        memcpy(copy, msg, len);
+        e->result = copy;
+        e->result_len = len;
+        e->state = PM_T_DONE;
+        if (in_ring)
+            pm__rx_consume(&s->rx, &f);
+        i++;
+    }
+}
+
+/*
+ * Worker w is gone (it died, or was killed because a task timed out): keeps
+ * what it finished, charges the tasks it was running with one attempt each
+ * (unless it was killed), and starts a fresh worker that is sent the rest
+ * again.  Returns 0, PM_EWORKERDIED when a task has used up its retries (or
+ * the worker keeps dying with nothing to blame), or the -errno of fork().
+ */
+static int handle_dead(pm_map *m, int w, int killed)
+{
+    int fatal = 0, charged = 0;
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+        drain_dead(m, s);
+        uint64_t started = atomic_load(&s->ctl->run_start_ns);
+        if (!started || killed)
+            continue;
+        uint64_t first = atomic_load(&s->ctl->run_first);
+        for (uint32_t i = 0; i < s->fifo_n; i++) {
+            pm_inflight *e = pm__fifo_at(m, s, i);
+            if (e->state == PM_T_SENT && e->task.first == first) {
+                charged = 1;
+                if (++e->attempts > (uint32_t)m->opt.retries)
+                    fatal = 1;
+            }
+        }
+    }
+    pm_worker *wk = &m->workers[w];
+    if (!charged && !killed && ++wk->uncharged > 3)
+        fatal = 1; /* it dies between tasks: do not respawn forever */
+    if (fatal) {
+        pm__record_death(m, w);
+        return PM_EWORKERDIED;
+    }
+    reset_worker_shm(m, w);
+    return pm__spawn(m, w);
+}
+
+/* Kills and replaces the workers whose running task is past the timeout.
+ * Returns 1 when it did, 0, or a negative code. */
+static int check_timeouts(pm_map *m, uint64_t now)
+{
+    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
+    for (int si = 0; si < m->nslots; si++) {
+        pm_slot *s = &m->slots[si];
+        if (!worker_alive(m, s->worker))
+            continue;
+        uint64_t started =
+            atomic_load_explicit(&s->ctl->run_start_ns, memory_order_acquire);
+        if (!started || now <= started || now - started < limit)
+            continue;
+        uint64_t first = atomic_load(&s->ctl->run_first);
+        pm_inflight *e = NULL;
+        for (uint32_t i = 0; i < s->fifo_n; i++) {
+            pm_inflight *x = pm__fifo_at(m, s, i);
+            if (x->state == PM_T_SENT && x->task.first == first) {
+                e = x;
+                break;
+            }
+        }
+        if (!e)
+            continue;
+        e->state = PM_T_TIMEDOUT;
+        pm__kill_reap(m, s->worker);
+        int rc = handle_dead(m, s->worker, 1);
+        return rc < 0 ? rc : 1;
+    }
+    return 0;
+}
+
+/* Reaps dead workers, replaces them when tasks may be re-run, enforces the
+ * timeout.  Returns 1 when anything changed, 0, or a negative code. */
+static int poll_health(pm_map *m)
+{
+    int changed = 0;
+    for (int w = 0; w < m->opt.nproc; w++) {
+        if (!pm__try_reap(m, w))
+            continue;
+        changed = 1;
+        if (m->keep) {
+            int rc = handle_dead(m, w, 0);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    uint64_t now = pm__now_ns();
+    if (m->opt.timeout_ms) {
+        int rc = check_timeouts(m, now);
+        if (rc < 0)
+            return rc;
+        changed |= rc;
+    }
+    m->next_health_ns = now + HEALTH_EVERY_NS;
+    return changed;
+}
+
 /* --- waiting ------------------------------------------------------------- */
 
 /* Would another round of dispatch/deliver make progress? */
@@ -411,7 +672,7 @@ static int parent_ready(pm_map *m)
     if (m->outstanding) {
         if (m->opt.ordered) {
             pm_slot *s = &m->slots[m->slot_of[m->next_deliver & (m->win - 1)]];
-            if (pm__rx_ready(&s->rx))
+            if (pm__rx_ready(&s->rx) || pm__fifo_at(m, s, 0)->state != PM_T_SENT)
                 return 1;
         } else {
             for (int i = 0; i < m->nslots; i++)
@@ -426,15 +687,6 @@ static int parent_ready(pm_map *m)
             return 1;
     }
     return 0;
-}
-
-/* Reaps dead workers.  Returns 1 when one died. */
-static int check_children(pm_map *m)
-{
-    int died = 0;
-    for (int w = 0; w < m->opt.nproc; w++)
-        died |= pm__try_reap(m, w);
-    return died;
 }
 
 static int any_alive(pm_map *m)
@@ -461,18 +713,23 @@ static int idle_wait(pm_map *m)
 
     pm_bell *b = &m->ctl->parent;
     uint32_t v = pm__bell_prepare(b);
-    int rc = 0;
-    if (!parent_ready(m) && !check_children(m)) {
+    int rc = poll_health(m);
+    if (rc == 0 && !parent_ready(m)) {
         if (m->hooks.wait_begin)
             m->hooks.wait_begin(m->hooks.ctx);
         pm__bell_sleep(b, v, PARENT_SLEEP_MS);
         if (m->hooks.wait_end)
             m->hooks.wait_end(m->hooks.ctx);
-        check_children(m);
-        if (m->hooks.check)
-            rc = m->hooks.check(m->hooks.ctx);
+        rc = poll_health(m);
+        if (rc >= 0 && m->hooks.check) {
+            int c = m->hooks.check(m->hooks.ctx);
+            if (c != 0)
+                rc = c;
+        }
     }
     pm__bell_done(b);
+    if (rc > 0)
+        rc = 0;
     /* Nothing can finish the remaining work: no worker is left. */
     if (rc == 0 && !any_alive(m) && (m->outstanding || !m->input_done)) {
         for (int w = 0; w < m->opt.nproc; w++)
@@ -501,7 +758,15 @@ int pm_map_next(pm_map *m, pm_result *res)
     }
     for (;;) {
         int progress = 0;
-        int rc = dispatch(m, &progress);
+        int rc;
+        /* Look at the workers now and then even when busy: a worker that
+         * dies while the others keep the parent busy is noticed too. */
+        if ((++m->loops & 63) == 0 && pm__now_ns() >= m->next_health_ns) {
+            rc = poll_health(m);
+            if (rc < 0)
+                return fail(m, rc);
+        }
+        rc = dispatch(m, &progress);
         if (rc < 0)
             return fail(m, rc);
         rc = deliver(m, res, &progress);
@@ -553,8 +818,14 @@ int pm_map_destroy(pm_map *m)
     }
     if (m->ctl)
         munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
+    free(m->held_copy);
     if (m->slots) {
         for (int i = 0; i < m->nslots; i++) {
+            pm_slot *s = &m->slots[i];
+            for (uint32_t k = 0; s->fifo && k < s->fifo_n; k++) {
+                free(pm__fifo_at(m, s, k)->copy);
+                free(pm__fifo_at(m, s, k)->result);
+            }
             free(m->slots[i].fifo);
             free(m->slots[i].pend);
             free(m->slots[i].asm_buf);

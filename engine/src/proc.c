@@ -102,6 +102,8 @@ void pm__record_death(pm_map *m, int w)
     size_t n = 0;
     for (int t = 0; t < m->opt.nthreads; t++)
         n += m->slots[w * m->opt.nthreads + t].fifo_n;
+    d->nlost = 0;
+    d->lost = NULL;
     free(m->lost);
     m->lost = n ? malloc(n * sizeof *m->lost) : NULL;
     d->nlost = 0;
@@ -110,9 +112,11 @@ void pm__record_death(pm_map *m, int w)
     /* Oldest first across the worker's slots: merge by item index. */
     for (int t = 0; t < m->opt.nthreads; t++) {
         pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        uint32_t cap = (uint32_t)m->opt.window;
-        for (uint32_t i = 0; i < s->fifo_n; i++)
-            m->lost[d->nlost++] = s->fifo[(s->fifo_head + i) % cap];
+        for (uint32_t i = 0; i < s->fifo_n; i++) {
+            pm_inflight *e = pm__fifo_at(m, s, i);
+            if (e->state == PM_T_SENT)
+                m->lost[d->nlost++] = e->task;
+        }
     }
     for (size_t i = 1; i < d->nlost; i++) {
         pm_task key = m->lost[i];
@@ -130,6 +134,20 @@ static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+void pm__kill_reap(pm_map *m, int w)
+{
+    pm_worker *wk = &m->workers[w];
+    if (wk->state != PM_W_RUNNING)
+        return;
+    kill(wk->pid, SIGKILL);
+    int status = 0;
+    while (waitpid(wk->pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    wk->status = status;
+    wk->state = PM_W_REAPED;
+    m->pids[w] = 0;
 }
 
 void pm__stop_all(pm_map *m, int grace_ms)
@@ -160,18 +178,8 @@ void pm__stop_all(pm_map *m, int grace_ms)
             break;
         sleep_ms(1);
     }
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        if (wk->state != PM_W_RUNNING)
-            continue;
-        kill(wk->pid, SIGKILL);
-        int status = 0;
-        while (waitpid(wk->pid, &status, 0) < 0 && errno == EINTR)
-            ;
-        wk->status = status;
-        wk->state = PM_W_REAPED;
-        m->pids[w] = 0;
-    }
+    for (int w = 0; w < m->opt.nproc; w++)
+        pm__kill_reap(m, w);
     if (m->hooks.wait_end)
         m->hooks.wait_end(m->hooks.ctx);
 }

@@ -189,8 +189,12 @@ static int serve_one(struct pm_writer *w)
     rc = pm_write(w, &hdr, sizeof hdr);
     if (rc < 0)
         return rc;
+    atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
+    atomic_store_explicit(&w->ctl->run_start_ns, pm__now_ns(),
+                          memory_order_release);
     rc = w->m->work(w->m->work_ctx, &task, msg + sizeof hdr, len - sizeof hdr,
                     w);
+    atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
     if (rc < 0)
         worker_exit(w->m, PM_WORKER_FATAL_EXIT);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from . import _core
 from ._core import ItemShapeError
-from ._progress import progress_iter
+from ._progress import check_progress, progress_iter, wants_progress
 
 __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 
@@ -34,7 +34,8 @@ def _count(name, value, default):
 
 def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
            progress=False, total=None, args=(), kwargs=None, star=False,
-           kwstar=False, exception=None):
+           kwstar=False, exception=None, executor=None, retries=0,
+           timeout=None):
     """Map `fun` over `seq` in parallel processes and/or threads.
 
     The function is inherited by forked worker processes, never pickled, so
@@ -65,9 +66,12 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
     daemon : bool, default True
         When False, a worker may itself run a parmap with ``N > 1``
         (nesting).  With True such a nested map raises a RuntimeError.
-    progress : bool or str, default False
-        Show a progress bar counting items (tqdm when installed, else a text
-        bar on stderr); a string is used as the bar's label.
+    progress : bool, str, tqdm class or instance, or callable, default False
+        Show progress counting items (never chunks) as results arrive:
+        ``True`` or a label gives a ``tqdm.auto`` bar when tqdm is installed,
+        else a text bar on stderr; a tqdm class is instantiated with the
+        total, a tqdm instance is updated and closed; any other callable is
+        called with the number of completed items.
     total : int, optional
         The number of items, for the progress bar, when ``len(seq)`` is not
         available (or to override it).
@@ -89,6 +93,25 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
         raises :class:`WorkerDiedError` naming the item).  An item of the
         wrong shape for star/kwstar always raises a TypeError
         (:class:`ItemShapeError`) naming its index.
+    retries : int, default 0
+        Items lost to a worker that dies (crash, kill, OOM) are run again on
+        a fresh worker up to this many times before :class:`WorkerDiedError`
+        is raised.  Off by default: `fun` may not be idempotent.
+    timeout : float, optional
+        Seconds one item may run.  A worker stuck past it is killed and
+        replaced, and the item fails with a ``TimeoutError`` carrying
+        ``seq_index`` (raised or returned according to `exception`).  Each
+        task then holds one item.  With `retries` or `timeout`, ``N=1`` also
+        runs in one worker process (a thread cannot be stopped).
+    executor : dask.distributed.Client or concurrent.futures.Executor, optional
+        Run the map on this executor (a cluster, an ``MPIPoolExecutor``, a
+        ``ProcessPoolExecutor``...) instead of forked workers.  Chunks of
+        `chunksize` items are submitted with bounded look-ahead (``2 * N``
+        chunks in flight, `N` defaulting to the executor's worker count);
+        star/kwstar, args/kwargs, `ordered`, `exception` with ``seq_index``
+        and `progress` keep their meaning; `Nt` and `daemon` are unused.
+        `fun` and the items are sent the way the executor sends them (dask
+        uses cloudpickle, so lambdas work there too).
 
     Returns
     -------
@@ -139,8 +162,24 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
     if chunksize == 0 or chunksize < -1:
         raise ValueError("parmap: chunksize must be >= 1, or -1 for automatic; "
                          "got {}".format(chunksize))
+    try:
+        retries = operator.index(retries)
+    except TypeError:
+        raise TypeError("parmap: retries must be a whole number >= 0, got "
+                        "{!r}".format(retries)) from None
+    if retries < 0:
+        raise ValueError("parmap: retries must be >= 0, got {}".format(retries))
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("parmap: timeout must be a number of seconds or "
+                            "None, got {!r}".format(timeout))
+        if not timeout > 0 or math.isinf(timeout):
+            raise ValueError("parmap: timeout must be a finite number of "
+                             "seconds > 0, got {!r}".format(timeout))
+    # retries and timeout need a process that can be killed and replaced.
+    use_procs = user_N > 1 or retries > 0 or timeout is not None
     if exception is None:
-        exception = "raise" if user_N > 1 else "proc"
+        exception = "raise" if use_procs or executor is not None else "proc"
     if exception not in _MODES:
         raise ValueError("parmap: exception must be 'raise', 'return' or 'proc',"
                          " got {!r}".format(exception))
@@ -166,6 +205,13 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
     except TypeError:
         n = None
 
+    check_progress(progress)
+    if executor is not None:
+        from ._cluster import executor_map
+        return executor_map(executor, fun, seq, n, N, Nt, chunksize, ordered,
+                            progress, total, args, kwargs, star, kwstar,
+                            exception)
+
     if chunksize == -1:
         if n is not None:
             chunksize = max(1, math.ceil(n / (user_N * Nt)))
@@ -175,15 +221,17 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
                           UserWarning, stacklevel=2)
             chunksize = Nt
     chunksize = max(chunksize, Nt)
+    if timeout is not None:
+        chunksize = 1  # the timeout is per item: one item per task
 
-    if user_N > 1 and _core.in_worker() == 1:
+    if use_procs and _core.in_worker() == 1:
         raise RuntimeError(
             "parmap: a nested parmap with N={} cannot start processes inside a "
             "worker of a parmap with daemon=True; pass daemon=False to the "
             "outer parmap to allow nesting".format(user_N))
 
     caller = _core.Caller(fun, tuple(args), kwargs, star, kwstar)
-    if user_N == 1:
+    if not use_procs:
         if Nt == 1:
             results = _serial(caller, seq, exception)
         else:
@@ -197,8 +245,9 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
         else:
             results = _core.MapIter(caller, seq, nproc, Nt, chunksize,
                                     bool(ordered), _MODES[exception],
-                                    bool(daemon))
-    if progress:
+                                    bool(daemon), retries=retries,
+                                    timeout=timeout)
+    if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results
 

@@ -76,3 +76,19 @@ class ItemPicklingError(ParmapperError, pickle.PicklingError):
 
 class ResultPicklingError(ParmapperError, pickle.PicklingError):
     """A result could not be pickled to send it back from a worker."""
+
+
+class _Unsent:
+    """Stands in a task for an item that could not be pickled.
+
+    The worker raises ``error`` (an :class:`ItemPicklingError` naming the
+    item) in the item's place, so it follows ``exception`` like any error.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
+
+    def __reduce__(self):
+        return (_Unsent, (self.error,))
