@@ -17,6 +17,8 @@ if sys.platform == "win32":  # pragma: no cover
         "not on Windows")
 
 from ._api import CPU_COUNT, parmap, parmapper, set_start_method
+from ._compat import ParEval, ReturnProcess
+from ._pool import Pool
 from ._core import ItemShapeError
 from ._errors import (
     ItemPicklingError,
@@ -34,6 +36,9 @@ __all__ = [
     "parmapper",
     "CPU_COUNT",
     "set_start_method",
+    "Pool",
+    "ReturnProcess",
+    "ParEval",
     "ParmapperError",
     "WorkerDiedError",
     "RemoteError",

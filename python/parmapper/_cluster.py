@@ -1,0 +1,197 @@
+"""parmap on an existing executor: a dask cluster, MPI, a process pool...
+
+``parmap(fun, seq, executor=ex)`` runs the same map on `ex` instead of the C
+engine's forked workers.  `ex` is a ``dask.distributed.Client`` or any
+``concurrent.futures.Executor`` (``MPIPoolExecutor``, ``ProcessPoolExecutor``,
+``ThreadPoolExecutor``...).  parmapper does not schedule anything itself
+here: it cuts the input into chunks, submits them with bounded look-ahead,
+and turns what comes back into parmap's results, errors and progress.
+
+Each chunk runs :func:`_run_chunk` on a worker, which builds the same C
+``Caller`` as the engine (so star/kwstar behave identically) and catches
+exceptions per item, so one failing item does not lose its chunk's other
+results and the caller can name it (``seq_index``).  parmapper must
+therefore be importable on the workers (it is on a ``LocalCluster``).
+"""
+import collections
+import itertools
+import math
+import os
+import pickle
+import traceback
+import warnings
+
+from ._errors import RemoteError, RemoteTraceback
+from ._progress import progress_iter, wants_progress
+
+__all__ = ["executor_map"]
+
+_OK, _SHAPE, _CALL = 0, 1, 2
+
+
+def _portable(exc, tb):
+    """`exc`, or a RemoteError standing for it when it cannot be pickled."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RemoteError(
+            "{}: {} (the exception could not be pickled; the worker's "
+            "traceback is attached)".format(type(exc).__name__, exc),
+            type(exc).__name__, str(exc))
+
+
+def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
+    """Runs one chunk on a worker of the executor.
+
+    Returns ``(results, errors)``: `results` has one entry per item (None
+    where the item failed) and `errors` maps the position in the chunk to
+    ``(kind, exception, traceback text)``.  With ``mode == 'proc'`` an
+    exception from `fun` propagates out of the task instead (with
+    ``seq_index`` set), for the executor to report.
+    """
+    from . import _core  # imported on the worker, where this runs
+    from ._core import ItemShapeError
+
+    caller = _core.Caller(fun, tuple(args), kwargs, star, kwstar)
+    results = []
+    errors = {}
+    for j, item in enumerate(items):
+        i = first + j
+        try:
+            results.append(caller(i, item))
+            continue
+        except ItemShapeError as e:
+            kind, exc = _SHAPE, e
+        except Exception as e:
+            if mode == "proc":
+                try:
+                    e.seq_index = i
+                except Exception:
+                    pass
+                raise
+            kind, exc = _CALL, e
+        tb = traceback.format_exc()
+        errors[j] = (kind, _portable(exc, tb), tb)
+        results.append(None)
+    return results, errors
+
+
+def _is_dask(ex):
+    mod = type(ex).__module__ or ""
+    return mod.split(".")[0] == "distributed"
+
+
+def _slots(ex):
+    """How many tasks the executor runs at once, as well as it tells."""
+    if _is_dask(ex):
+        try:
+            return max(1, sum(ex.nthreads().values()))
+        except Exception:
+            return os.cpu_count() or 1
+    for name in ("_max_workers", "num_workers", "max_workers"):
+        v = getattr(ex, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return os.cpu_count() or 1
+
+
+def executor_map(ex, fun, seq, n, N, Nt, chunksize, ordered, progress, total,
+                 args, kwargs, star, kwstar, mode):
+    """parmap's executor path; the options are already validated.
+
+    Nothing is submitted until the first result is requested.
+    """
+    if not callable(getattr(ex, "submit", None)):
+        raise TypeError(
+            "parmap: executor must be a dask.distributed.Client or a "
+            "concurrent.futures.Executor (something with submit()), got "
+            "{!r}".format(type(ex).__name__))
+    slots = N if N is not None else None
+    results = _executor_iter(ex, fun, seq, n, slots, Nt, chunksize,
+                             bool(ordered), args, kwargs, star, kwstar, mode)
+    if wants_progress(progress):
+        results = progress_iter(results, progress,
+                                total if total is not None else n)
+    return results
+
+
+def _raise_or_return(kind, exc, tb, index, mode):
+    try:
+        exc.seq_index = index
+    except Exception:  # an exception class with __slots__
+        pass
+    if tb and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(tb)
+    if kind == _SHAPE or mode != "return":
+        raise exc
+    return exc
+
+
+def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
+                   kwargs, star, kwstar, mode):
+    dask = _is_dask(ex)
+    if slots is None:
+        slots = _slots(ex)
+    if chunksize == -1:
+        if n is not None:
+            chunksize = max(1, math.ceil(n / slots))
+        else:
+            warnings.warn("parmap: chunksize=-1 needs len(seq); the input has "
+                          "no length, so chunksize={} is used".format(Nt),
+                          UserWarning, stacklevel=3)
+            chunksize = Nt
+    ahead = 2 * slots
+    it = iter(seq)
+    kw = dict(kwargs) if kwargs else None
+
+    def submit(first, items):
+        a = (_run_chunk, fun, tuple(args), kw, star, kwstar, mode, first,
+             items)
+        if dask:
+            # pure=False: two chunks with equal items are still two tasks.
+            return ex.submit(*a, pure=False)
+        return ex.submit(*a)
+
+    if dask:
+        from distributed import as_completed
+        done_iter = as_completed()
+    pending = collections.OrderedDict()  # future -> index of its first item
+    first = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < ahead:
+                items = list(itertools.islice(it, chunksize))
+                if not items:
+                    exhausted = True
+                    break
+                fut = submit(first, items)
+                pending[fut] = first
+                if dask and not ordered:
+                    done_iter.add(fut)
+                first += len(items)
+            if not pending:
+                return
+            if ordered:
+                fut = next(iter(pending))
+            elif dask:
+                fut = next(done_iter)
+            else:
+                import concurrent.futures as cf
+                done, _ = cf.wait(list(pending),
+                                  return_when=cf.FIRST_COMPLETED)
+                fut = next(iter(done))
+            start = pending.pop(fut)
+            values, errors = fut.result()
+            for j, value in enumerate(values):
+                if errors and j in errors:
+                    kind, exc, tb = errors[j]
+                    value = _raise_or_return(kind, exc, tb, start + j, mode)
+                yield value
+    finally:
+        for fut in pending:
+            try:
+                fut.cancel()
+            except Exception:  # the executor is already shut down
+                pass
