@@ -109,7 +109,9 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
         `chunksize` items are submitted with bounded look-ahead (``2 * N``
         chunks in flight, `N` defaulting to the executor's worker count);
         star/kwstar, args/kwargs, `ordered`, `exception` with ``seq_index``
-        and `progress` keep their meaning; `Nt` and `daemon` are unused.
+        and `progress` keep their meaning; `Nt` and `daemon` are unused;
+        `retries` is passed to dask (chunks lost with a worker run again)
+        and `timeout` is refused (an executor cannot stop a running task).
         `fun` and the items are sent the way the executor sends them (dask
         uses cloudpickle, so lambdas work there too).
 
@@ -210,7 +212,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
         from ._cluster import executor_map
         return executor_map(executor, fun, seq, n, N, Nt, chunksize, ordered,
                             progress, total, args, kwargs, star, kwstar,
-                            exception)
+                            exception, retries, timeout)
 
     if chunksize == -1:
         if n is not None:

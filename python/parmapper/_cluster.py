@@ -97,7 +97,7 @@ def _slots(ex):
 
 
 def executor_map(ex, fun, seq, n, N, Nt, chunksize, ordered, progress, total,
-                 args, kwargs, star, kwstar, mode):
+                 args, kwargs, star, kwstar, mode, retries=0, timeout=None):
     """parmap's executor path; the options are already validated.
 
     Nothing is submitted until the first result is requested.
@@ -107,9 +107,16 @@ def executor_map(ex, fun, seq, n, N, Nt, chunksize, ordered, progress, total,
             "parmap: executor must be a dask.distributed.Client or a "
             "concurrent.futures.Executor (something with submit()), got "
             "{!r}".format(type(ex).__name__))
-    slots = N if N is not None else None
-    results = _executor_iter(ex, fun, seq, n, slots, Nt, chunksize,
-                             bool(ordered), args, kwargs, star, kwstar, mode)
+    if timeout is not None:
+        raise ValueError("parmap: timeout is not supported with executor=: "
+                         "an executor cannot stop a running task")
+    if retries and not _is_dask(ex):
+        raise ValueError("parmap: retries with executor= needs a "
+                         "dask.distributed.Client (which reruns the chunks of "
+                         "a lost worker); {} cannot".format(type(ex).__name__))
+    results = _executor_iter(ex, fun, seq, n, N, Nt, chunksize,
+                             bool(ordered), args, kwargs, star, kwstar, mode,
+                             retries)
     if wants_progress(progress):
         results = progress_iter(results, progress,
                                 total if total is not None else n)
@@ -129,7 +136,7 @@ def _raise_or_return(kind, exc, tb, index, mode):
 
 
 def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
-                   kwargs, star, kwstar, mode):
+                   kwargs, star, kwstar, mode, retries):
     dask = _is_dask(ex)
     if slots is None:
         slots = _slots(ex)
@@ -150,6 +157,8 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
              items)
         if dask:
             # pure=False: two chunks with equal items are still two tasks.
+            if retries:
+                return ex.submit(*a, pure=False, retries=retries)
             return ex.submit(*a, pure=False)
         return ex.submit(*a)
 
