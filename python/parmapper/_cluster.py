@@ -62,7 +62,7 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
             results.append(caller(i, item))
             continue
         except ItemShapeError as e:
-            kind, exc = _SHAPE, e
+            kind, exc, tb = _SHAPE, e, None
         except Exception as e:
             if mode == "proc":
                 try:
@@ -70,8 +70,7 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
                 except Exception:
                     pass
                 raise
-            kind, exc = _CALL, e
-        tb = traceback.format_exc()
+            kind, exc, tb = _CALL, e, traceback.format_exc()
         errors[j] = (kind, _portable(exc, tb), tb)
         results.append(None)
     return results, errors
