@@ -21,13 +21,24 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pm.h"
 
 /* Result records start with one byte saying how the rest is laid out. */
-#define REC_PLAIN 0  /* pickle of the list of results */
-#define REC_ERRORS 1 /* pickle of (results, {position: error entry}) */
+/* Task records start with one byte saying where the items are. */
+#define TASK_PICKLE 0  /* pickle of the list of items */
+#define TASK_COMPACT 1 /* the list in the compact codec */
+#define TASK_INDEX 2   /* nothing: items first..first+count of the inherited
+                          sequence (index dispatch) */
+
+/* Result records: one byte saying how the rest is laid out, then the
+ * nanoseconds the worker spent on the task (u64), then the data. */
+#define REC_PLAIN 0   /* pickle of the list of results */
+#define REC_ERRORS 1  /* pickle of (results, {position: error entry}) */
+#define REC_COMPACT 2 /* the list of results in the compact codec */
+#define REC_HDR 9
 
 /* Kinds of error entries. */
 #define ERR_CALL 0  /* raised by the user's function: follows `exception` */
@@ -349,6 +360,268 @@ static PyObject *loads_mem(const void *p, size_t n)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The compact codec: the common scalar types without pickle.               */
+/*
+ * A value is a tag byte and its data, little-endian as the machine is (both
+ * ends are the same machine):
+ *   'N' None  'T' True  'F' False
+ *   'i' int64            'f' float64
+ *   's' u32 length + UTF-8     'b' u64 length + bytes
+ *   't' u32 count + values     'l' u32 count + values
+ * Only exact types are encoded (a subclass may carry state pickle keeps);
+ * anything else makes the whole record fall back to pickle.
+ */
+
+typedef struct {
+    unsigned char *p;
+    size_t len, cap;
+} buf_t;
+
+#define ENC_UNSUPPORTED 1
+#define ENC_MAX_DEPTH 32
+
+static int buf_reserve(buf_t *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    unsigned char *p = PyMem_RawRealloc(b->p, cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(buf_t *b, const void *src, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_tag(buf_t *b, unsigned char tag)
+{
+    return buf_put(b, &tag, 1);
+}
+
+/* Returns 0, ENC_UNSUPPORTED (nothing is raised), or -1 with an error. */
+static int enc_value(buf_t *b, PyObject *o, int depth)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow)
+            return ENC_UNSUPPORTED;
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (buf_reserve(b, 9) < 0)
+            return -1;
+        b->p[b->len] = 'i';
+        memcpy(b->p + b->len + 1, &v, 8);
+        b->len += 9;
+        return 0;
+    }
+    if (t == &PyFloat_Type) {
+        double v = PyFloat_AS_DOUBLE(o);
+        if (buf_reserve(b, 9) < 0)
+            return -1;
+        b->p[b->len] = 'f';
+        memcpy(b->p + b->len + 1, &v, 8);
+        b->len += 9;
+        return 0;
+    }
+    if (o == Py_None)
+        return buf_tag(b, 'N');
+    if (o == Py_True)
+        return buf_tag(b, 'T');
+    if (o == Py_False)
+        return buf_tag(b, 'F');
+    if (t == &PyUnicode_Type) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+        if (!s) { /* lone surrogates: let pickle handle them */
+            PyErr_Clear();
+            return ENC_UNSUPPORTED;
+        }
+        if ((size_t)n > 0xffffffffu)
+            return ENC_UNSUPPORTED;
+        uint32_t n32 = (uint32_t)n;
+        if (buf_reserve(b, 5 + (size_t)n) < 0)
+            return -1;
+        b->p[b->len] = 's';
+        memcpy(b->p + b->len + 1, &n32, 4);
+        memcpy(b->p + b->len + 5, s, (size_t)n);
+        b->len += 5 + (size_t)n;
+        return 0;
+    }
+    if (t == &PyBytes_Type) {
+        uint64_t n = (uint64_t)PyBytes_GET_SIZE(o);
+        if (buf_reserve(b, 9 + (size_t)n) < 0)
+            return -1;
+        b->p[b->len] = 'b';
+        memcpy(b->p + b->len + 1, &n, 8);
+        memcpy(b->p + b->len + 9, PyBytes_AS_STRING(o), (size_t)n);
+        b->len += 9 + (size_t)n;
+        return 0;
+    }
+    if (t == &PyTuple_Type || t == &PyList_Type) {
+        if (depth >= ENC_MAX_DEPTH)
+            return ENC_UNSUPPORTED;
+        int is_list = t == &PyList_Type;
+        Py_ssize_t n = is_list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o);
+        if ((size_t)n > 0xffffffffu)
+            return ENC_UNSUPPORTED;
+        uint32_t n32 = (uint32_t)n;
+        if (buf_reserve(b, 5) < 0)
+            return -1;
+        b->p[b->len] = is_list ? 'l' : 't';
+        memcpy(b->p + b->len + 1, &n32, 4);
+        b->len += 5;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            /* A list may change size while encoding only through __del__
+             * tricks; re-check the bound on every step. */
+            if (is_list && i >= PyList_GET_SIZE(o))
+                return ENC_UNSUPPORTED;
+            PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
+            int rc = enc_value(b, x, depth + 1);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    return ENC_UNSUPPORTED;
+}
+
+static PyObject *dec_corrupt(void)
+{
+    PyErr_SetString(PyExc_RuntimeError, "parmapper: corrupt compact record");
+    return NULL;
+}
+
+/* Decodes one value at *p (advanced past it).  NULL with an error set. */
+static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
+                           int depth)
+{
+    const unsigned char *p = *pp;
+    if (p >= end || depth > ENC_MAX_DEPTH)
+        return dec_corrupt();
+    unsigned char tag = *p++;
+    PyObject *r = NULL;
+    switch (tag) {
+    case 'N':
+        r = Py_None;
+        Py_INCREF(r);
+        break;
+    case 'T':
+        r = Py_True;
+        Py_INCREF(r);
+        break;
+    case 'F':
+        r = Py_False;
+        Py_INCREF(r);
+        break;
+    case 'i': {
+        long long v;
+        if (end - p < 8)
+            return dec_corrupt();
+        memcpy(&v, p, 8);
+        p += 8;
+        r = PyLong_FromLongLong(v);
+        break;
+    }
+    case 'f': {
+        double v;
+        if (end - p < 8)
+            return dec_corrupt();
+        memcpy(&v, p, 8);
+        p += 8;
+        r = PyFloat_FromDouble(v);
+        break;
+    }
+    case 's': {
+        uint32_t n;
+        if (end - p < 4)
+            return dec_corrupt();
+        memcpy(&n, p, 4);
+        p += 4;
+        if ((size_t)(end - p) < n)
+            return dec_corrupt();
+        r = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, NULL);
+        p += n;
+        break;
+    }
+    case 'b': {
+        uint64_t n;
+        if (end - p < 8)
+            return dec_corrupt();
+        memcpy(&n, p, 8);
+        p += 8;
+        if ((uint64_t)(end - p) < n)
+            return dec_corrupt();
+        r = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+        p += n;
+        break;
+    }
+    case 't':
+    case 'l': {
+        uint32_t n;
+        if (end - p < 4)
+            return dec_corrupt();
+        memcpy(&n, p, 4);
+        p += 4;
+        if ((size_t)(end - p) < n) /* every value takes at least a byte */
+            return dec_corrupt();
+        r = tag == 'l' ? PyList_New(n) : PyTuple_New(n);
+        if (!r)
+            return NULL;
+        for (uint32_t i = 0; i < n; i++) {
+            PyObject *x = dec_value(&p, end, depth + 1);
+            if (!x) {
+                Py_DECREF(r);
+                return NULL;
+            }
+            if (tag == 'l')
+                PyList_SET_ITEM(r, i, x);
+            else
+                PyTuple_SET_ITEM(r, i, x);
+        }
+        break;
+    }
+    default:
+        return dec_corrupt();
+    }
+    *pp = p;
+    return r;
+}
+
+/* Decodes a whole record that must be exactly one value. */
+static PyObject *dec_record(const unsigned char *p, size_t n)
+{
+    const unsigned char *end = p + n;
+    PyObject *r = dec_value(&p, end, 0);
+    if (r && p != end) {
+        Py_DECREF(r);
+        return dec_corrupt();
+    }
+    return r;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
 /* MapIter.                                                                 */
 
 typedef struct {
@@ -367,6 +640,13 @@ typedef struct {
     PyObject *task_bytes;  /* the pickled task handed to the engine */
     PyThreadState *save;   /* the parent's thread state while it waits */
     PyObject *timeout_obj; /* the timeout in seconds, for messages */
+    PyObject *index_seq;   /* the input, when the workers index it */
+    Py_ssize_t length;     /* its length (or len(seq)), -1 when unknown */
+    int adaptive;          /* chunksize chosen from measurements */
+    Py_ssize_t last_chunk;
+    double ns_per_item;    /* moving averages fed by the results */
+    double bytes_per_item;
+    buf_t enc;             /* the task being sent */
     /* The chunk being handed out. */
     PyObject *chunk;       /* list of results */
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
@@ -417,14 +697,71 @@ static int mark_unsendable(MapIter *self, PyObject *items)
     return ret;
 }
 
+/* How many items the next task carries: the fixed chunksize, or (adaptive)
+ * enough items for about TARGET_TASK_NS of work as measured by the workers,
+ * at most doubling from one task to the next, small enough that a result
+ * stays within TARGET_TASK_BYTES, and small near the end of known input. */
+#define TARGET_TASK_NS 2000000.0
+#define TARGET_TASK_BYTES 262144.0
+
+static Py_ssize_t next_chunk_size(MapIter *self)
+{
+    if (!self->adaptive)
+        return self->chunksize;
+    double size = 1.0;
+    if (self->ns_per_item > 0.0) {
+        size = TARGET_TASK_NS / (self->ns_per_item > 20.0 ? self->ns_per_item : 20.0);
+        double bcap = TARGET_TASK_BYTES /
+                      (self->bytes_per_item > 1.0 ? self->bytes_per_item : 1.0);
+        if (size > bcap)
+            size = bcap;
+        double grow = 2.0 * (double)self->last_chunk;
+        if (size > grow)
+            size = grow;
+    }
+    if (self->length >= 0) {
+        /* Keep at least four tasks per thread for the rest of the input so
+         * the last tasks finish together. */
+        double left = (double)(self->length - self->next_index);
+        double cap = left / (4.0 * self->opt.nproc * self->opt.nthreads);
+        if (size > cap)
+            size = cap;
+    }
+    Py_ssize_t n = size < 1.0 ? 1 : (Py_ssize_t)size;
+    if (n > 1 << 20)
+        n = 1 << 20;
+    self->last_chunk = n;
+    return n;
+}
+
 static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
 {
     MapIter *self = ctx;
+    buf_t *enc = &self->enc;
     Py_CLEAR(self->task_bytes);
+    Py_ssize_t want = next_chunk_size(self);
+    enc->len = 0;
+
+    if (self->index_seq) {
+        /* Index dispatch: the workers read their inherited copy. */
+        Py_ssize_t left = self->length - self->next_index;
+        if (left <= 0)
+            return 0;
+        Py_ssize_t n = want < left ? want : left;
+        if (buf_tag(enc, TASK_INDEX) < 0)
+            return PM_ECALLBACK;
+        task->first = (uint64_t)self->next_index;
+        task->count = (uint32_t)n;
+        self->next_index += n;
+        *data = enc->p;
+        *len = enc->len;
+        return 1;
+    }
+
     PyObject *items = PyList_New(0);
     if (!items)
         return PM_ECALLBACK;
-    for (Py_ssize_t k = 0; k < self->chunksize; k++) {
+    for (Py_ssize_t k = 0; k < want; k++) {
         PyObject *x = PyIter_Next(self->it);
         if (!x) {
             if (PyErr_Occurred()) {
@@ -445,26 +782,38 @@ static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
         Py_DECREF(items);
         return 0;
     }
-    PyObject *b = dumps(items);
-    if (!b) {
-        PyErr_Clear();
-        if (mark_unsendable(self, items) < 0) {
-            Py_DECREF(items);
-            return PM_ECALLBACK;
-        }
-        b = dumps(items);
+    int rc = buf_tag(enc, TASK_COMPACT);
+    if (rc == 0)
+        rc = enc_value(enc, items, 0);
+    if (rc == ENC_UNSUPPORTED) {
+        /* Pickle: the prefix byte, then the pickle of the list. */
+        PyObject *b = dumps(items);
         if (!b) {
-            Py_DECREF(items);
-            return PM_ECALLBACK;
+            PyErr_Clear();
+            if (mark_unsendable(self, items) < 0) {
+                Py_DECREF(items);
+                return PM_ECALLBACK;
+            }
+            b = dumps(items);
+            if (!b) {
+                Py_DECREF(items);
+                return PM_ECALLBACK;
+            }
         }
+        enc->len = 0;
+        rc = buf_tag(enc, TASK_PICKLE);
+        if (rc == 0)
+            rc = buf_put(enc, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+        Py_DECREF(b);
     }
     Py_DECREF(items);
+    if (rc < 0)
+        return PM_ECALLBACK;
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;
-    self->task_bytes = b;
-    *data = PyBytes_AS_STRING(b);
-    *len = (size_t)PyBytes_GET_SIZE(b);
+    *data = enc->p;
+    *len = enc->len;
     return 1;
 }
 
@@ -666,6 +1015,42 @@ static int sanitize_results(PyObject *results, PyObject **errors,
     return 0;
 }
 
+/* Worker side: the item at index i of the inherited input (new reference). */
+static PyObject *index_item(MapIter *self, Py_ssize_t i)
+{
+    PyObject *s = self->index_seq;
+    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s)) {
+        PyObject *x = PyList_GET_ITEM(s, i);
+        Py_INCREF(x);
+        return x;
+    }
+    if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s)) {
+        PyObject *x = PyTuple_GET_ITEM(s, i);
+        Py_INCREF(x);
+        return x;
+    }
+    return PySequence_GetItem(s, i);
+}
+
+/* Thread-local encoder for results in a worker. */
+static __thread buf_t tls_enc;
+
+/* Writes one result record: the prefix, the elapsed time, the data. */
+static int write_record(pm_writer *out, unsigned char kind, uint64_t elapsed,
+                        const void *data, size_t n)
+{
+    unsigned char hdr[REC_HDR];
+    hdr[0] = kind;
+    memcpy(hdr + 1, &elapsed, 8);
+    /* Write without the GIL: the ring may be full until the parent reads. */
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = pm_write(out, hdr, sizeof hdr);
+    if (rc == 0)
+        rc = pm_write(out, data, n);
+    PyEval_RestoreThread(ts);
+    return rc;
+}
+
 /* Runs one task in a worker.  Returns 0, or -1 when the worker must stop
  * (exception='proc', or the results cannot be sent at all). */
 static int work_run(MapIter *self, const pm_task *task, const void *in,
@@ -675,19 +1060,31 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     PyObject *items = NULL, *results = NULL, *errors = NULL, *payload = NULL;
     PyObject *b = NULL;
     Py_ssize_t first = (Py_ssize_t)task->first;
+    const unsigned char *p = in;
+    Py_ssize_t n = (Py_ssize_t)task->count;
 
-    items = loads_mem(in, len);
-    if (!items || !PyList_Check(items))
+    if (len < 1)
         goto fatal;
-    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (p[0] == TASK_COMPACT)
+        items = dec_record(p + 1, len - 1);
+    else if (p[0] == TASK_PICKLE)
+        items = loads_mem(p + 1, len - 1);
+    else if (p[0] != TASK_INDEX || !self->index_seq)
+        goto fatal;
+    if (p[0] != TASK_INDEX &&
+        (!items || !PyList_Check(items) || PyList_GET_SIZE(items) != n))
+        goto fatal;
     results = PyList_New(n);
     if (!results)
         goto fatal;
+    uint64_t t0 = mono_ns();
     for (Py_ssize_t j = 0; j < n; j++) {
         int shape = 0;
-        PyObject *item = PyList_GET_ITEM(items, j);
+        PyObject *item = items ? PyList_GET_ITEM(items, j) : index_item(self, first + j);
         PyObject *r;
-        if (Py_TYPE(item) == (PyTypeObject *)unsent_type) {
+        if (!item) {
+            r = NULL;
+        } else if (Py_TYPE(item) == (PyTypeObject *)unsent_type) {
             /* The parent could not pickle this item: raise its error here. */
             PyObject *err = PyObject_GetAttrString(item, "error");
             if (err) {
@@ -698,9 +1095,11 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         } else {
             r = caller_call(self->caller, first + j, item, &shape);
         }
+        int unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
+        if (!items)
+            Py_XDECREF(item);
         if (!r) {
-            if (self->mode == MODE_PROC && !shape &&
-                Py_TYPE(item) != (PyTypeObject *)unsent_type) {
+            if (self->mode == MODE_PROC && !shape && !unsent) {
                 /* The original's debugging mode: the exception propagates
                  * in the worker, which prints it and dies; the parent names
                  * the item. */
@@ -725,6 +1124,18 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         }
         PyList_SET_ITEM(results, j, r);
     }
+    uint64_t elapsed = mono_ns() - t0;
+    if (!errors) {
+        buf_t *enc = &tls_enc;
+        enc->len = 0;
+        int rc = enc_value(enc, results, 0);
+        if (rc < 0)
+            goto fatal;
+        if (rc == 0) {
+            ret = write_record(out, REC_COMPACT, elapsed, enc->p, enc->len) < 0 ? -1 : 0;
+            goto done;
+        }
+    }
     for (int attempt = 0; attempt < 2; attempt++) {
         if (errors)
             payload = PyTuple_Pack(2, results, errors);
@@ -744,16 +1155,9 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (sanitize_results(results, &errors, first) < 0)
             goto fatal;
     }
-    unsigned char kind = errors ? REC_ERRORS : REC_PLAIN;
-    char *data = PyBytes_AS_STRING(b);
-    Py_ssize_t blen = PyBytes_GET_SIZE(b);
-    /* Write without the GIL: the ring may be full until the parent reads. */
-    PyThreadState *ts = PyEval_SaveThread();
-    int rc = pm_write(out, &kind, 1);
-    if (rc == 0)
-        rc = pm_write(out, data, (size_t)blen);
-    PyEval_RestoreThread(ts);
-    ret = rc < 0 ? -1 : 0;
+    ret = write_record(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
+                       PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)) < 0
+              ? -1 : 0;
     goto done;
 fatal:
     if (PyErr_Occurred())
@@ -1028,11 +1432,27 @@ static int decode_result(MapIter *self, const pm_result *res)
     if (res->status == PM_RESULT_TIMEDOUT)
         return decode_timeout(self, res);
     const unsigned char *p = res->data;
-    if (res->len < 1) {
-        PyErr_SetString(PyExc_RuntimeError, "parmapper: empty result record");
+    if (res->len < REC_HDR) {
+        PyErr_SetString(PyExc_RuntimeError, "parmapper: short result record");
         return -1;
     }
-    PyObject *obj = loads_mem(p + 1, res->len - 1);
+    if (self->adaptive && res->task.count > 0) {
+        /* Feed the chunk-size estimate: time and bytes per item. */
+        uint64_t elapsed;
+        memcpy(&elapsed, p + 1, 8);
+        double k = (double)res->task.count;
+        double ns = (double)elapsed / k, bytes = (double)res->len / k;
+        if (self->ns_per_item <= 0.0) {
+            self->ns_per_item = ns;
+            self->bytes_per_item = bytes;
+        } else {
+            self->ns_per_item = 0.7 * self->ns_per_item + 0.3 * ns;
+            self->bytes_per_item = 0.7 * self->bytes_per_item + 0.3 * bytes;
+        }
+    }
+    PyObject *obj = p[0] == REC_COMPACT
+                        ? dec_record(p + REC_HDR, res->len - REC_HDR)
+                        : loads_mem(p + REC_HDR, res->len - REC_HDR);
     if (!obj)
         return -1;
     PyObject *results = obj, *errors = NULL;
@@ -1066,6 +1486,12 @@ static int map_begin(MapIter *self)
 {
     if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
         return -1;
+    if (self->index_seq) {
+        /* The workers will see the sequence as it is now, at fork. */
+        self->length = PyObject_Length(self->index_seq);
+        if (self->length < 0)
+            return -1;
+    }
     pm_hooks hooks = {
         .ctx = self,
         .before_fork = hook_before_fork,
@@ -1199,22 +1625,28 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
                              "chunksize", "ordered", "mode", "daemon",
                              "window", "ring_bytes", "retries", "timeout",
-                             NULL};
+                             "index", "length", NULL};
     PyObject *caller, *seq, *timeout = Py_None;
     int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
-    Py_ssize_t chunksize, ring = 0;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniO", kwlist, &CallerType,
+    int index = 0;
+    Py_ssize_t chunksize, ring = 0, length = -1;
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpn", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
-                                     &window, &ring, &retries, &timeout))
+                                     &window, &ring, &retries, &timeout,
+                                     &index, &length))
         return -1;
+    if (index && length < 0) {
+        PyErr_SetString(PyExc_ValueError, "MapIter: index dispatch needs the length");
+        return -1;
+    }
     double tsec = 0.0;
     if (timeout != Py_None) {
         tsec = PyFloat_AsDouble(timeout);
         if (tsec == -1.0 && PyErr_Occurred())
             return -1;
     }
-    if (nproc < 1 || nthreads < 1 || chunksize < 1 || mode < 0 || mode > 2 ||
+    if (nproc < 1 || nthreads < 1 || chunksize < 0 || mode < 0 || mode > 2 ||
         window < 0 || ring < 0 || retries < 0 || tsec < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: bad option");
         return -1;
@@ -1238,6 +1670,14 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     Py_INCREF(timeout);
     Py_XSETREF(self->timeout_obj, timeout);
     self->chunksize = chunksize;
+    self->adaptive = chunksize == 0;
+    self->length = length;
+    if (index) {
+        Py_INCREF(seq);
+        Py_XSETREF(self->index_seq, seq);
+    }
+    if (window == 0)
+        self->opt.window = self->adaptive ? 8 : 32;
     self->mode = mode;
     self->daemon = daemon;
     return 0;
@@ -1249,6 +1689,7 @@ static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
     Py_VISIT(self->it);
     Py_VISIT(self->chunk);
     Py_VISIT(self->chunk_errors);
+    Py_VISIT(self->index_seq);
     return 0;
 }
 
@@ -1259,6 +1700,7 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->chunk);
     Py_CLEAR(self->chunk_errors);
     Py_CLEAR(self->timeout_obj);
+    Py_CLEAR(self->index_seq);
     return 0;
 }
 
@@ -1269,6 +1711,7 @@ static void MapIter_dealloc(MapIter *self)
     if (self->map)
         map_teardown_keep_error(self);
     MapIter_clear(self);
+    PyMem_RawFree(self->enc.p);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

@@ -32,7 +32,7 @@ def _count(name, value, default):
     return v
 
 
-def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
+def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
            progress=False, total=None, args=(), kwargs=None, star=False,
            kwstar=False, exception=None, executor=None, retries=0,
            timeout=None):
@@ -57,10 +57,13 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
     Nt : int, default 1
         Number of threads inside each process (useful when `fun` releases
         the GIL: I/O, sleep, numpy...).
-    chunksize : int, default 1
-        Items per task sent to a worker; ``-1`` means
+    chunksize : int or None, default None
+        Items per task sent to a worker.  ``None`` (adaptive): the engine
+        measures the time per item and grows tasks toward a couple of
+        milliseconds of work, smaller near the end of known-length input.
+        An int is used as given (raised to at least `Nt`); ``-1`` means
         ``ceil(len(seq) / (N * Nt))`` (a warning and ``Nt`` when the length
-        is unknown).  Raised to at least `Nt`.  Results never depend on it.
+        is unknown).  Results never depend on it.
     ordered : bool, default True
         Yield results in input order; ``False`` yields them as they complete.
     daemon : bool, default True
@@ -156,12 +159,14 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
             type(seq).__name__))
     user_N = _count("N", N, CPU_COUNT)
     Nt = _count("Nt", Nt, 1)
-    try:
-        chunksize = operator.index(chunksize)
-    except TypeError:
-        raise TypeError("parmap: chunksize must be a whole number (>= 1, or -1 "
-                        "for automatic), got {!r}".format(chunksize)) from None
-    if chunksize == 0 or chunksize < -1:
+    adaptive = chunksize is None
+    if not adaptive:
+        try:
+            chunksize = operator.index(chunksize)
+        except TypeError:
+            raise TypeError("parmap: chunksize must be None (adaptive), a whole "
+                            "number >= 1, or -1, got {!r}".format(chunksize)) from None
+    if not adaptive and (chunksize == 0 or chunksize < -1):
         raise ValueError("parmap: chunksize must be >= 1, or -1 for automatic; "
                          "got {}".format(chunksize))
     try:
@@ -210,7 +215,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
     check_progress(progress)
     if executor is not None:
         from ._cluster import executor_map
-        return executor_map(executor, fun, seq, n, N, Nt, chunksize, ordered,
+        return executor_map(executor, fun, seq, n, N, Nt,
+                            1 if adaptive else chunksize, ordered,
                             progress, total, args, kwargs, star, kwstar,
                             exception, retries, timeout)
 
@@ -222,9 +228,10 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
                           "no length, so chunksize={} is used".format(Nt),
                           UserWarning, stacklevel=2)
             chunksize = Nt
-    chunksize = max(chunksize, Nt)
+    if not adaptive:
+        chunksize = max(chunksize, Nt)
     if timeout is not None:
-        chunksize = 1  # the timeout is per item: one item per task
+        chunksize, adaptive = 1, False  # the timeout is per item: one per task
 
     if use_procs and _core.in_worker() == 1:
         raise RuntimeError(
@@ -237,21 +244,33 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=1, ordered=True, daemon=True,
         if Nt == 1:
             results = _serial(caller, seq, exception)
         else:
-            results = _threaded(caller, seq, Nt, chunksize, ordered, exception)
+            results = _threaded(caller, seq, Nt, Nt if adaptive else chunksize,
+                                ordered, exception)
     else:
         nproc = user_N
         if n is not None:
-            nproc = max(1, min(nproc, math.ceil(n / chunksize)))
+            nproc = max(1, min(nproc, n if adaptive else math.ceil(n / chunksize)))
         if n == 0:
             results = iter(())
         else:
-            results = _core.MapIter(caller, seq, nproc, Nt, chunksize,
+            results = _core.MapIter(caller, seq, nproc, Nt,
+                                    0 if adaptive else chunksize,
                                     bool(ordered), _MODES[exception],
                                     bool(daemon), retries=retries,
-                                    timeout=timeout)
+                                    timeout=timeout, index=_indexable(seq),
+                                    length=-1 if n is None else n)
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results
+
+
+def _indexable(seq):
+    """Whether workers can read items from their inherited copy of `seq`
+    (index dispatch): sequences whose items do not depend on being iterated."""
+    t = type(seq)
+    if t in (list, tuple, range):
+        return True
+    return t.__name__ == "ndarray" and t.__module__ == "numpy"
 
 
 def _serial(caller, seq, mode):
