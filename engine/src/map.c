@@ -697,19 +697,15 @@ static int any_alive(pm_map *m)
     return 0;
 }
 
+static int parent_ready_cb(void *m)
+{
+    return parent_ready(m);
+}
+
 static int idle_wait(pm_map *m)
 {
-    uint64_t t0 = pm__now_ns();
-    do {
-        for (int i = 0; i < 64; i++) {
-            if (parent_ready(m)) {
-                pm__spin_hit(&m->spin);
-                return 0;
-            }
-            pm__cpu_relax();
-        }
-    } while (pm__now_ns() - t0 < m->spin.budget_ns);
-    pm__spin_miss(&m->spin);
+    if (pm__spin_until(&m->spin, parent_ready_cb, m))
+        return 0;
 
     pm_bell *b = &m->ctl->parent;
     uint32_t v = pm__bell_prepare(b);

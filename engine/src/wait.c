@@ -2,6 +2,7 @@
 #include "wait.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <time.h>
 
 #ifdef __linux__
@@ -15,6 +16,31 @@ uint64_t pm__now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int pm__spin_until(pm_spin *s, int (*ready)(void *), void *arg)
+{
+    uint64_t t0 = pm__now_ns(), now = t0;
+    do {
+        for (int i = 0; i < 64; i++) {
+            if (ready(arg)) {
+                pm__spin_hit(s);
+                return 1;
+            }
+            pm__cpu_relax();
+        }
+        now = pm__now_ns();
+    } while (now - t0 < PM_SPIN_PAUSE_NS && now - t0 < s->budget_ns);
+    while (now - t0 < s->budget_ns) {
+        sched_yield();
+        if (ready(arg)) {
+            pm__spin_hit(s);
+            return 1;
+        }
+        now = pm__now_ns();
+    }
+    pm__spin_miss(s);
+    return 0;
 }
 
 #ifdef __linux__

@@ -79,6 +79,7 @@ typedef struct pm_spin {
 } pm_spin;
 
 #define PM_SPIN_MIN_NS 1000u
+#define PM_SPIN_PAUSE_NS 5000u /* pure spinning before yielding the CPU */
 #define PM_SPIN_MAX_NS 100000u
 
 static inline void pm__spin_hit(pm_spin *s)
@@ -92,5 +93,14 @@ static inline void pm__spin_miss(pm_spin *s)
     uint32_t b = s->budget_ns / 2;
     s->budget_ns = b < PM_SPIN_MIN_NS ? PM_SPIN_MIN_NS : b;
 }
+
+/* Polling phase before a sleep, shared by the parent and the workers: the
+ * first PM_SPIN_PAUSE_NS (or the budget, when smaller) with the CPU's
+ * pause hint, then yielding the CPU
+ * between polls until the budget is spent.  Yielding matters when there are
+ * more busy processes than cores: a pure spin would keep the very process
+ * it waits for off the CPU.  Returns 1 when ready(arg) came true (and grows
+ * the budget), 0 when the budget ran out (and shrinks it). */
+int pm__spin_until(pm_spin *s, int (*ready)(void *), void *arg);
 
 #endif

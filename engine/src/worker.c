@@ -22,16 +22,18 @@ struct pm_writer {
     size_t buf_cap;
 };
 
-typedef int (*ready_fn)(struct pm_writer *w);
+typedef int (*ready_fn)(void *w);
 
-static int task_ready(struct pm_writer *w)
+static int task_ready(void *arg)
 {
+    struct pm_writer *w = arg;
     return pm__rx_ready(&w->rx) ||
            atomic_load_explicit(&w->wctl->stop, memory_order_relaxed);
 }
 
-static int room_ready(struct pm_writer *w)
+static int room_ready(void *arg)
 {
+    struct pm_writer *w = arg;
     return pm__tx_room(&w->tx, PM_FRAG_HDR * 2) >= PM_FRAG_HDR * 2 ||
            atomic_load_explicit(&w->wctl->stop, memory_order_relaxed);
 }
@@ -42,17 +44,8 @@ static int room_ready(struct pm_writer *w)
  */
 static int worker_wait(struct pm_writer *w, ready_fn ready)
 {
-    uint64_t t0 = pm__now_ns();
-    do {
-        for (int i = 0; i < 64; i++) {
-            if (ready(w)) {
-                pm__spin_hit(&w->spin);
-                return 0;
-            }
-            pm__cpu_relax();
-        }
-    } while (pm__now_ns() - t0 < w->spin.budget_ns);
-    pm__spin_miss(&w->spin);
+    if (pm__spin_until(&w->spin, ready, w))
+        return 0;
     for (;;) {
         uint32_t v = pm__bell_prepare(&w->ctl->bell);
         if (ready(w)) {
