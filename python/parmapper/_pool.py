@@ -121,8 +121,7 @@ class Pool:
     Parameters
     ----------
     N : int, optional
-        Worker processes per call; default ``CPU_COUNT``.  Also accepted
-        as ``processes=``, multiprocessing's name.
+        Worker processes per call; default ``CPU_COUNT``.
     Nt : int, default 1
         Threads inside each worker process.
     initializer : callable, optional
@@ -133,6 +132,8 @@ class Pool:
     maxtasksperchild : int, optional
         Accepted for compatibility; has no effect (workers are fresh for
         every call anyway).
+    processes : int, optional
+        multiprocessing's name for `N` (give one of the two).
     **defaults
         Default keyword options of :func:`parmap` for every call
         (`progress`, `exception`, `chunksize`, `daemon`, `executor`...);
