@@ -646,6 +646,7 @@ typedef struct {
     Py_ssize_t last_chunk;
     double ns_per_item;    /* moving averages fed by the results */
     double bytes_per_item;
+    double in_bytes_per_item; /* measured on the tasks sent */
     buf_t enc;             /* the task being sent */
     /* The chunk being handed out. */
     PyObject *chunk;       /* list of results */
@@ -711,8 +712,10 @@ static Py_ssize_t next_chunk_size(MapIter *self)
     double size = 1.0;
     if (self->ns_per_item > 0.0) {
         size = TARGET_TASK_NS / (self->ns_per_item > 20.0 ? self->ns_per_item : 20.0);
-        double bcap = TARGET_TASK_BYTES /
-                      (self->bytes_per_item > 1.0 ? self->bytes_per_item : 1.0);
+        /* Bytes per item, whichever way is larger: results or items. */
+        double bpi = self->bytes_per_item > self->in_bytes_per_item
+                         ? self->bytes_per_item : self->in_bytes_per_item;
+        double bcap = TARGET_TASK_BYTES / (bpi > 1.0 ? bpi : 1.0);
         if (size > bcap)
             size = bcap;
         double grow = 2.0 * (double)self->last_chunk;
@@ -809,6 +812,12 @@ static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
     Py_DECREF(items);
     if (rc < 0)
         return PM_ECALLBACK;
+    if (self->adaptive) {
+        double b = (double)enc->len / (double)n;
+        self->in_bytes_per_item = self->in_bytes_per_item > 0.0
+                                      ? 0.7 * self->in_bytes_per_item + 0.3 * b
+                                      : b;
+    }
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;
