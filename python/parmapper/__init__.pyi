@@ -24,7 +24,7 @@ class _Parmap(Protocol):
         seq: Iterable[Any],
         N: Optional[int] = ...,
         Nt: int = ...,
-        chunksize: int = ...,
+        chunksize: Optional[int] = ...,
         ordered: bool = ...,
         daemon: bool = ...,
         progress: _Progress = ...,
@@ -67,9 +67,9 @@ class Pool:
     def map(self, func: Callable[[_T], _R], iterable: Iterable[_T],
             chunksize: Optional[int] = ..., **options: Any) -> list[_R]: ...
     def imap(self, func: Callable[[_T], _R], iterable: Iterable[_T],
-             chunksize: int = ..., **options: Any) -> Iterator[_R]: ...
+             chunksize: Optional[int] = ..., **options: Any) -> Iterator[_R]: ...
     def imap_unordered(self, func: Callable[[_T], _R], iterable: Iterable[_T],
-                       chunksize: int = ..., **options: Any) -> Iterator[_R]: ...
+                       chunksize: Optional[int] = ..., **options: Any) -> Iterator[_R]: ...
     def starmap(self, func: Callable[..., _R], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = ..., **options: Any) -> list[_R]: ...
     def apply(self, func: Callable[..., _R], args: Iterable[Any] = ...,

@@ -145,8 +145,8 @@ class Pool:
     call and stopped at its end, so they always see the current function
     and globals; nothing is pickled but items and results, so lambdas work;
     ``imap`` and ``imap_unordered`` start when first iterated;
-    ``map`` and ``starmap`` use ``chunksize=1`` unless told otherwise
-    (the engine's per-item cost is small).  Leaving a ``with`` block calls
+    ``chunksize`` defaults to parmap's (adaptive) rather than
+    multiprocessing's, unless given.  Leaving a ``with`` block calls
     :meth:`terminate`, as multiprocessing does.
 
     Examples
@@ -217,17 +217,17 @@ class Pool:
         func : callable
         iterable : iterable
         chunksize : int, optional
-            Items per task; default 1 (or the pool's default).
+            Items per task; default parmap's (or the pool's default).
         **options
             parmap options for this call.
         """
         return list(self._iter(func, iterable, chunksize, options))
 
-    def imap(self, func, iterable, chunksize=1, **options):
+    def imap(self, func, iterable, chunksize=None, **options):
         """An iterator of ``func(x)``, in order, computed in parallel."""
         return self._iter(func, iterable, chunksize, options)
 
-    def imap_unordered(self, func, iterable, chunksize=1, **options):
+    def imap_unordered(self, func, iterable, chunksize=None, **options):
         """An iterator of ``func(x)`` in the order they complete."""
         options["ordered"] = False
         return self._iter(func, iterable, chunksize, options)
