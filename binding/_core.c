@@ -63,6 +63,9 @@ static int in_worker = 0;
 /* Worker-side thread state: each thread that runs Python code in a worker
  * owns one, made once; the GIL is taken per task, never held while waiting. */
 static __thread PyThreadState *tls_tstate = NULL;
+/* Whether this worker thread holds the GIL: it keeps it while tasks flow and
+ * lets it go only while waiting (worker_wait hooks). */
+static __thread int tls_holds_gil = 0;
 static PyInterpreterState *worker_interp = NULL;
 
 static PyObject *errors_attr(const char *name)
@@ -838,6 +841,8 @@ static void hook_after_fork_parent(void *ctx)
     PyOS_AfterFork_Parent();
 }
 
+static void gil_drop(void);
+
 static void hook_after_fork_child(void *ctx, int worker)
 {
     MapIter *self = ctx;
@@ -845,9 +850,14 @@ static void hook_after_fork_child(void *ctx, int worker)
     PyOS_AfterFork_Child();
     in_worker = self->daemon ? 1 : 2;
     worker_interp = PyThreadState_Get()->interp;
-    /* The GIL is never held while the worker waits for a task, so threads
-     * the user's function starts keep running between tasks. */
-    tls_tstate = PyEval_SaveThread();
+    /* The GIL is never held while the worker waits for a task (worker_wait
+     * hooks), so threads the user's function starts keep running between
+     * tasks.  With several threads the main thread only joins them: it lets
+     * the GIL go for good. */
+    tls_tstate = PyThreadState_Get();
+    tls_holds_gil = 1;
+    if (self->opt.nthreads > 1)
+        gil_drop();
 }
 
 static void flush_std(void)
@@ -866,9 +876,32 @@ static void flush_std(void)
 
 static void gil_take(void)
 {
+    if (tls_holds_gil)
+        return;
     if (!tls_tstate)
         tls_tstate = PyThreadState_New(worker_interp);
     PyEval_RestoreThread(tls_tstate);
+    tls_holds_gil = 1;
+}
+
+static void gil_drop(void)
+{
+    if (!tls_holds_gil)
+        return;
+    tls_tstate = PyEval_SaveThread();
+    tls_holds_gil = 0;
+}
+
+static void hook_worker_wait_begin(void *ctx)
+{
+    (void)ctx;
+    gil_drop();
+}
+
+static void hook_worker_wait_end(void *ctx)
+{
+    (void)ctx;
+    gil_take();
 }
 
 static void hook_worker_exit(void *ctx)
@@ -1051,12 +1084,10 @@ static int write_record(pm_writer *out, unsigned char kind, uint64_t elapsed,
     unsigned char hdr[REC_HDR];
     hdr[0] = kind;
     memcpy(hdr + 1, &elapsed, 8);
-    /* Write without the GIL: the ring may be full until the parent reads. */
-    PyThreadState *ts = PyEval_SaveThread();
+    /* pm_write releases the GIL (worker_wait hooks) if the ring is full. */
     int rc = pm_write(out, hdr, sizeof hdr);
     if (rc == 0)
         rc = pm_write(out, data, n);
-    PyEval_RestoreThread(ts);
     return rc;
 }
 
@@ -1182,11 +1213,10 @@ done:
 static int work_cb(void *ctx, const pm_task *task, const void *in, size_t len,
                    pm_writer *out)
 {
-    gil_take();
+    gil_take(); /* a no-op while tasks flow: the GIL is kept between them */
     int rc = work_run((MapIter *)ctx, task, in, len, out);
     if (rc < 0)
         flush_std(); /* the process exits next: keep its traceback */
-    tls_tstate = PyEval_SaveThread();
     return rc;
 }
 
@@ -1507,6 +1537,8 @@ static int map_begin(MapIter *self)
         .after_fork_parent = hook_after_fork_parent,
         .after_fork_child = hook_after_fork_child,
         .worker_exit = hook_worker_exit,
+        .worker_wait_begin = hook_worker_wait_begin,
+        .worker_wait_end = hook_worker_wait_end,
         .wait_begin = hook_wait_begin,
         .wait_end = hook_wait_end,
         .check = hook_check,

@@ -15,7 +15,7 @@ const char *pm_strerror(int err)
     case 0:
         return "success";
     default:
-        return err < 0 ? strerror(-err) : "unknown error";
+        return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
     }
 }
 

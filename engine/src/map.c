@@ -727,7 +727,8 @@ static int idle_wait(pm_map *m)
     if (rc > 0)
         rc = 0;
     /* Nothing can finish the remaining work: no worker is left. */
-    if (rc == 0 && !any_alive(m) && (m->outstanding || !m->input_done)) {
+    if (rc == 0 && !any_alive(m) && !parent_ready(m) &&
+        (m->outstanding || !m->input_done)) {
         for (int w = 0; w < m->opt.nproc; w++)
             if (m->workers[w].state == PM_W_REAPED) {
                 pm__record_death(m, w);
@@ -805,8 +806,12 @@ int pm_map_destroy(pm_map *m)
     if (!m)
         return 0;
     int mine = getpid() == m->creator;
-    if (mine && m->started)
-        pm__stop_all(m, STOP_GRACE_MS);
+    if (mine && m->started) {
+        /* PM_STOP_GRACE_MS: more time for workers to exit by themselves,
+         * for runs under valgrind, where they are 50 times slower. */
+        const char *g = getenv("PM_STOP_GRACE_MS");
+        pm__stop_all(m, g ? atoi(g) : STOP_GRACE_MS);
+    }
     if (m->workers) {
         for (int w = 0; w < m->opt.nproc; w++)
             if (m->workers[w].shm)

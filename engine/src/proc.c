@@ -8,19 +8,27 @@
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #endif
 
 #include "internal.h"
 
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
-static void child_setup(pm_map *m, int w, const sigset_t *oldmask)
+static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
+                        int from_main_thread)
 {
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
 #ifdef __linux__
-    /* Die with the parent; if it is already gone, PDEATHSIG came too late. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Die with the parent.  PDEATHSIG fires when the *thread* that forked
+     * exits, so it is armed only when that is the main thread (whose end is
+     * the process's); otherwise the workers rely on their getppid() checks.
+     * If the parent is already gone, PDEATHSIG came too late: check. */
+    if (from_main_thread)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+#else
+    (void)from_main_thread;
 #endif
     if (getppid() != m->creator)
         _exit(0);
@@ -50,9 +58,14 @@ int pm__spawn(pm_map *m, int w)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (m->hooks.before_fork)
         m->hooks.before_fork(m->hooks.ctx);
+#ifdef __linux__
+    int from_main_thread = getpid() == (pid_t)syscall(SYS_gettid);
+#else
+    int from_main_thread = 0;
+#endif
     pid_t pid = fork();
     if (pid == 0)
-        child_setup(m, w, &old); /* never returns */
+        child_setup(m, w, &old, from_main_thread); /* never returns */
     int err = pid < 0 ? -errno : 0;
     if (m->hooks.after_fork_parent)
         m->hooks.after_fork_parent(m->hooks.ctx);

@@ -42,7 +42,20 @@ static int room_ready(void *arg)
  * Waits until ready(w): spins for the adaptive budget, then sleeps on the
  * slot's bell.  Returns 0, or -EPIPE when the parent is gone.
  */
+static int worker_wait_inner(struct pm_writer *w, ready_fn ready);
+
 static int worker_wait(struct pm_writer *w, ready_fn ready)
+{
+    const pm_hooks *h = &w->m->hooks;
+    if (h->worker_wait_begin)
+        h->worker_wait_begin(h->ctx);
+    int rc = worker_wait_inner(w, ready);
+    if (h->worker_wait_end)
+        h->worker_wait_end(h->ctx);
+    return rc;
+}
+
+static int worker_wait_inner(struct pm_writer *w, ready_fn ready)
 {
     if (pm__spin_until(&w->spin, ready, w))
         return 0;
