@@ -12,7 +12,7 @@ install:
 	$(PIP) install -q --disable-pip-version-check .
 
 demo: install
-	$(PYTHON) examples/demo.py
+	$(PYTHON) -m parmapper
 
 test-deps:
 	@command -v valgrind >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq valgrind)
