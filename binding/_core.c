@@ -892,16 +892,10 @@ static void gil_drop(void)
     tls_holds_gil = 0;
 }
 
-static void hook_worker_wait_begin(void *ctx)
+static void hook_worker_idle(void *ctx)
 {
     (void)ctx;
-    gil_drop();
-}
-
-static void hook_worker_wait_end(void *ctx)
-{
-    (void)ctx;
-    gil_take();
+    gil_drop(); /* taken back by the next work_cb or write_record */
 }
 
 static void hook_worker_exit(void *ctx)
@@ -1084,10 +1078,11 @@ static int write_record(pm_writer *out, unsigned char kind, uint64_t elapsed,
     unsigned char hdr[REC_HDR];
     hdr[0] = kind;
     memcpy(hdr + 1, &elapsed, 8);
-    /* pm_write releases the GIL (worker_wait hooks) if the ring is full. */
+    /* pm_write releases the GIL (worker_idle hook) if the ring is full. */
     int rc = pm_write(out, hdr, sizeof hdr);
     if (rc == 0)
         rc = pm_write(out, data, n);
+    gil_take();
     return rc;
 }
 
@@ -1537,8 +1532,7 @@ static int map_begin(MapIter *self)
         .after_fork_parent = hook_after_fork_parent,
         .after_fork_child = hook_after_fork_child,
         .worker_exit = hook_worker_exit,
-        .worker_wait_begin = hook_worker_wait_begin,
-        .worker_wait_end = hook_worker_wait_end,
+        .worker_idle = hook_worker_idle,
         .wait_begin = hook_wait_begin,
         .wait_end = hook_wait_end,
         .check = hook_check,

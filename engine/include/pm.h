@@ -123,10 +123,11 @@ typedef struct pm_hooks {
     void (*after_fork_child)(void *ctx, int worker);
     /* Child, after the last task and before _exit(): flush what it wrote. */
     void (*worker_exit)(void *ctx);
-    /* Child, in the calling thread, around every wait for a task or for room
-     * in the result ring (never while tasks flow): e.g. release the GIL. */
-    void (*worker_wait_begin)(void *ctx);
-    void (*worker_wait_end)(void *ctx);
+    /* Child, in the calling worker thread, when it is about to wait for a
+     * task or for room in the result ring (never while tasks flow), and when
+     * it ends: e.g. release the GIL (take it back lazily in the work
+     * function). */
+    void (*worker_idle)(void *ctx);
     /* Parent, around every blocking wait (e.g. release and take the GIL). */
     void (*wait_begin)(void *ctx);
     void (*wait_end)(void *ctx);

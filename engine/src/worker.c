@@ -47,12 +47,9 @@ static int worker_wait_inner(struct pm_writer *w, ready_fn ready);
 static int worker_wait(struct pm_writer *w, ready_fn ready)
 {
     const pm_hooks *h = &w->m->hooks;
-    if (h->worker_wait_begin)
-        h->worker_wait_begin(h->ctx);
-    int rc = worker_wait_inner(w, ready);
-    if (h->worker_wait_end)
-        h->worker_wait_end(h->ctx);
-    return rc;
+    if (h->worker_idle)
+        h->worker_idle(h->ctx);
+    return worker_wait_inner(w, ready);
 }
 
 static int worker_wait_inner(struct pm_writer *w, ready_fn ready)
@@ -222,6 +219,8 @@ static void *slot_main(void *arg)
     int rc;
     while ((rc = serve_one(w)) > 0)
         ;
+    if (w->m->hooks.worker_idle)
+        w->m->hooks.worker_idle(w->m->hooks.ctx);
     if (rc == PM_ECORRUPT)
         worker_exit(w->m, PM_WORKER_CORRUPT_EXIT);
     return NULL;
