@@ -143,9 +143,9 @@ void pm__record_death(pm_map *m, int w)
     d->lost = m->lost;
 }
 
-static void sleep_ms(int ms)
+static void sleep_us(long us)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
     nanosleep(&ts, NULL);
 }
 
@@ -181,6 +181,7 @@ void pm__stop_all(pm_map *m, int grace_ms)
         m->hooks.wait_begin(m->hooks.ctx);
     /* Idle workers exit at once; poll with short sleeps for the others. */
     uint64_t deadline = pm__now_ns() + (uint64_t)grace_ms * 1000000u;
+    long nap_us = 20; /* idle workers exit within tens of microseconds */
     for (;;) {
         running = 0;
         for (int w = 0; w < m->opt.nproc; w++) {
@@ -189,7 +190,9 @@ void pm__stop_all(pm_map *m, int grace_ms)
         }
         if (!running || pm__now_ns() >= deadline)
             break;
-        sleep_ms(1);
+        sleep_us(nap_us);
+        if (nap_us < 1000)
+            nap_us *= 2;
     }
     for (int w = 0; w < m->opt.nproc; w++)
         pm__kill_reap(m, w);
