@@ -19,10 +19,21 @@ import math
 import sys
 import time
 
-try:  # tqdm.auto renders as a widget in notebooks and as text elsewhere
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - depends on the environment
-    tqdm = None
+
+
+def __getattr__(name):
+    """``tqdm`` (the ``tqdm.auto`` class, or None when tqdm is not installed)
+    is imported on first use, not with parmapper: importing it pulls in
+    asyncio and more, tens of milliseconds a user without progress bars
+    should not pay."""
+    if name != "tqdm":
+        raise AttributeError(name)
+    try:  # tqdm.auto renders as a widget in notebooks and as text elsewhere
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - depends on the environment
+        tqdm = None
+    globals()["tqdm"] = tqdm
+    return tqdm
 
 __all__ = ["progress_iter", "make_bar", "check_progress", "wants_progress",
            "TextBar"]
@@ -183,8 +194,9 @@ def make_bar(progress, total, desc=None):
     if isinstance(progress, str):
         desc = progress
     if isinstance(progress, (bool, int, str)):
-        if tqdm is not None:
-            return tqdm(total=total, desc=desc)
+        bar = globals()["tqdm"] if "tqdm" in globals() else __getattr__("tqdm")
+        if bar is not None:
+            return bar(total=total, desc=desc)
         return TextBar(total=total, desc=desc)
     if _is_bar_class(progress):
         kw = {"total": total}
