@@ -1117,9 +1117,10 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         int shape = 0;
         PyObject *item = items ? PyList_GET_ITEM(items, j) : index_item(self, first + j);
         PyObject *r;
+        int unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
         if (!item) {
             r = NULL;
-        } else if (Py_TYPE(item) == (PyTypeObject *)unsent_type) {
+        } else if (unsent) {
             /* The parent could not pickle this item: raise its error here. */
             PyObject *err = PyObject_GetAttrString(item, "error");
             if (err) {
@@ -1130,7 +1131,6 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         } else {
             r = caller_call(self->caller, first + j, item, &shape);
         }
-        int unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
         if (!items)
             Py_XDECREF(item);
         if (!r) {
