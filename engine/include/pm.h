@@ -26,6 +26,14 @@
 extern "C" {
 #endif
 
+/* Marks the library's public functions; everything else stays hidden in the
+ * shared library (built with -fvisibility=hidden). */
+#if defined(__GNUC__)
+#define PM_EXTERN __attribute__((visibility("default")))
+#else
+#define PM_EXTERN
+#endif
+
 /* The engine's own error codes, beyond the range of errno values.  One table
  * generates the enum, the names and the messages (see error.c). */
 #define PM_ERRNO_MAP(X)                                                        \
@@ -43,11 +51,11 @@ enum {
 
 /* Returns a static message for any code returned by this library (negative
  * errno values included).  Never NULL. */
-const char *pm_strerror(int err);
+PM_EXTERN const char *pm_strerror(int err);
 
 /* Returns the symbolic name ("PM_EWORKERDIED", "ENOMEM", ...) of a code, or
  * "UNKNOWN".  Never NULL. */
-const char *pm_errname(int err);
+PM_EXTERN const char *pm_errname(int err);
 
 /* A task covers the items [first, first + count) of the caller's input. The
  * engine only carries these numbers; they come back with the result and in
@@ -61,7 +69,13 @@ typedef struct pm_task {
 enum {
     PM_RESULT_OK = 0,       /* data/len hold what the work function wrote */
     PM_RESULT_TIMEDOUT = 1, /* the task ran longer than opt.timeout_ms: its
-                               worker was killed (and replaced); no data */
+                               worker was killed (and replaced); data/len
+                               hold the task's input when the engine kept it
+                               (opt.retries or opt.deliver_lost set) */
+    PM_RESULT_DIED = 2,     /* only with opt.deliver_lost: the worker died
+                               while running the task (after its retries);
+                               data/len hold the task's input, signal and
+                               exit_code say how the worker ended */
 };
 
 /* One delivered result. */
@@ -70,6 +84,9 @@ typedef struct pm_result {
     int status;       /* PM_RESULT_* */
     const void *data; /* the bytes the worker wrote */
     size_t len;
+    int signal;       /* PM_RESULT_DIED: the signal that killed the worker,
+                         or 0 when it exited */
+    int exit_code;    /* PM_RESULT_DIED: its exit status, or -1 */
 } pm_result;
 
 /* What the engine knows about a worker that died. */
@@ -111,7 +128,7 @@ typedef int (*pm_work_fn)(void *ctx, const pm_task *task, const void *in,
 /* Appends bytes to the result being written.  Blocks while the result ring
  * is full.  Returns 0, or a negative code when the parent is gone (the worker
  * should then return the code from its work function). */
-int pm_write(pm_writer *w, const void *data, size_t len);
+PM_EXTERN int pm_write(pm_writer *w, const void *data, size_t len);
 
 /* Optional hooks; any may be NULL.  All get hooks.ctx. */
 typedef struct pm_hooks {
@@ -147,11 +164,18 @@ typedef struct pm_options {
     int64_t timeout_ms; /* a task running longer is abandoned: its worker is
                            killed and replaced, the task is delivered with
                            PM_RESULT_TIMEDOUT (0: no limit) */
+    int deliver_lost;   /* a task whose worker died while running it, after
+                           its retries, is delivered as PM_RESULT_DIED with
+                           its input, and the map goes on with a fresh
+                           worker, instead of failing with PM_EWORKERDIED.
+                           A task of more than one item is delivered at its
+                           first loss, not retried, so the caller can split
+                           it and find the item that kills the worker. */
 } pm_options;
 
 /* Fills *o with defaults: 1 process, 1 thread, ordered, default window and
  * ring size. */
-void pm_options_init(pm_options *o);
+PM_EXTERN void pm_options_init(pm_options *o);
 
 typedef struct pm_map pm_map;
 
@@ -161,7 +185,7 @@ typedef struct pm_map pm_map;
  * with pm_map_destroy().  Returns 0, -EINVAL for bad options, -ENOMEM or the
  * -errno of mmap().
  */
-int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
+PM_EXTERN int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
                   const pm_hooks *hooks);
 
@@ -170,7 +194,7 @@ int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
  * Returns 0, or the -errno of fork() (the workers already started are then
  * stopped by pm_map_destroy()).
  */
-int pm_map_start(pm_map *m);
+PM_EXTERN int pm_map_start(pm_map *m);
 
 /*
  * Runs the map until the next result is available and returns 1 with *res
@@ -184,15 +208,20 @@ int pm_map_start(pm_map *m);
  * PM_ECORRUPT, or a -errno.  After an error every later call returns the
  * same error; the caller should destroy the map.
  */
-int pm_map_next(pm_map *m, pm_result *res);
+PM_EXTERN int pm_map_next(pm_map *m, pm_result *res);
+
+/* After the produce function returned 0: tells the map that it has tasks
+ * again (for instance items of a lost task to run again), so that it is
+ * called once more.  Returns 0, or PM_ESTATE when the map has failed. */
+PM_EXTERN int pm_map_resume(pm_map *m);
 
 /* After PM_EWORKERDIED: what died and which tasks were lost; NULL otherwise.
  * Valid until pm_map_destroy(). */
-const pm_death *pm_map_death(const pm_map *m);
+PM_EXTERN const pm_death *pm_map_death(const pm_map *m);
 
 /* Process ids of the workers (0 for a slot not started or already reaped),
  * nproc of them.  For diagnostics and tests. */
-const pid_t *pm_map_pids(const pm_map *m, int *n);
+PM_EXTERN const pid_t *pm_map_pids(const pm_map *m, int *n);
 
 /*
  * Stops the map and frees everything: asks idle workers to exit, kills any
@@ -202,7 +231,190 @@ const pid_t *pm_map_pids(const pm_map *m, int *n);
  * map (a forked child) it frees only that process's memory and touches no
  * process.  Returns 0, or the first unexpected error met while tearing down.
  */
-int pm_map_destroy(pm_map *m);
+PM_EXTERN int pm_map_destroy(pm_map *m);
+
+/* ==========================================================================
+ * Jobs: the item-level API for C programs.
+ *
+ * pm_map above moves tasks; a job maps a C function over records (a pointer
+ * and a length each) and reports every item by itself, whatever happens to
+ * it:
+ *
+ *     int count_words(void *ctx, const void *in, size_t len, pm_writer *out)
+ *     {
+ *         uint64_t n = ...;                  // work on in[0 .. len)
+ *         return pm_write(out, &n, sizeof n); // any size, in any pieces
+ *     }
+ *
+ *     pm_job_options o;
+ *     pm_job_options_init(&o);               // all CPUs, ordered, adaptive
+ *     pm_job *job;
+ *     int rc = pm_job_create(&job, &o, count_words, NULL);
+ *     if (rc == 0) rc = pm_job_feed_array(job, records, n);
+ *     pm_item it;
+ *     while (rc >= 0 && (rc = pm_job_next(job, &it)) > 0)
+ *         if (it.status == PM_ITEM_OK) ...   // it.index, it.data, it.len
+ *     pm_job_destroy(job);
+ *
+ * The workers are forked when the first result is asked for, so they
+ * inherit the function, its context and everything the program built
+ * before: only records and results cross between processes (records of an
+ * array not even that: the workers read their own copy).  Records are
+ * grouped into tasks ("chunks") to amortise the cost of a hand-off; results
+ * are delivered one item at a time either way.
+ *
+ * A worker that crashes (a signal, exit(), abort()) takes down only its
+ * process: the engine starts a fresh one, runs again the other items it had
+ * been given, and reports the item it was running as PM_ITEM_CRASHED (after
+ * opt.retries further attempts).  When the crash happens in a chunk of
+ * several items, the chunk is run again one item at a time to find the
+ * item at fault; the others are then delivered normally.  So items can run
+ * more than once when a worker crashes: work functions with side effects
+ * outside their result should tolerate that.
+ * ========================================================================== */
+
+/* One input record. */
+typedef struct pm_record {
+    const void *data;
+    size_t len;
+} pm_record;
+
+/* What happened to an item. */
+enum {
+    PM_ITEM_OK = 0,       /* the work function returned 0 */
+    PM_ITEM_FAILED = 1,   /* it returned a positive value (item.code); what
+                             it wrote before returning is in data/len */
+    PM_ITEM_CRASHED = 2,  /* its worker died while running it (every
+                             attempt): item.signal / item.exit_code */
+    PM_ITEM_TIMEDOUT = 3, /* it ran longer than opt.timeout_ms: its worker
+                             was killed and replaced */
+};
+
+/* One delivered item.  data/len stay valid until the next call on the job
+ * (they point into shared memory when they can: no copy is made). */
+typedef struct pm_item {
+    uint64_t index;   /* position of the record in the input, from 0 */
+    int status;       /* PM_ITEM_* */
+    int code;         /* PM_ITEM_FAILED: the work function's return value */
+    int signal;       /* PM_ITEM_CRASHED: the signal that killed the worker,
+                         or 0 when it exited */
+    int exit_code;    /* PM_ITEM_CRASHED: its exit status, or -1 */
+    const void *data; /* the result written by the work function */
+    size_t len;
+} pm_item;
+
+/*
+ * The work, run in a worker process (in one of its threads when
+ * opt.nthreads > 1) for each record: in/len are valid for the duration of
+ * the call.  The result is written with pm_write(out, ...) (zero or more
+ * calls; it can be far larger than the rings).  Returns 0 for success, a
+ * positive value to report the item as PM_ITEM_FAILED with that code, or a
+ * negative value (for instance pm_write()'s, when the parent is gone) to
+ * make the worker process exit: the item is then reported as crashed.
+ */
+typedef int (*pm_item_fn)(void *ctx, const void *in, size_t len,
+                          pm_writer *out);
+
+/*
+ * A source of records, called in the parent from inside pm_job_next() when
+ * there is room for more work.  Returns 1 with *data and *len set to the next
+ * record (which must stay valid until the next call of the function), 0 at
+ * the end of the input (it is not called again), or a negative value to
+ * abort the job, which pm_job_next() then returns.
+ */
+typedef int (*pm_feed_fn)(void *ctx, const void **data, size_t *len);
+
+/* Called in the parent for each delivered item by pm_job_run(): returns 0 to
+ * go on, anything else to stop the job with that value. */
+typedef int (*pm_item_cb)(void *ctx, const pm_item *item);
+
+/* Called in the parent, from pm_job_next(), after each batch of results
+ * (each task's items) has been handed out: done items delivered so far out
+ * of total.  With a feed function and no opt.total, total is
+ * PM_TOTAL_UNKNOWN until the feed function has returned 0.  The last call
+ * has done == the number of items. */
+typedef void (*pm_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+#define PM_TOTAL_UNKNOWN UINT64_MAX
+
+typedef struct pm_job_options {
+    int nproc;          /* worker processes (0: one per online CPU) */
+    int nthreads;       /* threads per worker process, >= 1 */
+    int ordered;        /* deliver items in input order (else as completed) */
+    size_t chunk;       /* records per task (0: adaptive, aiming at a few
+                           milliseconds of work per task, smaller near the
+                           end of an input of known length) */
+    int window;         /* tasks in flight per thread (0: default) */
+    int retries;        /* further attempts, each on a fresh worker, for an
+                           item whose worker crashed (0: none) */
+    int64_t timeout_ms; /* per item; an item running longer is reported as
+                           PM_ITEM_TIMEDOUT (0: no limit).  Makes chunk 1. */
+    size_t ring_bytes;  /* bytes per ring, a power of two (0: default) */
+    pm_progress_fn progress; /* optional */
+    void *progress_ctx;
+    uint64_t total;     /* items to expect from a feed function, for the
+                           progress callback (0: unknown) */
+} pm_job_options;
+
+/* Fills *o with defaults: one process per CPU, 1 thread, ordered, adaptive
+ * chunks, no retries, no timeout, no progress callback. */
+PM_EXTERN void pm_job_options_init(pm_job_options *o);
+
+typedef struct pm_job pm_job;
+
+/*
+ * Creates a job that will run fn(fn_ctx, ...) on every record.  Starts no
+ * process.  Returns 0 with *out to be released by pm_job_destroy(),
+ * -EINVAL for bad options or a NULL fn, -ENOMEM, or the -errno of mmap().
+ */
+PM_EXTERN int pm_job_create(pm_job **out, const pm_job_options *opt,
+                            pm_item_fn fn, void *fn_ctx);
+
+/*
+ * Gives the job its input: n records of an array.  The workers read the
+ * records from their own copy of the program's memory, made when they are
+ * forked: recs and the bytes it points to must be complete before the first
+ * pm_job_next() or pm_job_run(), and stay valid and unchanged until
+ * pm_job_destroy() (a worker replaced after a crash is forked later).
+ * Returns 0, or PM_ESTATE when the job already has its input.
+ */
+PM_EXTERN int pm_job_feed_array(pm_job *job, const pm_record *recs, size_t n);
+
+/*
+ * Gives the job its input: the records returned by feed(ctx, ...), read as
+ * the workers need them (so an input larger than memory streams through).
+ * Their bytes are copied to the workers.  Returns 0, or PM_ESTATE when the
+ * job already has its input.
+ */
+PM_EXTERN int pm_job_feed_fn(pm_job *job, pm_feed_fn feed, void *ctx);
+
+/*
+ * Runs the job until its next item is delivered: returns 1 with *item
+ * filled in (valid until the next call on the job), 0 when every item has
+ * been delivered, or a negative code: the feed function's value, PM_ESTATE
+ * when no input was given, -ENOMEM, -errno of fork(), PM_ECORRUPT, or
+ * PM_EWORKERDIED when workers die without running any item (for instance,
+ * killed from outside again and again).  Crashes and timeouts of items are
+ * not errors: they come back as items.  After an error every later call
+ * returns the same code.
+ */
+PM_EXTERN int pm_job_next(pm_job *job, pm_item *item);
+
+/* Delivers every item to on_item(ctx, item), in the job's order.  Returns 0
+ * when all were delivered, a nonzero value returned by on_item (the job
+ * stops there), or a negative code as pm_job_next(). */
+PM_EXTERN int pm_job_run(pm_job *job, pm_item_cb on_item, void *ctx);
+
+/* Items delivered so far. */
+PM_EXTERN uint64_t pm_job_done(const pm_job *job);
+
+/*
+ * Stops the job's workers (asking first, then SIGKILL after a short grace),
+ * reaps them, unmaps all shared memory and frees the job.  Safe at any
+ * point and with NULL.  Returns 0, or the first error met while tearing
+ * down.
+ */
+PM_EXTERN int pm_job_destroy(pm_job *job);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,7 @@ enum {
     PM_T_SENT = 0, /* written (or being written) to the worker */
     PM_T_TIMEDOUT, /* abandoned: delivered as PM_RESULT_TIMEDOUT */
     PM_T_DONE,     /* its result was saved from a dead worker's ring */
+    PM_T_LOST,     /* opt.deliver_lost: delivered as PM_RESULT_DIED */
 };
 
 /* A task in flight on a slot. */
@@ -61,10 +62,13 @@ typedef struct pm_inflight {
     uint32_t attempts;   /* runs lost to a dying worker, charged to it */
     int state;           /* PM_T_* */
     unsigned char *copy; /* the whole task message, kept when it may have to
-                            be sent again (retries or timeout set) */
+                            be sent again (retries, timeout or deliver_lost
+                            set); NULL for a task without data, whose
+                            message is rebuilt from .task */
     size_t copy_len;
     unsigned char *result; /* PM_T_DONE: the result message */
     size_t result_len;
+    int signal, exit_code; /* PM_T_LOST: how its worker ended */
 } pm_inflight;
 
 /* Parent's private view of one slot. */
@@ -135,7 +139,8 @@ struct pm_map {
     pm_frag held;
     unsigned char *held_copy; /* a saved result delivered, freed next call */
 
-    int keep;             /* keep task copies: retries or timeout are set */
+    int keep;             /* keep task copies: retries, timeout or
+                             deliver_lost are set */
     uint64_t next_health_ns; /* when to look at the workers again while busy */
 
     pm_spin spin;
@@ -178,6 +183,10 @@ static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
  * until asked to stop or the parent dies, then runs the worker_exit hook and
  * _exits.  Never returns. */
 void pm__worker_main(pm_map *m, int w) __attribute__((noreturn));
+
+/* Bytes written through w with pm_write() since the worker started: a
+ * work function can tell how long each part of its result is. */
+uint64_t pm__writer_written(const pm_writer *w);
 
 /* map.c */
 

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -80,7 +81,8 @@ int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (hooks)
         m->hooks = *hooks;
     m->held_slot = -1;
-    m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0;
+    m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
+              m->opt.deliver_lost;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
@@ -231,7 +233,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     pm_inflight *e = pm__fifo_at(m, s, s->fifo_n);
     memset(e, 0, sizeof *e);
     e->task = *task;
-    if (m->keep) {
+    if (m->keep && len) {
         /* It may have to be sent again to a fresh worker. */
         e->copy = malloc(sizeof hdr + len);
         if (!e->copy)
@@ -271,10 +273,13 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
         pm_inflight *e = pm__fifo_at(m, s, s->resend++);
         if (e->state != PM_T_SENT)
             continue;
-        size_t k = pm__tx_write(&s->tx, e->copy, e->copy_len);
+        pm_msg_hdr hdr = {e->task.first, e->task.count, PM_MSG_MAGIC};
+        const unsigned char *msg = e->copy ? e->copy : (unsigned char *)&hdr;
+        size_t len = e->copy ? e->copy_len : sizeof hdr;
+        size_t k = pm__tx_write(&s->tx, msg, len);
         int rc = 0;
-        if (k < e->copy_len)
-            rc = save_pending(s, e->copy + k, e->copy_len - k, NULL, 0);
+        if (k < len)
+            rc = save_pending(s, msg + k, len - k, NULL, 0);
         else if (pm__tx_end(&s->tx) == -EAGAIN)
             rc = save_pending(s, NULL, 0, NULL, 0);
         pm__bell_ring(&s->ctl->bell);
@@ -410,6 +415,22 @@ static void pop_entry(pm_map *m, pm_slot *s)
     m->outstanding--;
 }
 
+/* Delivers a task that never completed (timed out, or lost with
+ * deliver_lost) with its input, which is freed at the next call. */
+static int deliver_abandoned(pm_map *m, pm_slot *s, pm_inflight *e,
+                             pm_result *res)
+{
+    res->status = e->state == PM_T_LOST ? PM_RESULT_DIED : PM_RESULT_TIMEDOUT;
+    res->signal = e->signal;
+    res->exit_code = e->exit_code;
+    res->data = e->copy ? e->copy + sizeof(pm_msg_hdr) : NULL;
+    res->len = e->copy ? e->copy_len - sizeof(pm_msg_hdr) : 0;
+    m->held_copy = e->copy;
+    e->copy = NULL;
+    pop_entry(m, s);
+    return 1;
+}
+
 /*
  * Delivers the next result of slot si.  Returns 1 with *res filled (a
  * fragment read in place stays in the ring until the next call), 0 when it
@@ -422,12 +443,10 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
         return PM_ECORRUPT;
     pm_inflight *e = pm__fifo_at(m, s, 0);
     res->task = e->task;
-    if (e->state == PM_T_TIMEDOUT) {
-        res->status = PM_RESULT_TIMEDOUT;
-        res->data = NULL;
-        res->len = 0;
-        pop_entry(m, s);
-        return 1;
+    res->signal = 0;
+    res->exit_code = 0;
+    if (e->state == PM_T_TIMEDOUT || e->state == PM_T_LOST) {
+        return deliver_abandoned(m, s, e, res);
     }
     if (e->state == PM_T_DONE) {
         res->status = PM_RESULT_OK;
@@ -569,6 +588,20 @@ static void drain_dead(pm_map *m, pm_slot *s)
     }
 }
 
+/* The worker running e died with wait status st: e is delivered as
+ * PM_RESULT_DIED instead of being run again. */
+static void mark_lost(pm_inflight *e, int st)
+{
+    e->state = PM_T_LOST;
+    if (WIFSIGNALED(st)) {
+        e->signal = WTERMSIG(st);
+        e->exit_code = -1;
+    } else {
+        e->signal = 0;
+        e->exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+}
+
 /*
  * Worker w is gone (it died, or was killed because a task timed out): keeps
  * what it finished, charges the tasks it was running with one attempt each
@@ -588,11 +621,14 @@ static int handle_dead(pm_map *m, int w, int killed)
         uint64_t first = atomic_load(&s->ctl->run_first);
         for (uint32_t i = 0; i < s->fifo_n; i++) {
             pm_inflight *e = pm__fifo_at(m, s, i);
-            if (e->state == PM_T_SENT && e->task.first == first) {
-                charged = 1;
-                if (++e->attempts > (uint32_t)m->opt.retries)
-                    fatal = 1;
-            }
+            if (e->state != PM_T_SENT || e->task.first != first)
+                continue;
+            charged = 1;
+            int spent = ++e->attempts > (uint32_t)m->opt.retries;
+            if (m->opt.deliver_lost && (spent || e->task.count > 1))
+                mark_lost(e, m->workers[w].status);
+            else if (spent)
+                fatal = 1;
         }
     }
     pm_worker *wk = &m->workers[w];
@@ -788,6 +824,14 @@ int pm_map_next(pm_map *m, pm_result *res)
                 return fail(m, rc);
         }
     }
+}
+
+int pm_map_resume(pm_map *m)
+{
+    if (m->error)
+        return PM_ESTATE;
+    m->input_done = 0;
+    return 0;
 }
 
 const pm_death *pm_map_death(const pm_map *m)

@@ -20,7 +20,13 @@ struct pm_writer {
     pm_spin spin;
     unsigned char *buf; /* assembly of large or wrapped tasks */
     size_t buf_cap;
+    uint64_t written; /* bytes passed to pm_write() so far */
 };
+
+uint64_t pm__writer_written(const pm_writer *w)
+{
+    return w->written;
+}
 
 typedef int (*ready_fn)(void *w);
 
@@ -82,6 +88,7 @@ static void worker_exit(pm_map *m, int code)
 int pm_write(pm_writer *w, const void *data, size_t len)
 {
     const unsigned char *p = data;
+    w->written += len;
     while (len > 0) {
         uint64_t before = atomic_load_explicit(&w->tx.r->head,
                                                memory_order_relaxed);
@@ -197,9 +204,11 @@ static int serve_one(struct pm_writer *w)
                           memory_order_release);
     rc = w->m->work(w->m->work_ctx, &task, msg + sizeof hdr, len - sizeof hdr,
                     w);
-    atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
+    /* A failing task is still marked as running when the worker exits, so
+     * the parent charges the death to it. */
     if (rc < 0)
         worker_exit(w->m, PM_WORKER_FATAL_EXIT);
+    atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
         rc = worker_wait(w, room_ready);
         if (rc < 0)

@@ -93,7 +93,19 @@
     X(map_retry_recovers_p3_threads2)                                          \
     X(map_retry_exhausted)                                                     \
     X(map_timeout)                                                             \
-    X(map_retry_timeout_unused)
+    X(map_retry_timeout_unused)                                                \
+    X(job_every_way)                                                           \
+    X(job_every_way_threads)                                                   \
+    X(job_big_records)                                                         \
+    X(job_empty_input)                                                         \
+    X(job_crashes)                                                             \
+    X(job_crash_status)                                                        \
+    X(job_retries)                                                             \
+    X(job_failed_items)                                                        \
+    X(job_timeout)                                                             \
+    X(job_progress)                                                            \
+    X(job_run_callback)                                                        \
+    X(job_misuse)
 
 #define DECLARE(name) TEST_IMPL(name);
 TESTS(DECLARE)

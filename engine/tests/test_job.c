@@ -1,0 +1,605 @@
+/*
+ * test_job.c -- jobs, the item-level API for C programs: both kinds of
+ * input, ordered and unordered delivery, chunking, big records, crashes,
+ * failures, timeouts, retries, progress and misuse.
+ */
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "task.h"
+
+/* --- the records and the work -------------------------------------------- */
+
+/* Record i: len_of(i) bytes of pattern i. */
+typedef struct recset {
+    size_t n;
+    size_t big_every; /* every big_every-th record is big_len bytes (0: no) */
+    size_t big_len;
+    pm_record *recs;
+    unsigned char *bytes;
+} recset;
+
+static size_t len_of(const recset *rs, uint64_t i)
+{
+    if (rs->big_every && i % rs->big_every == rs->big_every - 1)
+        return rs->big_len;
+    return (size_t)(mix64(i) % 300);
+}
+
+static void recset_make(recset *rs)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < rs->n; i++)
+        total += len_of(rs, i);
+    rs->recs = calloc(rs->n ? rs->n : 1, sizeof *rs->recs);
+    rs->bytes = malloc(total ? total : 1);
+    ASSERT(rs->recs && rs->bytes);
+    size_t off = 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        size_t l = len_of(rs, i);
+        pat_fill(rs->bytes + off, l, i, 0);
+        rs->recs[i].data = rs->bytes + off;
+        rs->recs[i].len = l;
+        off += l;
+    }
+}
+
+static void recset_free(recset *rs)
+{
+    free(rs->recs);
+    free(rs->bytes);
+}
+
+/* What a worker does with an item, by the input's first byte and index. */
+typedef struct jwork {
+    size_t out_extra;   /* bytes of pattern appended to each result */
+    int crash_mod;      /* items with index % crash_mod == crash_at ... */
+    int crash_at;
+    int crash_how;      /* 0 SIGKILL, 1 _exit(3), 2 return -1 */
+    int fail_mod;       /* items with index % fail_mod == 0 return 5 */
+    int sleep_mod;      /* items with index % sleep_mod == 1 hang */
+    _Atomic uint32_t *attempts; /* shared: runs per item; crash only on the
+                                   first when set */
+    uint64_t spin_ns;   /* busy work per item */
+} jwork;
+
+/* The index of an item is not given to the work function: the record says
+ * it (its first 8 bytes, or its length pattern, see index_of). */
+static uint64_t index_of(const void *in, size_t len)
+{
+    uint64_t i;
+    if (len < 8)
+        return UINT64_MAX;
+    memcpy(&i, in, 8);
+    return i;
+}
+
+/* Result: fnv64 of the input, its length, then out_extra pattern bytes,
+ * written in three pieces. */
+static int jwork_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    jwork *w = ctx;
+    uint64_t idx = index_of(in, len);
+    if (w->spin_ns) {
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        do
+            clock_gettime(CLOCK_MONOTONIC, &t);
+        while ((uint64_t)(t.tv_sec - t0.tv_sec) * 1000000000u +
+                   (uint64_t)(t.tv_nsec - t0.tv_nsec) <
+               w->spin_ns);
+    }
+    if (idx != UINT64_MAX && w->crash_mod &&
+        idx % (uint64_t)w->crash_mod == (uint64_t)w->crash_at) {
+        uint32_t prior = w->attempts ? atomic_fetch_add(&w->attempts[idx], 1)
+                                     : 0;
+        if (prior == 0) {
+            if (w->crash_how == 0)
+                raise(SIGKILL);
+            if (w->crash_how == 1)
+                _exit(3);
+            return -1;
+        }
+    }
+    if (idx != UINT64_MAX && w->sleep_mod &&
+        idx % (uint64_t)w->sleep_mod == 1) {
+        for (;;)
+            pause();
+    }
+    uint64_t h = fnv64(in, len), l = len;
+    int rc = pm_write(out, &h, 8);
+    if (rc == 0)
+        rc = pm_write(out, &l, 8);
+    if (rc == 0 && w->out_extra) {
+        unsigned char buf[4096];
+        for (size_t off = 0; off < w->out_extra && rc == 0;) {
+            size_t k = w->out_extra - off < sizeof buf ? w->out_extra - off
+                                                       : sizeof buf;
+            pat_fill(buf, k, h, off);
+            rc = pm_write(out, buf, k);
+            off += k;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (idx != UINT64_MAX && w->fail_mod && idx % (uint64_t)w->fail_mod == 0)
+        return 5;
+    return 0;
+}
+
+/* Records whose first 8 bytes are their index (at least 8 bytes each). */
+static void recset_index(recset *rs)
+{
+    for (size_t i = 0; i < rs->n; i++) {
+        if (rs->recs[i].len >= 8) {
+            uint64_t v = i;
+            memcpy((unsigned char *)rs->recs[i].data, &v, 8);
+        }
+    }
+}
+
+static void check_ok_item(const recset *rs, const jwork *w, const pm_item *it)
+{
+    const pm_record *r = &rs->recs[it->index];
+    ASSERT_MSG(it->status == PM_ITEM_OK || it->status == PM_ITEM_FAILED,
+               "item %llu: status %d", (unsigned long long)it->index,
+               it->status);
+    ASSERT_UEQ(it->len, 16 + w->out_extra);
+    uint64_t h, l;
+    memcpy(&h, it->data, 8);
+    memcpy(&l, (const unsigned char *)it->data + 8, 8);
+    ASSERT_UEQ(l, r->len);
+    ASSERT_UEQ(h, fnv64(r->data, r->len));
+    ASSERT_UEQ(pat_check((const unsigned char *)it->data + 16, w->out_extra,
+                         h, 0),
+               w->out_extra);
+}
+
+/* The feed function's state: hands out the records of rs through a buffer
+ * that it scribbles over at each call. */
+typedef struct feeder {
+    const recset *rs;
+    size_t next;
+    unsigned char *buf;
+    size_t cap;
+    int fail_at; /* return -42 at this record (0: never) */
+} feeder;
+
+static int feeder_fn(void *ctx, const void **data, size_t *len)
+{
+    feeder *f = ctx;
+    if (f->buf)
+        memset(f->buf, 0xEE, f->cap);
+    if (f->fail_at && f->next == (size_t)f->fail_at)
+        return -42;
+    if (f->next >= f->rs->n)
+        return 0;
+    const pm_record *r = &f->rs->recs[f->next++];
+    if (r->len > f->cap) {
+        free(f->buf);
+        f->buf = malloc(r->len);
+        ASSERT(f->buf != NULL);
+        f->cap = r->len;
+    }
+    memcpy(f->buf, r->data, r->len);
+    *data = f->buf;
+    *len = r->len;
+    return 1;
+}
+
+typedef struct jrun {
+    int nproc, nthreads, ordered, retries;
+    size_t chunk, ring;
+    int64_t timeout_ms;
+    int fed; /* input through feeder_fn */
+} jrun;
+
+/* Runs one job over rs and checks every item; returns the number of items
+ * with each status in counts[0..3]. */
+static void run_job(const jrun *jr, recset *rs, jwork *w, size_t counts[4],
+                    uint64_t *crashed, size_t max_crashed)
+{
+    pm_job_options o;
+    pm_job_options_init(&o);
+    o.nproc = jr->nproc;
+    o.nthreads = jr->nthreads ? jr->nthreads : 1;
+    o.ordered = jr->ordered;
+    o.chunk = jr->chunk;
+    o.retries = jr->retries;
+    o.timeout_ms = jr->timeout_ms;
+    o.ring_bytes = jr->ring;
+    pm_job *job;
+    ASSERT_OK(pm_job_create(&job, &o, jwork_fn, w));
+    feeder f = {.rs = rs};
+    if (jr->fed)
+        ASSERT_OK(pm_job_feed_fn(job, feeder_fn, &f));
+    else
+        ASSERT_OK(pm_job_feed_array(job, rs->recs, rs->n));
+    unsigned char *seen = calloc(rs->n + 1, 1);
+    ASSERT(seen != NULL);
+    memset(counts, 0, 4 * sizeof *counts);
+    size_t nc = 0;
+    uint64_t next = 0;
+    pm_item it;
+    int rc;
+    while ((rc = pm_job_next(job, &it)) == 1) {
+        ASSERT_ULT(it.index, rs->n);
+        if (jr->ordered)
+            ASSERT_UEQ(it.index, next);
+        next++;
+        ASSERT_MSG(!seen[it.index], "item %llu delivered twice",
+                   (unsigned long long)it.index);
+        seen[it.index] = 1;
+        ASSERT(it.status >= 0 && it.status < 4);
+        counts[it.status]++;
+        if (it.status == PM_ITEM_OK || it.status == PM_ITEM_FAILED)
+            check_ok_item(rs, w, &it);
+        if (it.status == PM_ITEM_FAILED)
+            ASSERT_EQ(it.code, 5);
+        if (it.status == PM_ITEM_CRASHED || it.status == PM_ITEM_TIMEDOUT) {
+            ASSERT(it.data == NULL && it.len == 0);
+            if (crashed && nc < max_crashed)
+                crashed[nc++] = it.index;
+        }
+    }
+    ASSERT_RC(rc, 0);
+    ASSERT_UEQ(next, rs->n);
+    ASSERT_UEQ(pm_job_done(job), rs->n);
+    ASSERT_RC(pm_job_next(job, &it), 0);
+    ASSERT_OK(pm_job_destroy(job));
+    ASSERT_NO_CHILDREN();
+    free(seen);
+    free(f.buf);
+}
+
+/* --- tests ---------------------------------------------------------------- */
+
+static void every_way(size_t n, size_t big_every, size_t big_len, size_t ring,
+                      size_t out_extra, int nthreads)
+{
+    recset rs = {.n = n, .big_every = big_every, .big_len = big_len};
+    recset_make(&rs);
+    recset_index(&rs);
+    jwork w = {.out_extra = out_extra};
+    size_t chunks[] = {1, 7, 0};
+    for (int fed = 0; fed < 2; fed++)
+        for (int ordered = 0; ordered < 2; ordered++)
+            for (size_t c = 0; c < 3; c++) {
+                jrun jr = {.nproc = 1 + (int)(c % 3), .nthreads = nthreads,
+                           .ordered = ordered, .chunk = chunks[c],
+                           .ring = ring, .fed = fed};
+                size_t counts[4];
+                run_job(&jr, &rs, &w, counts, NULL, 0);
+                ASSERT_UEQ(counts[PM_ITEM_OK], n);
+            }
+    recset_free(&rs);
+}
+
+TEST_IMPL(job_every_way)
+{
+    every_way(N_(20000, 2000), 0, 0, 0, 0, 1);
+}
+
+TEST_IMPL(job_every_way_threads)
+{
+    every_way(N_(5000, 500), 0, 0, 0, 0, 3);
+}
+
+/* Records and results far larger than the rings, between small ones. */
+TEST_IMPL(job_big_records)
+{
+    every_way(N_(300, 60), 17, 300000, 8192, 0, 1);
+    every_way(N_(200, 40), 0, 0, 8192, 70000, 1);
+}
+
+TEST_IMPL(job_empty_input)
+{
+    recset rs = {.n = 0};
+    recset_make(&rs);
+    jwork w = {0};
+    for (int fed = 0; fed < 2; fed++) {
+        jrun jr = {.nproc = 2, .ordered = 1, .fed = fed};
+        size_t counts[4];
+        run_job(&jr, &rs, &w, counts, NULL, 0);
+    }
+    recset_free(&rs);
+}
+
+/* Some items kill their worker, in three ways, in chunks of every size:
+ * exactly those items are reported, with how the worker ended; every
+ * other item is delivered, in order when asked. */
+TEST_IMPL(job_crashes)
+{
+    size_t n = N_(3000, 400);
+    recset rs = {.n = n};
+    recset_make(&rs);
+    recset_index(&rs);
+    size_t chunks[] = {1, 16, 0};
+    for (int how = 0; how < 3; how++)
+        for (int fed = 0; fed < 2; fed++)
+            for (size_t c = 0; c < 3; c++) {
+                jwork w = {.crash_mod = 97, .crash_at = 13, .crash_how = how};
+                jrun jr = {.nproc = 2, .ordered = (int)(c != 1), .fed = fed,
+                           .chunk = chunks[c]};
+                size_t counts[4];
+                uint64_t crashed[64];
+                run_job(&jr, &rs, &w, counts, crashed, 64);
+                size_t expect = 0;
+                for (size_t i = 0; i < n; i++)
+                    if (rs.recs[i].len >= 8 && i % 97 == 13)
+                        expect++;
+                ASSERT_UEQ(counts[PM_ITEM_CRASHED], expect);
+                ASSERT_UEQ(counts[PM_ITEM_OK], n - expect);
+                for (size_t k = 0; k < expect && k < 64; k++)
+                    ASSERT_UEQ(crashed[k] % 97, 13);
+            }
+    recset_free(&rs);
+}
+
+/* How a crashed item's worker ended is reported with the item. */
+TEST_IMPL(job_crash_status)
+{
+    recset rs = {.n = 200};
+    recset_make(&rs);
+    recset_index(&rs);
+    int how_sig[] = {SIGKILL, 0, 0}, how_exit[] = {-1, 3, 70};
+    for (int how = 0; how < 3; how++) {
+        jwork w = {.crash_mod = 50, .crash_at = 10, .crash_how = how};
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        pm_job *job;
+        ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+        ASSERT_OK(pm_job_feed_array(job, rs.recs, rs.n));
+        pm_item it;
+        int rc, seen = 0;
+        while ((rc = pm_job_next(job, &it)) == 1) {
+            if (it.status != PM_ITEM_CRASHED)
+                continue;
+            seen++;
+            ASSERT_UEQ(it.index % 50, 10);
+            ASSERT_EQ(it.signal, how_sig[how]);
+            ASSERT_EQ(it.exit_code, how_exit[how]);
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT(seen >= 1);
+        ASSERT_OK(pm_job_destroy(job));
+        ASSERT_NO_CHILDREN();
+    }
+    recset_free(&rs);
+}
+
+/* An item that crashes only on its first run: with retries it succeeds;
+ * without, it is reported crashed (one item per task, so the crash is the
+ * item's own attempt). */
+TEST_IMPL(job_retries)
+{
+    size_t n = N_(1000, 200);
+    recset rs = {.n = n};
+    recset_make(&rs);
+    recset_index(&rs);
+    size_t bytes = n * sizeof(_Atomic uint32_t);
+    for (int retries = 0; retries < 2; retries++) {
+        _Atomic uint32_t *att = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        ASSERT(att != MAP_FAILED);
+        jwork w = {.crash_mod = 37, .crash_at = 5, .attempts = att};
+        jrun jr = {.nproc = 2, .ordered = 1, .chunk = 1, .retries = retries};
+        size_t counts[4];
+        run_job(&jr, &rs, &w, counts, NULL, 0);
+        size_t expect = 0;
+        for (size_t i = 0; i < n; i++)
+            if (rs.recs[i].len >= 8 && i % 37 == 5) {
+                expect++;
+                ASSERT_EQ(atomic_load(&att[i]), retries ? 2 : 1);
+            }
+        ASSERT_UEQ(counts[PM_ITEM_CRASHED], retries ? 0 : expect);
+        ASSERT_UEQ(counts[PM_ITEM_OK], retries ? n : n - expect);
+        munmap((void *)att, bytes);
+    }
+    recset_free(&rs);
+}
+
+/* A positive return value is the item's failure code; what it wrote comes
+ * with it. */
+TEST_IMPL(job_failed_items)
+{
+    size_t n = N_(2000, 300);
+    recset rs = {.n = n};
+    recset_make(&rs);
+    recset_index(&rs);
+    jwork w = {.fail_mod = 10, .out_extra = 5};
+    for (int ordered = 0; ordered < 2; ordered++) {
+        jrun jr = {.nproc = 2, .ordered = ordered};
+        size_t counts[4];
+        run_job(&jr, &rs, &w, counts, NULL, 0);
+        size_t expect = 0;
+        for (size_t i = 0; i < n; i++)
+            if (rs.recs[i].len >= 8 && i % 10 == 0)
+                expect++;
+        ASSERT_UEQ(counts[PM_ITEM_FAILED], expect);
+        ASSERT_UEQ(counts[PM_ITEM_OK], n - expect);
+    }
+    recset_free(&rs);
+}
+
+/* Items that hang are cut off at the timeout, the others go through. */
+TEST_IMPL(job_timeout)
+{
+    size_t n = 60;
+    recset rs = {.n = n};
+    recset_make(&rs);
+    recset_index(&rs);
+    jwork w = {.sleep_mod = 25};
+    jrun jr = {.nproc = 2, .ordered = 1, .timeout_ms = 150, .chunk = 50};
+    size_t counts[4];
+    uint64_t timed[8];
+    double t0 = pm_test_now_ms();
+    run_job(&jr, &rs, &w, counts, timed, 8);
+    size_t expect = 0;
+    for (size_t i = 0; i < n; i++)
+        if (rs.recs[i].len >= 8 && i % 25 == 1)
+            expect++;
+    ASSERT(expect >= 1);
+    ASSERT_UEQ(counts[PM_ITEM_TIMEDOUT], expect);
+    ASSERT_UEQ(counts[PM_ITEM_OK], n - expect);
+    for (size_t k = 0; k < expect; k++)
+        ASSERT_UEQ(timed[k] % 25, 1);
+    ASSERT_DBL_LT(pm_test_now_ms() - t0, LIMIT_MS(5000));
+    recset_free(&rs);
+}
+
+typedef struct prog {
+    uint64_t last, total;
+    unsigned calls;
+    int bad;
+} prog;
+
+static void prog_fn(void *ctx, uint64_t done, uint64_t total)
+{
+    prog *p = ctx;
+    /* total is known from the start, or becomes known once the input ends. */
+    if (done < p->last ||
+        (p->calls && total != p->total && p->total != PM_TOTAL_UNKNOWN))
+        p->bad = 1;
+    p->last = done;
+    p->total = total;
+    p->calls++;
+}
+
+TEST_IMPL(job_progress)
+{
+    size_t n = N_(5000, 500);
+    recset rs = {.n = n};
+    recset_make(&rs);
+    for (int fed = 0; fed < 2; fed++) {
+        for (int known = 0; known < 2; known++) {
+            if (!fed && !known)
+                continue;
+            prog p = {0};
+            jwork w = {0};
+            pm_job_options o;
+            pm_job_options_init(&o);
+            o.nproc = 2;
+            o.progress = prog_fn;
+            o.progress_ctx = &p;
+            o.total = known && fed ? n : 0;
+            pm_job *job;
+            ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+            feeder f = {.rs = &rs};
+            if (fed)
+                ASSERT_OK(pm_job_feed_fn(job, feeder_fn, &f));
+            else
+                ASSERT_OK(pm_job_feed_array(job, rs.recs, rs.n));
+            pm_item it;
+            int rc;
+            while ((rc = pm_job_next(job, &it)) == 1)
+                ASSERT_ULE(p.last, pm_job_done(job));
+            ASSERT_RC(rc, 0);
+            ASSERT(!p.bad);
+            ASSERT(p.calls >= 1);
+            ASSERT_UEQ(p.last, n);
+            if (known)
+                ASSERT_UEQ(p.total, n);
+            ASSERT_OK(pm_job_destroy(job));
+            free(f.buf);
+        }
+    }
+    recset_free(&rs);
+}
+
+static int stop_at_10(void *ctx, const pm_item *it)
+{
+    int *count = ctx;
+    (void)it;
+    return ++*count == 10 ? 99 : 0;
+}
+
+static int count_all(void *ctx, const pm_item *it)
+{
+    size_t *count = ctx;
+    if (it->status == PM_ITEM_OK)
+        ++*count;
+    return 0;
+}
+
+TEST_IMPL(job_run_callback)
+{
+    recset rs = {.n = 1000};
+    recset_make(&rs);
+    jwork w = {0};
+    pm_job_options o;
+    pm_job_options_init(&o);
+    o.nproc = 2;
+    pm_job *job;
+    ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+    ASSERT_OK(pm_job_feed_array(job, rs.recs, rs.n));
+    size_t all = 0;
+    ASSERT_OK(pm_job_run(job, count_all, &all));
+    ASSERT_UEQ(all, rs.n);
+    ASSERT_OK(pm_job_destroy(job));
+
+    /* Stopping early: the callback's value comes back, teardown is clean. */
+    ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+    ASSERT_OK(pm_job_feed_array(job, rs.recs, rs.n));
+    int count = 0;
+    ASSERT_RC(pm_job_run(job, stop_at_10, &count), 99);
+    ASSERT_EQ(count, 10);
+    ASSERT_OK(pm_job_destroy(job));
+    ASSERT_NO_CHILDREN();
+    recset_free(&rs);
+}
+
+TEST_IMPL(job_misuse)
+{
+    jwork w = {0};
+    pm_job_options o;
+    pm_job *job = (pm_job *)&w;
+    pm_job_options_init(&o);
+    ASSERT_RC(pm_job_create(&job, &o, NULL, NULL), -EINVAL);
+    ASSERT(job == NULL);
+    o.nthreads = 0;
+    ASSERT_RC(pm_job_create(&job, &o, jwork_fn, &w), -EINVAL);
+    pm_job_options_init(&o);
+    o.nproc = -1;
+    ASSERT_RC(pm_job_create(&job, &o, jwork_fn, &w), -EINVAL);
+    pm_job_options_init(&o);
+    o.timeout_ms = -5;
+    ASSERT_RC(pm_job_create(&job, &o, jwork_fn, &w), -EINVAL);
+    pm_job_options_init(&o);
+    o.ring_bytes = 5000; /* not a power of two */
+    ASSERT_RC(pm_job_create(&job, &o, jwork_fn, &w), -EINVAL);
+    ASSERT_OK(pm_job_destroy(NULL));
+
+    /* No input yet; input given twice; NULL array. */
+    pm_job_options_init(&o);
+    o.nproc = 2;
+    ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+    pm_item it;
+    ASSERT_RC(pm_job_next(job, &it), PM_ESTATE);
+    ASSERT_OK(pm_job_destroy(job));
+    ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+    ASSERT_RC(pm_job_feed_array(job, NULL, 3), -EINVAL);
+    recset rs = {.n = 100};
+    recset_make(&rs);
+    ASSERT_OK(pm_job_feed_array(job, rs.recs, rs.n));
+    ASSERT_RC(pm_job_feed_array(job, rs.recs, rs.n), PM_ESTATE);
+    ASSERT_RC(pm_job_feed_fn(job, feeder_fn, NULL), PM_ESTATE);
+    ASSERT_OK(pm_job_destroy(job));
+
+    /* The feed function's error stops the job, for good. */
+    feeder f = {.rs = &rs, .fail_at = 50};
+    ASSERT_OK(pm_job_create(&job, &o, jwork_fn, &w));
+    ASSERT_OK(pm_job_feed_fn(job, feeder_fn, &f));
+    int rc, got = 0;
+    while ((rc = pm_job_next(job, &it)) == 1)
+        got++;
+    ASSERT_RC(rc, -42);
+    ASSERT_LE(got, 50);
+    ASSERT_RC(pm_job_next(job, &it), -42);
+    ASSERT_OK(pm_job_destroy(job));
+    ASSERT_NO_CHILDREN();
+    free(f.buf);
+    recset_free(&rs);
+}
