@@ -139,6 +139,7 @@ struct pm_map {
     pm_frag held;
     unsigned char *held_copy; /* a saved result delivered, freed next call */
 
+    int draining;         /* a worker died for good: send no new task */
     int keep;             /* keep task copies: retries, timeout or
                              deliver_lost are set */
     uint64_t next_health_ns; /* when to look at the workers again while busy */

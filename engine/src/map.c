@@ -304,7 +304,7 @@ static int dispatch(pm_map *m, int *progress)
                 return rc;
         }
     }
-    while (!m->input_done && m->outstanding < m->win) {
+    while (!m->input_done && !m->draining && m->outstanding < m->win) {
         pm_slot *s = choose_slot(m);
         if (!s)
             break;
@@ -606,8 +606,9 @@ static void mark_lost(pm_inflight *e, int st)
  * Worker w is gone (it died, or was killed because a task timed out): keeps
  * what it finished, charges the tasks it was running with one attempt each
  * (unless it was killed), and starts a fresh worker that is sent the rest
- * again.  Returns 0, PM_EWORKERDIED when a task has used up its retries (or
- * the worker keeps dying with nothing to blame), or the -errno of fork().
+ * again.  When a task has used up its retries (or the worker keeps dying
+ * with nothing to blame), the worker is not replaced and the map drains
+ * instead: no new task is sent.  Returns 0 or the -errno of fork().
  */
 static int handle_dead(pm_map *m, int w, int killed)
 {
@@ -635,8 +636,11 @@ static int handle_dead(pm_map *m, int w, int killed)
     if (!charged && !killed && ++wk->uncharged > 3)
         fatal = 1; /* it dies between tasks: do not respawn forever */
     if (fatal) {
-        pm__record_death(m, w);
-        return PM_EWORKERDIED;
+        /* Not replaced: the results due before its lost task are still
+         * delivered (from the live workers, and those it completed), then
+         * delivery reaches the lost task and fails with PM_EWORKERDIED. */
+        m->draining = 1;
+        return 0;
     }
     reset_worker_shm(m, w);
     return pm__spawn(m, w);
