@@ -16,10 +16,12 @@ demo: install
 
 test-deps:
 	@command -v valgrind >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq valgrind)
+	@command -v pkg-config >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pkg-config)
 	$(PIP) install -q --disable-pip-version-check ".[test]"
 
 test-c:
 	$(MAKE) -C engine check asan valgrind tsan
+	$(MAKE) -C engine install-check
 
 test-py:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
