@@ -38,7 +38,13 @@
 #define REC_PLAIN 0   /* pickle of the list of results */
 #define REC_ERRORS 1  /* pickle of (results, {position: error entry}) */
 #define REC_COMPACT 2 /* the list of results in the compact codec */
+#define REC_OOB 0x80  /* flag on REC_PLAIN / REC_ERRORS: pickle protocol 5
+                         with out-of-band buffers, laid out as
+                         u64 nbuf, u64 pickle length, u64 length of each
+                         buffer, the pickle, then each buffer, each part
+                         starting 16-aligned from the record's start */
 #define REC_HDR 9
+#define OOB_MIN (64 * 1024) /* smaller buffers stay inside the pickle */
 
 /* Kinds of error entries. */
 #define ERR_CALL 0  /* raised by the user's function: follows `exception` */
@@ -52,6 +58,8 @@ enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
 static PyObject *pickle_dumps;    /* pickle.dumps */
 static PyObject *pickle_loads;    /* pickle.loads */
 static PyObject *protocol;        /* the pickle protocol, an int */
+static PyObject *kw_buffer_callback; /* ("buffer_callback",) */
+static PyObject *kw_buffers;         /* ("buffers",) */
 static PyObject *ItemShapeError;  /* TypeError subclass, made here */
 static PyObject *errors_module;   /* parmapper._errors, imported lazily */
 static PyObject *unsent_type;     /* parmapper._errors._Unsent, set before fork */
@@ -359,6 +367,223 @@ static PyObject *loads_mem(const void *p, size_t n)
         return NULL;
     PyObject *r = PyObject_CallOneArg(pickle_loads, mv);
     Py_DECREF(mv);
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Out-of-band buffers (pickle protocol 5): a large contiguous buffer of a   */
+/* result (a numpy array, a bytearray, a PickleBuffer) goes from the        */
+/* object's memory straight into the ring, and the parent's object is built */
+/* on the memory the result was assembled in: one copy on each side.       */
+
+static void gil_take(void); /* a worker thread takes the GIL back */
+
+/* The parent's block of result memory, owned by the objects built on it. */
+typedef struct {
+    PyObject_HEAD
+    void *alloc; /* malloc'd; freed with the block */
+    char *p;     /* the result record inside it */
+    Py_ssize_t n;
+    PyObject *weakrefs; /* so tests can see when it is freed */
+} Block;
+
+static int block_getbuffer(PyObject *o, Py_buffer *v, int flags)
+{
+    Block *b = (Block *)o;
+    return PyBuffer_FillInfo(v, o, b->p, b->n, 0, flags);
+}
+
+static void block_dealloc(PyObject *o)
+{
+    if (((Block *)o)->weakrefs)
+        PyObject_ClearWeakRefs(o);
+    free(((Block *)o)->alloc);
+    Py_TYPE(o)->tp_free(o);
+}
+
+static PyBufferProcs block_as_buffer = {block_getbuffer, NULL};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "parmapper._core._Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_dealloc = block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_weaklistoffset = offsetof(Block, weakrefs),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Memory of a result received from a worker; the objects "
+              "unpickled from its out-of-band buffers refer to it.",
+};
+
+/* pickle's buffer_callback (self: a list): a large contiguous buffer is
+ * kept out of band (appended, False returned); any other stays in band. */
+static PyObject *oob_collect(PyObject *list, PyObject *pb)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(pb, &v, PyBUF_CONTIG_RO) < 0) {
+        PyErr_Clear();
+        Py_RETURN_TRUE;
+    }
+    Py_ssize_t n = v.len;
+    PyBuffer_Release(&v);
+    if (n < OOB_MIN)
+        Py_RETURN_TRUE;
+    if (PyList_Append(list, pb) < 0)
+        return NULL;
+    Py_RETURN_FALSE;
+}
+
+static PyMethodDef oob_collect_def = {"_oob_collect", oob_collect, METH_O,
+                                      NULL};
+
+/* pickle.dumps(obj, protocol 5, buffer_callback=...): *bufs gets the list
+ * of the buffers kept out of band (new reference). */
+static PyObject *dumps_oob(PyObject *obj, PyObject **bufs)
+{
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    PyObject *cb = PyCFunction_New(&oob_collect_def, list);
+    if (!cb) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    PyObject *argv[3] = {obj, protocol, cb};
+    PyObject *r = PyObject_Vectorcall(pickle_dumps, argv, 2, kw_buffer_callback);
+    Py_DECREF(cb);
+    if (!r) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    *bufs = list;
+    return r;
+}
+
+static size_t pad16(size_t off)
+{
+    return (16 - (off & 15)) & 15;
+}
+
+/* Writes a REC_OOB record: the header, the lengths, the pickle, then every
+ * buffer straight from the object's memory.  Returns 0 or negative. */
+static int write_record_oob(pm_writer *out, unsigned char kind,
+                            uint64_t elapsed, PyObject *pick, PyObject *bufs)
+{
+    static const unsigned char zeros[16];
+    Py_ssize_t nb = PyList_GET_SIZE(bufs);
+    Py_buffer *views = PyMem_Calloc((size_t)nb, sizeof *views);
+    if (!views) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t got = 0;
+    int rc = 0;
+    for (; got < nb; got++)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, got), &views[got],
+                               PyBUF_CONTIG_RO) < 0) {
+            rc = -1;
+            goto done;
+        }
+    unsigned char hdr[REC_HDR];
+    hdr[0] = kind | REC_OOB;
+    memcpy(hdr + 1, &elapsed, 8);
+    uint64_t meta[2] = {(uint64_t)nb, (uint64_t)PyBytes_GET_SIZE(pick)};
+    size_t off = REC_HDR + sizeof meta + 8 * (size_t)nb;
+    rc = pm_write(out, hdr, sizeof hdr);
+    if (rc == 0)
+        rc = pm_write(out, meta, sizeof meta);
+    for (Py_ssize_t i = 0; i < nb && rc == 0; i++) {
+        uint64_t l = (uint64_t)views[i].len;
+        rc = pm_write(out, &l, 8);
+    }
+    if (rc == 0)
+        rc = pm_write(out, zeros, pad16(off));
+    off += pad16(off);
+    if (rc == 0)
+        rc = pm_write(out, PyBytes_AS_STRING(pick), (size_t)meta[1]);
+    off += (size_t)meta[1];
+    for (Py_ssize_t i = 0; i < nb && rc == 0; i++) {
+        rc = pm_write(out, zeros, pad16(off));
+        off += pad16(off);
+        if (rc == 0)
+            rc = pm_write(out, views[i].buf, (size_t)views[i].len);
+        off += (size_t)views[i].len;
+    }
+    gil_take();
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    return rc;
+}
+
+/* Unpickles a REC_OOB record: the objects of its out-of-band buffers are
+ * built on the memory the engine assembled the record in (taken over from
+ * the engine), or on one copy when the record was read in place. */
+static PyObject *loads_oob(pm_map *map, const pm_result *res)
+{
+    PyObject *r = NULL, *mv = NULL, *pick = NULL, *list = NULL;
+    const unsigned char *rec = res->data;
+    void *alloc = pm_map_take_result(map);
+    if (!alloc) {
+        alloc = malloc(res->len ? res->len : 1);
+        if (!alloc)
+            return PyErr_NoMemory();
+        memcpy(alloc, res->data, res->len);
+        rec = alloc;
+    }
+    Block *blk = PyObject_New(Block, &BlockType);
+    if (!blk) {
+        free(alloc);
+        return NULL;
+    }
+    blk->alloc = alloc;
+    blk->weakrefs = NULL;
+    blk->p = (char *)rec;
+    blk->n = (Py_ssize_t)res->len;
+    uint64_t meta[2];
+    size_t n = res->len, off = REC_HDR + sizeof meta;
+    if (n < off)
+        goto bad;
+    memcpy(meta, rec + REC_HDR, sizeof meta);
+    if (meta[0] > (n - off) / 8)
+        goto bad;
+    size_t lens_at = off;
+    off += 8 * (size_t)meta[0];
+    off += pad16(off);
+    if (off > n || meta[1] > n - off)
+        goto bad;
+    if (!(mv = PyMemoryView_FromObject((PyObject *)blk)))
+        goto done;
+    if (!(pick = PySequence_GetSlice(mv, (Py_ssize_t)off,
+                                     (Py_ssize_t)(off + meta[1]))))
+        goto done;
+    off += (size_t)meta[1];
+    if (!(list = PyList_New((Py_ssize_t)meta[0])))
+        goto done;
+    for (uint64_t i = 0; i < meta[0]; i++) {
+        uint64_t l;
+        memcpy(&l, rec + lens_at + 8 * i, 8);
+        off += pad16(off);
+        if (off > n || l > n - off)
+            goto bad;
+        PyObject *sl = PySequence_GetSlice(mv, (Py_ssize_t)off,
+                                           (Py_ssize_t)(off + l));
+        if (!sl)
+            goto done;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, sl);
+        off += (size_t)l;
+    }
+    PyObject *argv[2] = {pick, list};
+    r = PyObject_Vectorcall(pickle_loads, argv, 1, kw_buffers);
+    goto done;
+bad:
+    PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
+done:
+    Py_XDECREF(list);
+    Py_XDECREF(pick);
+    Py_XDECREF(mv);
+    Py_DECREF(blk);
     return r;
 }
 
@@ -1093,7 +1318,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
 {
     int ret = -1;
     PyObject *items = NULL, *results = NULL, *errors = NULL, *payload = NULL;
-    PyObject *b = NULL;
+    PyObject *b = NULL, *bufs = NULL;
     Py_ssize_t first = (Py_ssize_t)task->first;
     const unsigned char *p = in;
     Py_ssize_t n = (Py_ssize_t)task->count;
@@ -1180,7 +1405,8 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         }
         if (!payload)
             goto fatal;
-        b = dumps(payload);
+        Py_CLEAR(bufs);
+        b = dumps_oob(payload, &bufs);
         Py_CLEAR(payload);
         if (b)
             break;
@@ -1190,9 +1416,13 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (sanitize_results(results, &errors, first) < 0)
             goto fatal;
     }
-    ret = write_record(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
-                       PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)) < 0
-              ? -1 : 0;
+    if (PyList_GET_SIZE(bufs))
+        ret = write_record_oob(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
+                               b, bufs) < 0 ? -1 : 0;
+    else
+        ret = write_record(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
+                           PyBytes_AS_STRING(b),
+                           (size_t)PyBytes_GET_SIZE(b)) < 0 ? -1 : 0;
     goto done;
 fatal:
     if (PyErr_Occurred())
@@ -1202,6 +1432,7 @@ done:
     Py_XDECREF(results);
     Py_XDECREF(errors);
     Py_XDECREF(b);
+    Py_XDECREF(bufs);
     return ret;
 }
 
@@ -1484,13 +1715,15 @@ static int decode_result(MapIter *self, const pm_result *res)
             self->bytes_per_item = 0.7 * self->bytes_per_item + 0.3 * bytes;
         }
     }
-    PyObject *obj = p[0] == REC_COMPACT
+    int kind = p[0] & ~REC_OOB;
+    PyObject *obj = p[0] & REC_OOB ? loads_oob(self->map, res)
+                    : kind == REC_COMPACT
                         ? dec_record(p + REC_HDR, res->len - REC_HDR)
                         : loads_mem(p + REC_HDR, res->len - REC_HDR);
     if (!obj)
         return -1;
     PyObject *results = obj, *errors = NULL;
-    if (p[0] == REC_ERRORS) {
+    if (kind == REC_ERRORS) {
         if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {
             Py_DECREF(obj);
             PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
@@ -1817,7 +2050,10 @@ PyMODINIT_FUNC PyInit__core(void)
     pickle_loads = PyObject_GetAttrString(pickle, "loads");
     protocol = PyObject_GetAttrString(pickle, "HIGHEST_PROTOCOL");
     Py_DECREF(pickle);
-    if (!pickle_dumps || !pickle_loads || !protocol)
+    kw_buffer_callback = Py_BuildValue("(s)", "buffer_callback");
+    kw_buffers = Py_BuildValue("(s)", "buffers");
+    if (!pickle_dumps || !pickle_loads || !protocol || !kw_buffer_callback ||
+        !kw_buffers || PyType_Ready(&BlockType) < 0)
         goto fail;
     ItemShapeError = PyErr_NewExceptionWithDoc(
         "parmapper.ItemShapeError",

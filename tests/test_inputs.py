@@ -188,6 +188,70 @@ def test_large_results(N, Nt):
     assert out == [bytes([i % 256]) * (300000 + i) for i in range(12)]
 
 
+@pytest.mark.parametrize("N,Nt,chunksize", [(1, 1, 1), (2, 1, None), (2, 2, 3)])
+def test_large_buffers_out_of_band(N, Nt, chunksize):
+    """Large contiguous buffers (numpy arrays, bytearray, PickleBuffer) come
+    back out of band (pickle protocol 5), built on the memory the result was
+    received in: equal, writable, independent of each other, and freed."""
+    np = pytest.importorskip("numpy")
+    import pickle
+    import weakref
+
+    def make(i):
+        return (
+            np.arange(100000 + i, dtype=np.float64) * i,     # 800 KB: out of band
+            np.full((300, 300), i, dtype=np.int32),          # 360 KB 2-D
+            np.arange(10),                                   # small: in band
+            bytearray([i % 256]) * 70000,                    # out of band too
+            pickle.PickleBuffer(bytearray(b"%d" % i) * 40000),
+            np.arange(200000)[::2],                          # not contiguous
+            i,
+        )
+
+    out = list(parmapper.parmap(make, range(9), N=N, Nt=Nt, chunksize=chunksize))
+    for i, r in enumerate(out):
+        a, b, c, d, e, f, k = r
+        assert k == i
+        np.testing.assert_array_equal(a, np.arange(100000 + i, dtype=np.float64) * i)
+        assert a.dtype == np.float64 and a.flags.writeable and a.flags.aligned
+        np.testing.assert_array_equal(b, np.full((300, 300), i, dtype=np.int32))
+        assert b.shape == (300, 300) and b.flags.c_contiguous
+        np.testing.assert_array_equal(c, np.arange(10))
+        assert d == bytearray([i % 256]) * 70000
+        assert bytes(e) == (b"%d" % i) * 40000
+        np.testing.assert_array_equal(f, np.arange(200000)[::2])
+    # Writing into one result changes nothing else.
+    out[0][0][:] = -1
+    out[1][1][:] = -1
+    np.testing.assert_array_equal(out[2][0], np.arange(100002, dtype=np.float64) * 2)
+    assert (out[0][1] == 0).all() and (out[2][1] == 2).all()
+    # The received memory lives as long as the arrays, no longer.
+    base = out[4][0]
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    ref = weakref.ref(base.obj if isinstance(base, memoryview) else base)
+    del out, base, r, a, b, c, d, e, f
+    gc.collect()
+    assert ref() is None
+
+
+def test_large_buffers_out_of_band_with_errors():
+    """A chunk with both errors and large buffers (exception='return')."""
+    np = pytest.importorskip("numpy")
+
+    def f(i):
+        if i % 3 == 0:
+            raise ValueError(i)
+        return np.full(50000, i, dtype=np.int64)
+
+    out = list(parmapper.parmap(f, range(12), N=2, chunksize=4, exception="return"))
+    for i, r in enumerate(out):
+        if i % 3 == 0:
+            assert isinstance(r, ValueError) and r.seq_index == i
+        else:
+            assert (r == i).all() and r.shape == (50000,)
+
+
 @pytest.mark.parametrize("N", [2])
 def test_large_items(N):
     items = [bytes([i]) * (250000 + i) for i in range(10)]

@@ -210,6 +210,17 @@ PM_EXTERN int pm_map_start(pm_map *m);
  */
 PM_EXTERN int pm_map_next(pm_map *m, pm_result *res);
 
+/*
+ * After pm_map_next() returned a result (PM_RESULT_OK) whose bytes the
+ * engine assembled in memory of its own -- a result larger than a ring
+ * fragment, or one saved from a dead worker -- hands that memory over:
+ * returns the block res->data points into, which the caller now owns and
+ * releases with free().  Returns NULL when the result is read in place in
+ * shared memory (then copy what must outlive the next call).  Lets a caller
+ * keep a large result without copying it again.
+ */
+PM_EXTERN void *pm_map_take_result(pm_map *m);
+
 /* After the produce function returned 0: tells the map that it has tasks
  * again (for instance items of a lost task to run again), so that it is
  * called once more.  Returns 0, or PM_ESTATE when the map has failed. */

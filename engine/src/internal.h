@@ -138,6 +138,8 @@ struct pm_map {
     int held_slot;        /* fragment delivered in place, consumed next call */
     pm_frag held;
     unsigned char *held_copy; /* a saved result delivered, freed next call */
+    int asm_slot;         /* the result delivered was assembled in this
+                             slot's buffer (-1: it was not) */
 
     int draining;         /* a worker died for good: send no new task */
     int keep;             /* keep task copies: retries, timeout or

@@ -81,6 +81,7 @@ int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (hooks)
         m->hooks = *hooks;
     m->held_slot = -1;
+    m->asm_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
               m->opt.deliver_lost;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
@@ -468,6 +469,8 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     if (in_ring) {
         m->held = f;
         m->held_slot = si;
+    } else {
+        m->asm_slot = si;
     }
     m->workers[s->worker].uncharged = 0;
     res->status = PM_RESULT_OK;
@@ -481,6 +484,7 @@ static void release_held(pm_map *m)
 {
     free(m->held_copy);
     m->held_copy = NULL;
+    m->asm_slot = -1;
     if (m->held_slot < 0)
         return;
     pm_slot *s = &m->slots[m->held_slot];
@@ -828,6 +832,22 @@ int pm_map_next(pm_map *m, pm_result *res)
                 return fail(m, rc);
         }
     }
+}
+
+void *pm_map_take_result(pm_map *m)
+{
+    void *p = NULL;
+    if (m->asm_slot >= 0) {
+        pm_slot *s = &m->slots[m->asm_slot];
+        p = s->asm_buf;
+        s->asm_buf = NULL;
+        s->asm_cap = s->asm_len = 0;
+        m->asm_slot = -1;
+    } else if (m->held_copy) {
+        p = m->held_copy;
+        m->held_copy = NULL;
+    }
+    return p;
 }
 
 int pm_map_resume(pm_map *m)

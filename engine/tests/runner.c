@@ -69,6 +69,7 @@
     X(map_unordered_not_blocked_by_slow_task)                                  \
     X(map_empty_results_and_tasks)                                             \
     X(map_big_results)                                                         \
+    X(map_take_result)                                                         \
     X(map_big_results_unordered_threads2)                                      \
     X(map_big_tasks)                                                           \
     X(map_big_tasks_and_results)                                               \

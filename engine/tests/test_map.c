@@ -399,6 +399,48 @@ TEST_IMPL(map_big_results)
     run_verify(&opt, &g, &w);
 }
 
+/* Results assembled from fragments can be taken over by the caller; small
+ * ones read in place cannot.  A taken block holds the result and stays
+ * valid after the map is gone. */
+TEST_IMPL(map_take_result)
+{
+    for (int big = 0; big < 2; big++) {
+        pm_options opt;
+        pm_options_init(&opt);
+        opt.nproc = 2;
+        opt.ring_bytes = 8192; /* fragments of at most 2 KiB */
+        tgen g = {.nitems = N_(40, 10), .max_count = 1};
+        twork w = {.chunk = 3000, .result_pad = big ? 20000 : 0};
+        pm_map *m;
+        ASSERT_OK(
+            pm_map_create(&m, &opt, tgen_produce, &g, twork_work, &w, NULL));
+        pm_result res, kept[64];
+        void *keep[64];
+        int rc, taken = 0;
+        while ((rc = pm_map_next(m, &res)) == 1) {
+            void *blk = pm_map_take_result(m);
+            ASSERT(pm_map_take_result(m) == NULL); /* only once */
+            CHECK_RESULT(&g, &w, &res);
+            ASSERT(big == (blk != NULL));
+            if (blk) {
+                ASSERT((const unsigned char *)res.data >= (unsigned char *)blk);
+                keep[taken] = blk;
+                kept[taken++] = res;
+            }
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT_OK(pm_map_destroy(m));
+        ASSERT_NO_CHILDREN();
+        /* The taken blocks outlive the map. */
+        for (int i = 0; i < taken; i++) {
+            CHECK_RESULT(&g, &w, &kept[i]);
+            free(keep[i]);
+        }
+        ASSERT_EQ(taken, big ? (int)g.nitems : 0);
+        tgen_free(&g);
+    }
+}
+
 TEST_IMPL(map_big_results_unordered_threads2)
 {
     pm_options opt;
