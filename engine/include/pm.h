@@ -130,6 +130,11 @@ typedef int (*pm_work_fn)(void *ctx, const pm_task *task, const void *in,
  * should then return the code from its work function). */
 PM_EXTERN int pm_write(pm_writer *w, const void *data, size_t len);
 
+/* In a work function: the item being worked on -- for a job, the index of
+ * the record (its position in the input); for a map, the task's first
+ * item. */
+PM_EXTERN uint64_t pm_writer_item(const pm_writer *w);
+
 /* Optional hooks; any may be NULL.  All get hooks.ctx. */
 typedef struct pm_hooks {
     void *ctx;
@@ -302,7 +307,8 @@ enum {
 };
 
 /* One delivered item.  data/len stay valid until the next call on the job
- * (they point into shared memory when they can: no copy is made). */
+ * (they point into shared memory when they can: no copy is made); data is
+ * 8-byte aligned. */
 typedef struct pm_item {
     uint64_t index;   /* position of the record in the input, from 0 */
     int status;       /* PM_ITEM_* */
@@ -317,7 +323,9 @@ typedef struct pm_item {
 /*
  * The work, run in a worker process (in one of its threads when
  * opt.nthreads > 1) for each record: in/len are valid for the duration of
- * the call.  The result is written with pm_write(out, ...) (zero or more
+ * the call (in is 8-byte aligned for fed records; for an array, it is the
+ * caller's pointer), and pm_writer_item(out) is the record's index.  The
+ * result is written with pm_write(out, ...) (zero or more
  * calls; it can be far larger than the rings).  Returns 0 for success, a
  * positive value to report the item as PM_ITEM_FAILED with that code, or a
  * negative value (for instance pm_write()'s, when the parent is gone) to
@@ -415,6 +423,10 @@ PM_EXTERN int pm_job_next(pm_job *job, pm_item *item);
  * when all were delivered, a nonzero value returned by on_item (the job
  * stops there), or a negative code as pm_job_next(). */
 PM_EXTERN int pm_job_run(pm_job *job, pm_item_cb on_item, void *ctx);
+
+/* A static name for a PM_ITEM_ status: "ok", "failed", "crashed",
+ * "timed out", or "unknown".  Never NULL. */
+PM_EXTERN const char *pm_item_status_name(int status);
 
 /* Items delivered so far. */
 PM_EXTERN uint64_t pm_job_done(const pm_job *job);

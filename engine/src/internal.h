@@ -191,6 +191,9 @@ void pm__worker_main(pm_map *m, int w) __attribute__((noreturn));
  * work function can tell how long each part of its result is. */
 uint64_t pm__writer_written(const pm_writer *w);
 
+/* Sets what pm_writer_item() returns (jobs: the item being run). */
+void pm__writer_set_item(pm_writer *w, uint64_t item);
+
 /* map.c */
 
 /* Address of slot s of worker w inside the worker's mapping. */

@@ -7,10 +7,11 @@
  *   task data   array input: none (the workers read their inherited copy of
  *               the array, items [first, first + count)); fed input: one
  *               record's bytes when count == 1, else count times
- *               (u64 length, bytes).
- *   result      for each item: the bytes the work function wrote, then an
- *               item trailer (length, code, magic); then a task trailer
- *               with the time the task took in the worker.  The parent walks
+ *               (u64 length, bytes, zeros up to a multiple of 8).
+ *   result      for each item: the bytes the work function wrote, zeros up
+ *               to a multiple of 8, then an item trailer (length, code,
+ *               magic); then a task trailer with the time the task took in
+ *               the worker.  Every item's bytes thus start 8-aligned.  The parent walks
  *               the trailers backwards, so the worker streams results of any
  *               size without buffering or knowing their length beforehand,
  *               and the parent hands them out without copying.
@@ -38,6 +39,10 @@ typedef struct item_trailer {
     int32_t code;
     uint32_t magic;
 } item_trailer;
+
+#define ROUND8(n) (((n) + 7u) & ~(uint64_t)7u)
+
+static const unsigned char zeros[8];
 
 typedef struct task_trailer {
     uint64_t elapsed_ns;
@@ -118,14 +123,17 @@ void pm_job_options_init(pm_job_options *o)
 
 /* --- the worker side ------------------------------------------------------ */
 
-static int run_item(pm_job *j, const void *in, size_t len, pm_writer *out)
+static int run_item(pm_job *j, uint64_t index, const void *in, size_t len,
+                    pm_writer *out)
 {
+    pm__writer_set_item(out, index);
     uint64_t before = pm__writer_written(out);
     int rc = j->fn(j->fn_ctx, in, len, out);
     if (rc < 0)
         return rc;
     item_trailer t = {pm__writer_written(out) - before, rc, ITEM_MAGIC};
-    return pm_write(out, &t, sizeof t);
+    int wr = pm_write(out, zeros, (size_t)(ROUND8(t.len) - t.len));
+    return wr < 0 ? wr : pm_write(out, &t, sizeof t);
 }
 
 /* The pm_work_fn of every job: runs the task's items one after the other. */
@@ -140,10 +148,10 @@ static int job_work(void *ctx, const pm_task *task, const void *in, size_t len,
             return PM_ECORRUPT;
         for (uint32_t i = 0; i < task->count && rc >= 0; i++) {
             const pm_record *r = &j->recs[task->first + i];
-            rc = run_item(j, r->data, r->len, out);
+            rc = run_item(j, task->first + i, r->data, r->len, out);
         }
     } else if (task->count == 1) {
-        rc = run_item(j, in, len, out);
+        rc = run_item(j, task->first, in, len, out);
     } else {
         const unsigned char *p = in, *end = p + len;
         for (uint32_t i = 0; i < task->count && rc >= 0; i++) {
@@ -154,8 +162,8 @@ static int job_work(void *ctx, const pm_task *task, const void *in, size_t len,
             p += sizeof n;
             if (n > (uint64_t)(end - p))
                 return PM_ECORRUPT;
-            rc = run_item(j, p, (size_t)n, out);
-            p += n;
+            rc = run_item(j, task->first + i, p, (size_t)n, out);
+            p += n < (uint64_t)(end - p) ? ROUND8(n) : n;
         }
     }
     if (rc < 0)
@@ -208,7 +216,7 @@ static int pack_room(pm_job *j, size_t need)
 static int feed_task(pm_job *j, uint64_t want, pm_task *task,
                      const void **data, size_t *len)
 {
-    size_t used = 0;
+    size_t used = 0, last_len = 0;
     uint32_t n = 0;
     while (n < want && used < j->max_task_bytes) {
         const void *d = NULL;
@@ -233,13 +241,16 @@ static int feed_task(pm_job *j, uint64_t want, pm_task *task,
             break;
         }
         uint64_t l64 = l;
-        int e = pack_room(j, used + sizeof l64 + l);
+        size_t step = sizeof l64 + (size_t)ROUND8(l64);
+        int e = pack_room(j, used + step);
         if (e < 0)
             return e;
         memcpy(j->pack + used, &l64, sizeof l64);
         if (l)
             memcpy(j->pack + used + sizeof l64, d, l);
-        used += sizeof l64 + l;
+        memset(j->pack + used + sizeof l64 + l, 0, (size_t)(ROUND8(l64) - l64));
+        used += step;
+        last_len = l;
         n++;
     }
     if (n == 0)
@@ -247,7 +258,7 @@ static int feed_task(pm_job *j, uint64_t want, pm_task *task,
     if (want > 1) {
         if (n == 1) {
             *data = j->pack + sizeof(uint64_t);
-            *len = used - sizeof(uint64_t);
+            *len = last_len;
         } else {
             *data = j->pack;
             *len = used;
@@ -344,7 +355,7 @@ static int split_lost(pm_job *j, const pm_result *res)
             if (n > (uint64_t)(end - p))
                 return PM_ECORRUPT;
             d = p;
-            p += n;
+            p += n < (uint64_t)(end - p) ? ROUND8(n) : n;
         }
         int rc = redo_push(j, res->task.first + i, d, (size_t)n);
         if (rc < 0)
@@ -378,9 +389,9 @@ static int parse_result(pm_job *j, const pm_task *task, const unsigned char *msg
             return PM_ECORRUPT;
         pos -= sizeof t;
         memcpy(&t, msg + pos, sizeof t);
-        if (t.magic != ITEM_MAGIC || t.len > pos)
+        if (t.magic != ITEM_MAGIC || t.len > pos || ROUND8(t.len) > pos)
             return PM_ECORRUPT;
-        pos -= t.len;
+        pos -= ROUND8(t.len);
         j->batch[i].data = msg + pos;
         j->batch[i].len = t.len;
         j->batch[i].code = t.code;
@@ -537,6 +548,21 @@ int pm_job_run(pm_job *j, pm_item_cb on_item, void *ctx)
             return r;
     }
     return rc;
+}
+
+const char *pm_item_status_name(int status)
+{
+    switch (status) {
+    case PM_ITEM_OK:
+        return "ok";
+    case PM_ITEM_FAILED:
+        return "failed";
+    case PM_ITEM_CRASHED:
+        return "crashed";
+    case PM_ITEM_TIMEDOUT:
+        return "timed out";
+    }
+    return "unknown";
 }
 
 uint64_t pm_job_done(const pm_job *j)

@@ -1,5 +1,6 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
 #include <errno.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -58,6 +59,9 @@ int pm__spawn(pm_map *m, int w)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (m->hooks.before_fork)
         m->hooks.before_fork(m->hooks.ctx);
+    /* Output the caller has buffered in stdio would otherwise be written
+     * again by any worker that calls exit(). */
+    fflush(NULL);
 #ifdef __linux__
     int from_main_thread = getpid() == (pid_t)syscall(SYS_gettid);
 #else

@@ -21,7 +21,18 @@ struct pm_writer {
     unsigned char *buf; /* assembly of large or wrapped tasks */
     size_t buf_cap;
     uint64_t written; /* bytes passed to pm_write() so far */
+    uint64_t item;    /* pm_writer_item() */
 };
+
+uint64_t pm_writer_item(const pm_writer *w)
+{
+    return w->item;
+}
+
+void pm__writer_set_item(pm_writer *w, uint64_t item)
+{
+    w->item = item;
+}
 
 uint64_t pm__writer_written(const pm_writer *w)
 {
@@ -199,6 +210,7 @@ static int serve_one(struct pm_writer *w)
     rc = pm_write(w, &hdr, sizeof hdr);
     if (rc < 0)
         return rc;
+    w->item = task.first;
     atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
     atomic_store_explicit(&w->ctl->run_start_ns, pm__now_ns(),
                           memory_order_release);

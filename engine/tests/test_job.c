@@ -62,6 +62,8 @@ typedef struct jwork {
     _Atomic uint32_t *attempts; /* shared: runs per item; crash only on the
                                    first when set */
     uint64_t spin_ns;   /* busy work per item */
+    int fed;            /* records are fed: their copies are 8-aligned */
+    int indexed;        /* records start with their index (recset_index) */
 } jwork;
 
 /* The index of an item is not given to the work function: the record says
@@ -81,6 +83,10 @@ static int jwork_fn(void *ctx, const void *in, size_t len, pm_writer *out)
 {
     jwork *w = ctx;
     uint64_t idx = index_of(in, len);
+    if (w->indexed && idx != UINT64_MAX)
+        ASSERT_UEQ(pm_writer_item(out), idx);
+    if (w->fed)
+        ASSERT_UEQ((uintptr_t)in % 8, 0);
     if (w->spin_ns) {
         struct timespec t0, t;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -146,6 +152,7 @@ static void check_ok_item(const recset *rs, const jwork *w, const pm_item *it)
                "item %llu: status %d", (unsigned long long)it->index,
                it->status);
     ASSERT_UEQ(it->len, 16 + w->out_extra);
+    ASSERT_UEQ((uintptr_t)it->data % 8, 0);
     uint64_t h, l;
     memcpy(&h, it->data, 8);
     memcpy(&l, (const unsigned char *)it->data + 8, 8);
@@ -210,6 +217,8 @@ static void run_job(const jrun *jr, recset *rs, jwork *w, size_t counts[4],
     o.timeout_ms = jr->timeout_ms;
     o.ring_bytes = jr->ring;
     pm_job *job;
+    w->fed = jr->fed;
+    w->indexed = 1; /* every run_job caller indexes its records */
     ASSERT_OK(pm_job_create(&job, &o, jwork_fn, w));
     feeder f = {.rs = rs};
     if (jr->fed)
@@ -553,6 +562,11 @@ TEST_IMPL(job_run_callback)
 
 TEST_IMPL(job_misuse)
 {
+    ASSERT_STREQ(pm_item_status_name(PM_ITEM_OK), "ok");
+    ASSERT_STREQ(pm_item_status_name(PM_ITEM_FAILED), "failed");
+    ASSERT_STREQ(pm_item_status_name(PM_ITEM_CRASHED), "crashed");
+    ASSERT_STREQ(pm_item_status_name(PM_ITEM_TIMEDOUT), "timed out");
+    ASSERT_STREQ(pm_item_status_name(42), "unknown");
     jwork w = {0};
     pm_job_options o;
     pm_job *job = (pm_job *)&w;
