@@ -26,6 +26,7 @@ the temporary directory unless --md/--png are given).
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -42,6 +43,12 @@ import _funcs  # noqa: E402
 import _report  # noqa: E402
 
 CHILD = os.path.join(HERE, "_child.py")
+
+# The section written by benchmarks/c/run.sh (the C benchmark of the jobs
+# API), kept when this script rewrites the file.
+C_BENCH_BEGIN = "<!-- c-bench:begin -->"
+C_BENCH_END = "<!-- c-bench:end -->"
+C_BENCH_HEADING = "## The C library (jobs API)"
 
 WORKLOADS = {
     1: "Per-item overhead (chunksize=1)",
@@ -201,6 +208,23 @@ def measure(case, peer, N, timeout):
     return res
 
 
+def keep_c_bench(text, md_path):
+    """text with the C-bench section of the old md_path (its markers, what is
+    between them and the heading just above) appended, when the old file has
+    one and text does not."""
+    try:
+        with open(md_path) as f:
+            old = f.read()
+    except OSError:
+        return text
+    m = re.search(r"(^## [^\n]*\n\s*)?" + re.escape(C_BENCH_BEGIN) + r".*?" +
+                  re.escape(C_BENCH_END), old, re.S | re.M)
+    if not m or C_BENCH_BEGIN in text:
+        return text
+    block = m.group(0) if m.group(1) else C_BENCH_HEADING + "\n\n" + m.group(0)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def parse_only(text):
     """--only: workload numbers (1,4) or words matched against the names."""
     sel = set()
@@ -317,6 +341,7 @@ def main(argv=None):
             json.dump({"info": info, "cases": cases}, f, indent=1, default=str)
     text = _report.markdown(cases, info, WORKLOADS, quick=args.quick, md_path=md,
                             png_rel=os.path.relpath(png, os.path.dirname(os.path.abspath(md))))
+    text = keep_c_bench(text, md)
     os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
     with open(md, "w") as f:
         f.write(text)
