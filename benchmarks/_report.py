@@ -417,7 +417,12 @@ WORKLOAD_TEXT = {
        "*Out*: the items are ints and the function returns a fresh 8 MB object. "
        "mpire is called with `concatenate_numpy_output=False` so that it returns the "
        "same list of arrays as everybody else. Throughput counts the 8 MB payloads "
-       "(MB = 2^20 bytes).",
+       "(MB = 2^20 bytes). Copies made by parmapper: an array result travels out of "
+       "band (pickle protocol 5): one copy in the worker (array -> ring) and one in "
+       "the parent (ring -> the memory the array is then built on). A `bytes` "
+       "result, and an item sent from a generator, are still copied twice on each "
+       "side (serialised, then copied through the ring; reassembled, then "
+       "deserialised).",
     6: "The function returns a fresh 1 MB `bytes`; the caller consumes the results "
        "one by one and sleeps 1 ms per result without keeping them. Each library's "
        "streaming call where it has one (Pool.imap, ProcessPoolExecutor.map, joblib "
