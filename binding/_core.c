@@ -436,26 +436,34 @@ static PyObject *oob_collect(PyObject *list, PyObject *pb)
 static PyMethodDef oob_collect_def = {"_oob_collect", oob_collect, METH_O,
                                       NULL};
 
+/* Each worker thread's buffer_callback and the list it fills, made once:
+ * no allocation per task when nothing goes out of band. */
+static __thread PyObject *tls_oob_list, *tls_oob_cb;
+
 /* pickle.dumps(obj, protocol 5, buffer_callback=...): *bufs gets the list
- * of the buffers kept out of band (new reference). */
+ * of the buffers kept out of band (new reference), or NULL when none. */
 static PyObject *dumps_oob(PyObject *obj, PyObject **bufs)
 {
-    PyObject *list = PyList_New(0);
-    if (!list)
-        return NULL;
-    PyObject *cb = PyCFunction_New(&oob_collect_def, list);
-    if (!cb) {
-        Py_DECREF(list);
-        return NULL;
+    if (!tls_oob_cb) {
+        if (!tls_oob_list && !(tls_oob_list = PyList_New(0)))
+            return NULL;
+        if (!(tls_oob_cb = PyCFunction_New(&oob_collect_def, tls_oob_list)))
+            return NULL;
     }
-    PyObject *argv[3] = {obj, protocol, cb};
+    Py_ssize_t n0 = PyList_GET_SIZE(tls_oob_list);
+    PyObject *argv[3] = {obj, protocol, tls_oob_cb};
     PyObject *r = PyObject_Vectorcall(pickle_dumps, argv, 2, kw_buffer_callback);
-    Py_DECREF(cb);
-    if (!r) {
-        Py_DECREF(list);
-        return NULL;
+    /* Take this call's buffers out of the list (a nested dumps in the same
+     * thread appends after n0 and removes its own the same way). */
+    Py_ssize_t n1 = PyList_GET_SIZE(tls_oob_list);
+    *bufs = NULL;
+    if (n1 == n0)
+        return r;
+    *bufs = PyList_GetSlice(tls_oob_list, n0, n1);
+    if (PyList_SetSlice(tls_oob_list, n0, n1, NULL) < 0 || !*bufs || !r) {
+        Py_CLEAR(r);
+        Py_CLEAR(*bufs);
     }
-    *bufs = list;
     return r;
 }
 
@@ -1416,7 +1424,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (sanitize_results(results, &errors, first) < 0)
             goto fatal;
     }
-    if (PyList_GET_SIZE(bufs))
+    if (bufs)
         ret = write_record_oob(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
                                b, bufs) < 0 ? -1 : 0;
     else

@@ -170,6 +170,10 @@ void pm__kill_reap(pm_map *m, int w);
  * SIGKILLs and reaps the rest. */
 void pm__stop_all(pm_map *m, int grace_ms);
 
+/* How a process ended, from its wait status: the signal that killed it (0
+ * if none) and its exit status (-1 when killed). */
+void pm__decode_status(int st, int *signal, int *exit_code);
+
 /* Fills m->death for worker w from its wait status and the tasks of its
  * slots' FIFOs that were not completed. */
 void pm__record_death(pm_map *m, int w);

@@ -121,6 +121,24 @@ void pm_job_options_init(pm_job_options *o)
     o->ordered = 1;
 }
 
+/* Reads the next record of a packed task from *p (before end): returns 0
+ * with *data and *len set and *p moved past it, or PM_ECORRUPT. */
+static int unpack(const unsigned char **p, const unsigned char *end,
+                  const unsigned char **data, uint64_t *len)
+{
+    uint64_t n;
+    if ((size_t)(end - *p) < sizeof n)
+        return PM_ECORRUPT;
+    memcpy(&n, *p, sizeof n);
+    *p += sizeof n;
+    if (n > (uint64_t)(end - *p))
+        return PM_ECORRUPT;
+    *data = *p;
+    *len = n;
+    *p += n < (uint64_t)(end - *p) ? ROUND8(n) : n;
+    return 0;
+}
+
 /* --- the worker side ------------------------------------------------------ */
 
 static int run_item(pm_job *j, uint64_t index, const void *in, size_t len,
@@ -132,8 +150,10 @@ static int run_item(pm_job *j, uint64_t index, const void *in, size_t len,
     if (rc < 0)
         return rc;
     item_trailer t = {pm__writer_written(out) - before, rc, ITEM_MAGIC};
-    int wr = pm_write(out, zeros, (size_t)(ROUND8(t.len) - t.len));
-    return wr < 0 ? wr : pm_write(out, &t, sizeof t);
+    size_t pad = (size_t)(ROUND8(t.len) - t.len);
+    if (pad && (rc = pm_write(out, zeros, pad)) < 0)
+        return rc;
+    return pm_write(out, &t, sizeof t);
 }
 
 /* The pm_work_fn of every job: runs the task's items one after the other. */
@@ -153,17 +173,12 @@ static int job_work(void *ctx, const pm_task *task, const void *in, size_t len,
     } else if (task->count == 1) {
         rc = run_item(j, task->first, in, len, out);
     } else {
-        const unsigned char *p = in, *end = p + len;
+        const unsigned char *p = in, *end = p + len, *d;
+        uint64_t n;
         for (uint32_t i = 0; i < task->count && rc >= 0; i++) {
-            uint64_t n;
-            if ((size_t)(end - p) < sizeof n)
+            if (unpack(&p, end, &d, &n) < 0)
                 return PM_ECORRUPT;
-            memcpy(&n, p, sizeof n);
-            p += sizeof n;
-            if (n > (uint64_t)(end - p))
-                return PM_ECORRUPT;
-            rc = run_item(j, task->first + i, p, (size_t)n, out);
-            p += n < (uint64_t)(end - p) ? ROUND8(n) : n;
+            rc = run_item(j, task->first + i, d, (size_t)n, out);
         }
     }
     if (rc < 0)
@@ -347,16 +362,8 @@ static int split_lost(pm_job *j, const pm_result *res)
     for (uint32_t i = 0; i < res->task.count; i++) {
         const unsigned char *d = NULL;
         uint64_t n = 0;
-        if (!j->array) {
-            if ((size_t)(end - p) < sizeof n)
-                return PM_ECORRUPT;
-            memcpy(&n, p, sizeof n);
-            p += sizeof n;
-            if (n > (uint64_t)(end - p))
-                return PM_ECORRUPT;
-            d = p;
-            p += n < (uint64_t)(end - p) ? ROUND8(n) : n;
-        }
+        if (!j->array && unpack(&p, end, &d, &n) < 0)
+            return PM_ECORRUPT;
         int rc = redo_push(j, res->task.first + i, d, (size_t)n);
         if (rc < 0)
             return rc;

@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -597,13 +596,7 @@ static void drain_dead(pm_map *m, pm_slot *s)
 static void mark_lost(pm_inflight *e, int st)
 {
     e->state = PM_T_LOST;
-    if (WIFSIGNALED(st)) {
-        e->signal = WTERMSIG(st);
-        e->exit_code = -1;
-    } else {
-        e->signal = 0;
-        e->exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    }
+    pm__decode_status(st, &e->signal, &e->exit_code);
 }
 
 /*

@@ -103,19 +103,24 @@ int pm__try_reap(pm_map *m, int w)
     return 1;
 }
 
+void pm__decode_status(int st, int *signal, int *exit_code)
+{
+    if (WIFSIGNALED(st)) {
+        *signal = WTERMSIG(st);
+        *exit_code = -1;
+    } else {
+        *signal = 0;
+        *exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+}
+
 void pm__record_death(pm_map *m, int w)
 {
     pm_worker *wk = &m->workers[w];
     pm_death *d = &m->death;
     d->pid = wk->pid;
     d->worker = w;
-    if (WIFSIGNALED(wk->status)) {
-        d->exit_code = -1;
-        d->signal = WTERMSIG(wk->status);
-    } else {
-        d->exit_code = WIFEXITED(wk->status) ? WEXITSTATUS(wk->status) : -1;
-        d->signal = 0;
-    }
+    pm__decode_status(wk->status, &d->signal, &d->exit_code);
     size_t n = 0;
     for (int t = 0; t < m->opt.nthreads; t++)
         n += m->slots[w * m->opt.nthreads + t].fifo_n;
