@@ -63,6 +63,7 @@ static PyObject *kw_buffers;         /* ("buffers",) */
 static PyObject *ItemShapeError;  /* TypeError subclass, made here */
 static PyObject *errors_module;   /* parmapper._errors, imported lazily */
 static PyObject *unsent_type;     /* parmapper._errors._Unsent, set before fork */
+static PyObject *gc_freeze;       /* gc.freeze, set before fork */
 
 /* 0 in the caller's process; 1 in a worker of a daemon map; 2 in a worker of
  * a map with daemon=False. */
@@ -1081,6 +1082,15 @@ static void hook_after_fork_child(void *ctx, int worker)
     MapIter *self = ctx;
     (void)worker;
     PyOS_AfterFork_Child();
+    /* Everything inherited goes to the permanent generation: a collection
+     * in the worker then never walks the caller's objects, whose headers it
+     * would write to, copying the caller's heap page by page (a full
+     * collection over 1 GB of objects: ~1 s and 1.4 GB copied per worker).
+     * O(1), and the caller's own gc is untouched. */
+    PyObject *r = gc_freeze ? PyObject_CallNoArgs(gc_freeze) : NULL;
+    if (!r)
+        PyErr_Clear();
+    Py_XDECREF(r);
     in_worker = self->daemon ? 1 : 2;
     worker_interp = PyThreadState_Get()->interp;
     /* The GIL is never held while the worker waits for a task (worker_wait
@@ -1761,6 +1771,13 @@ static int map_begin(MapIter *self)
 {
     if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
         return -1;
+    if (!gc_freeze) {
+        PyObject *gc = PyImport_ImportModule("gc");
+        gc_freeze = gc ? PyObject_GetAttrString(gc, "freeze") : NULL;
+        Py_XDECREF(gc);
+        if (!gc_freeze)
+            return -1;
+    }
     if (self->index_seq) {
         /* The workers will see the sequence as it is now, at fork. */
         self->length = PyObject_Length(self->index_seq);

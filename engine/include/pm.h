@@ -228,7 +228,10 @@ PM_EXTERN void *pm_map_take_result(pm_map *m);
 
 /* After the produce function returned 0: tells the map that it has tasks
  * again (for instance items of a lost task to run again), so that it is
- * called once more.  Returns 0, or PM_ESTATE when the map has failed. */
+ * called once more.  Workers that had already finished their work and
+ * exited (the map tells each worker to finish once the input is exhausted)
+ * are forked again as the new tasks need them.  Returns 0, or PM_ESTATE
+ * when the map has failed. */
 PM_EXTERN int pm_map_resume(pm_map *m);
 
 /* After PM_EWORKERDIED: what died and which tasks were lost; NULL otherwise.
