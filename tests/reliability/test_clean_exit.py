@@ -1,6 +1,9 @@
 """A finished map's workers exit by themselves, promptly, after flushing what
-they printed (design: "idle workers _exit(0) after flushing their own
-stdout/stderr"), rather than being SIGKILLed at the end of the stop grace.
+they printed (design: a worker told to finish "`_exit(0)`s (after flushing
+its own stdout/stderr) as soon as its rings are empty"), rather than being
+SIGKILLed at the end of the stop grace; they exit as soon as the input is
+exhausted and their work done, before the map ends; they freeze what they
+inherited from the gc, and the caller's gc is left alone.
 """
 import pytest
 
@@ -39,3 +42,59 @@ emit(times=times)
     times = sorted(f["times"])
     # The median small map takes a few ms; the stop grace is 200 ms.
     assert times[len(times) // 2] < 0.1, times
+
+
+def test_a_worker_exits_before_the_map_ends(run_facts):
+    """The last item is slow: the other worker, its work done, has exited
+    (a zombie until the parent reaps it, or reaped) while the map still
+    waits for that item."""
+    f = run_facts(r'''
+import os, time
+import parmapper
+
+def f(x):
+    if x == 19:
+        time.sleep(2.0)
+    return os.getpid()
+
+def gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+it = parmapper.parmap(f, range(20), N=2, chunksize=1, ordered=False)
+pids = {next(it) for _ in range(19)}
+deadline = time.monotonic() + 1.5
+while not any(gone(p) for p in pids) and time.monotonic() < deadline:
+    time.sleep(0.01)
+early = any(gone(p) for p in pids)
+rest = list(it)
+emit(early=early, npids=len(pids), rest=len(rest))
+''')
+    assert f["npids"] == 2 and f["rest"] == 1, f
+    assert f["early"], f
+
+
+def test_workers_freeze_what_they_inherit_and_leave_the_callers_gc(run_facts):
+    f = run_facts(r'''
+import gc
+import parmapper
+
+class Node:
+    pass
+
+def f(x):
+    a, b = Node(), Node()          # a cycle made in the worker
+    a.other, b.other = b, a
+    del a, b
+    return gc.get_freeze_count() > 0, gc.collect() > 0
+
+data = [[i] for i in range(10000)]  # the caller's objects, tracked
+before = gc.get_freeze_count()
+res = list(parmapper.parmap(f, range(4), N=2, chunksize=1))
+emit(res=res, before=before, after=gc.get_freeze_count())
+''')
+    assert f["res"] == [[True, True]] * 4, f
+    assert f["before"] == f["after"] == 0, f
