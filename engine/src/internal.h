@@ -39,7 +39,6 @@ typedef struct pm_wctl {
     /* No task will come any more: exit once every task in the rings is done
      * and its result written (stop, by contrast, abandons them). */
     _Atomic uint32_t finish;
-    _Atomic int32_t clone_pid; /* PROTOTYPE: set by the kernel (CLONE_PARENT_SETTID) */
 } pm_wctl;
 
 /* Shared, at the start of each slot (one thread of one worker). */
@@ -149,7 +148,6 @@ struct pm_map {
                              slot's buffer (-1: it was not) */
 
     int draining;         /* a worker died for good: send no new task */
-    int tree_from;        /* PROTOTYPE: worker 0 clones workers tree_from.. */
     int finish_scan;      /* the input is exhausted and a running worker
                              may not have been told to finish yet */
     int keep;             /* keep task copies: retries, timeout or
@@ -168,8 +166,6 @@ struct pm_map {
  * runs pm__worker_main(); it never returns.  Returns 0 in the parent, or the
  * -errno of fork(). */
 int pm__spawn(pm_map *m, int w);
-
-int pm__tree_collect(pm_map *m);
 
 /* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
  * still running, or when it was not running. */

@@ -144,18 +144,8 @@ int pm_map_start(pm_map *m)
     if (m->started)
         return 0;
     m->started = 1;
-    int n = m->opt.nproc;
-    const char *tree = getenv("PM_TREE_FORK");
-    if (tree && *tree == '1' && n >= 2)
-        m->tree_from = (n + 1) / 2; /* parent: 0 .. tree_from-1 */
-    for (int w = 0; w < (m->tree_from ? m->tree_from : n); w++) {
+    for (int w = 0; w < m->opt.nproc; w++) {
         int rc = pm__spawn(m, w);
-        if (rc < 0)
-            return rc;
-    }
-    if (m->tree_from) {
-        int rc = pm__tree_collect(m);
-        m->tree_from = 0; /* respawns fork from the parent */
         if (rc < 0)
             return rc;
     }

@@ -8,7 +8,6 @@
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
-#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #endif
@@ -20,20 +19,6 @@
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
                         int from_main_thread)
 {
-#ifdef __linux__
-    /* PROTOTYPE: worker 0 forks the workers tree_from.. as children of the
-     * parent (CLONE_PARENT), in the state the parent forked it in. */
-    if (w == 0 && m->tree_from > 0) {
-        for (int k = m->tree_from; k < m->opt.nproc; k++) {
-            long r = syscall(SYS_clone, CLONE_PARENT | CLONE_PARENT_SETTID, 0,
-                             &m->workers[k].wctl->clone_pid, NULL, 0);
-            if (r == 0)
-                child_setup(m, k, oldmask, from_main_thread);
-            if (r < 0)
-                atomic_store(&m->workers[k].wctl->clone_pid, -1);
-        }
-    }
-#endif
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
 #ifdef __linux__
@@ -223,23 +208,4 @@ void pm__stop_all(pm_map *m, int grace_ms)
         pm__kill_reap(m, w);
     if (m->hooks.wait_end)
         m->hooks.wait_end(m->hooks.ctx);
-}
-
-/* PROTOTYPE: waits until worker 0 has cloned the others; records them. */
-int pm__tree_collect(pm_map *m)
-{
-    for (int k = m->tree_from; k < m->opt.nproc; k++) {
-        _Atomic int32_t *p = &m->workers[k].wctl->clone_pid;
-        int32_t pid;
-        uint64_t deadline = pm__now_ns() + 5000000000u;
-        while ((pid = atomic_load(p)) == 0 && pm__now_ns() < deadline)
-            sched_yield();
-        if (pid <= 0)
-            return -EAGAIN;
-        m->workers[k].pid = pid;
-        m->workers[k].state = PM_W_RUNNING;
-        m->workers[k].finishing = 0;
-        m->pids[k] = pid;
-    }
-    return 0;
 }
