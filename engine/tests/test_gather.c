@@ -119,7 +119,7 @@ static void run_gather(const pm_options *opt, ggen *gg, twork *w)
 
 /* Pieces that straddle the ring's end, fill it and wait for room; with and
  * without owners, one and several threads. */
-TEST_IMPL(map_gather_pieces)
+TEST_IMPL(map_gather_pieces_threads)
 {
     static const struct {
         int nthreads, ordered, owner_every;
