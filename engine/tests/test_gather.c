@@ -91,6 +91,18 @@ static void ggen_release(void *ctx, void *owner)
     gg->released++;
 }
 
+/* Destroys the map and checks that every owner was released exactly once
+ * and no process is left. */
+static void destroy_checked(pm_map *m, ggen *gg)
+{
+    ASSERT_OK(pm_map_destroy(m));
+    ASSERT_EQ(gg->live, 0);
+    ASSERT_EQ(gg->released, gg->owned);
+    ASSERT_NO_CHILDREN();
+    free(gg->scratch.bytes);
+    tgen_free(&gg->g);
+}
+
 /* Runs a whole map of gathered tasks and checks every result. */
 static void run_gather(const pm_options *opt, ggen *gg, twork *w)
 {
@@ -110,11 +122,7 @@ static void run_gather(const pm_options *opt, ggen *gg, twork *w)
     ASSERT_RC(rc, 0);
     ASSERT_UEQ(items, gg->g.nitems);
     ASSERT_EQ(gg->live, 0); /* every owner released before the end */
-    ASSERT_OK(pm_map_destroy(m));
-    ASSERT_NO_CHILDREN();
-    ASSERT_EQ(gg->released, gg->owned);
-    free(gg->scratch.bytes);
-    tgen_free(&gg->g);
+    destroy_checked(m, gg);
 }
 
 /* Pieces that straddle the ring's end, fill it and wait for room; with and
@@ -163,12 +171,7 @@ TEST_IMPL(map_gather_released_on_destroy)
     ASSERT_RC(pm_map_next(m, &res), 1);
     CHECK_RESULT(&gg.g, &w, &res);
     ASSERT_GT(gg.live, 0); /* the next tasks are still being written */
-    ASSERT_OK(pm_map_destroy(m));
-    ASSERT_EQ(gg.live, 0);
-    ASSERT_EQ(gg.released, gg.owned);
-    ASSERT_NO_CHILDREN();
-    free(gg.scratch.bytes);
-    tgen_free(&gg.g);
+    destroy_checked(m, &gg);
 }
 
 /* Kills its worker the first time it meets item 5 (a flag in shared
@@ -218,12 +221,7 @@ TEST_IMPL(map_gather_retry)
     ASSERT_RC(rc, 0);
     ASSERT_EQ(*died_once, 1);
     ASSERT_UEQ(items, gg.g.nitems);
-    ASSERT_OK(pm_map_destroy(m));
-    ASSERT_EQ(gg.live, 0);
-    ASSERT_EQ(gg.released, gg.owned);
-    ASSERT_NO_CHILDREN();
-    free(gg.scratch.bytes);
-    tgen_free(&gg.g);
+    destroy_checked(m, &gg);
     munmap((void *)died_once, 4096);
 }
 
