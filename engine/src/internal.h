@@ -36,6 +36,9 @@ typedef struct pm_ctl {
 /* Shared, at the start of each worker's own mapping. */
 typedef struct pm_wctl {
     _Alignas(64) _Atomic uint32_t stop; /* the parent asks the worker to exit */
+    /* No task will come any more: exit once every task in the rings is done
+     * and its result written (stop, by contrast, abandons them). */
+    _Atomic uint32_t finish;
 } pm_wctl;
 
 /* Shared, at the start of each slot (one thread of one worker). */
@@ -101,7 +104,9 @@ typedef struct pm_slot {
     int asm_active;
 } pm_slot;
 
-enum { PM_W_IDLE = 0, PM_W_RUNNING, PM_W_REAPED };
+/* PM_W_DONE: told to finish (the input was exhausted), it exited with no
+ * task of its left undone; started again only if the input is re-opened. */
+enum { PM_W_IDLE = 0, PM_W_RUNNING, PM_W_REAPED, PM_W_DONE };
 
 typedef struct pm_worker {
     pid_t pid;
@@ -111,6 +116,7 @@ typedef struct pm_worker {
     size_t shm_len;
     pm_wctl *wctl;
     int uncharged; /* deaths in a row with no running task to blame */
+    int finishing; /* wctl->finish is set: it gets no new task */
 } pm_worker;
 
 struct pm_map {
@@ -150,6 +156,8 @@ struct pm_map {
                              slot's buffer (-1: it was not) */
 
     int draining;         /* a worker died for good: send no new task */
+    int finish_scan;      /* the input is exhausted and a running worker
+                             may not have been told to finish yet */
     int keep;             /* keep task copies: retries, timeout or
                              deliver_lost are set */
     uint64_t next_health_ns; /* when to look at the workers again while busy */

@@ -295,7 +295,8 @@ static pm_slot *choose_slot(pm_map *m)
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
         if (s->pend_active || s->resend < s->fifo_n ||
-            s->fifo_n >= (uint32_t)m->opt.window || !worker_alive(m, s->worker))
+            s->fifo_n >= (uint32_t)m->opt.window ||
+            !worker_alive(m, s->worker) || m->workers[s->worker].finishing)
             continue;
         if (!best || s->fifo_n < best->fifo_n)
             best = s;
@@ -391,6 +392,8 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
     return 0;
 }
 
+static int restart_done(pm_map *m);
+
 static int dispatch(pm_map *m, int *progress)
 {
     for (int i = 0; i < m->nslots; i++) {
@@ -407,8 +410,14 @@ static int dispatch(pm_map *m, int *progress)
     }
     while (!m->input_done && !m->draining && m->outstanding < m->win) {
         pm_slot *s = choose_slot(m);
-        if (!s)
-            break;
+        if (!s) {
+            int rc = restart_done(m);
+            if (rc < 0)
+                return rc;
+            if (rc == 0)
+                break;
+            continue;
+        }
         pm_task task = {0, 0};
         pm_iov one = {NULL, 0};
         const pm_iov *iov = &one;
@@ -424,6 +433,7 @@ static int dispatch(pm_map *m, int *progress)
         }
         if (rc == 0) {
             m->input_done = 1;
+            m->finish_scan = 1;
             break;
         }
         if (niov < 0 || (niov > 0 && !iov)) {
@@ -648,6 +658,7 @@ static int deliver(pm_map *m, pm_result *res, int *progress)
 static void reset_worker_shm(pm_map *m, int w)
 {
     atomic_store(&m->workers[w].wctl->stop, 0);
+    atomic_store(&m->workers[w].wctl->finish, 0);
     for (int t = 0; t < m->opt.nthreads; t++) {
         int si = w * m->opt.nthreads + t;
         pm_slot *s = &m->slots[si];
@@ -705,6 +716,18 @@ static void drain_dead(pm_map *m, pm_slot *s)
     }
 }
 
+/* Does a task sent to worker w still wait for its result? */
+static int undone(pm_map *m, int w)
+{
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+        for (uint32_t i = 0; i < s->fifo_n; i++)
+            if (pm__fifo_at(m, s, i)->state == PM_T_SENT)
+                return 1;
+    }
+    return 0;
+}
+
 /* The worker running e died with wait status st: e is delivered as
  * PM_RESULT_DIED instead of being run again. */
 static void mark_lost(pm_inflight *e, int st)
@@ -744,6 +767,12 @@ static int handle_dead(pm_map *m, int w, int killed)
         }
     }
     pm_worker *wk = &m->workers[w];
+    if (wk->finishing && !fatal && !undone(m, w)) {
+        /* Told to finish, and nothing of its is left to run: it ended as
+         * asked (or died after its last task, which costs nothing). */
+        wk->state = PM_W_DONE;
+        return 0;
+    }
     if (!charged && !killed && ++wk->uncharged > 3)
         fatal = 1; /* it dies between tasks: do not respawn forever */
     if (fatal) {
@@ -754,7 +783,65 @@ static int handle_dead(pm_map *m, int w, int killed)
         return 0;
     }
     reset_worker_shm(m, w);
+    m->finish_scan = 1;
     return pm__spawn(m, w);
+}
+
+/* The input was re-opened (pm_map_resume) and no running worker can take a
+ * task: starts again a worker that had finished, after saving the results
+ * left in its rings.  Returns 1 when it did, 0 when there is none, or the
+ * -errno of fork(). */
+static int restart_done(pm_map *m)
+{
+    for (int w = 0; w < m->opt.nproc; w++) {
+        if (m->workers[w].state != PM_W_DONE)
+            continue;
+        for (int t = 0; t < m->opt.nthreads; t++)
+            drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
+        if (undone(m, w)) {
+            /* A result is missing: delivery reports the death. */
+            m->workers[w].state = PM_W_REAPED;
+            continue;
+        }
+        reset_worker_shm(m, w);
+        m->finish_scan = 1;
+        int rc = pm__spawn(m, w);
+        return rc < 0 ? rc : 1;
+    }
+    return 0;
+}
+
+/*
+ * Once the input is exhausted, tells each running worker whose tasks are
+ * all in its rings (nothing pending, nothing to send again) that no task
+ * will come: it exits after its last result, so that its exit overlaps the
+ * parent's handling of the last results instead of adding to the teardown.
+ * A worker so told gets no new task, even if the input is re-opened.
+ */
+static void finish_idle(pm_map *m)
+{
+    int later = 0;
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (wk->state != PM_W_RUNNING || wk->finishing)
+            continue;
+        int busy = 0;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            busy |= s->pend_active || s->resend < s->fifo_n;
+        }
+        if (busy) {
+            later = 1;
+            continue;
+        }
+        wk->finishing = 1;
+        /* After the last task was published: a worker that sees finish
+         * looks at its ring once more (worker.c, nothing_more). */
+        atomic_store_explicit(&wk->wctl->finish, 1, memory_order_release);
+        for (int t = 0; t < m->opt.nthreads; t++)
+            pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+    }
+    m->finish_scan = later;
 }
 
 /* Kills and replaces the workers whose running task is past the timeout.
@@ -802,6 +889,10 @@ static int poll_health(pm_map *m)
             int rc = handle_dead(m, w, 0);
             if (rc < 0)
                 return rc;
+        } else if (m->workers[w].finishing) {
+            /* Its results are read from its rings as usual; one missing
+             * is reported when delivery reaches it. */
+            m->workers[w].state = PM_W_DONE;
         }
     }
     uint64_t now = pm__now_ns();
@@ -826,9 +917,12 @@ static int parent_ready(pm_map *m)
             if (pm__rx_ready(&s->rx) || pm__fifo_at(m, s, 0)->state != PM_T_SENT)
                 return 1;
         } else {
-            for (int i = 0; i < m->nslots; i++)
-                if (m->slots[i].fifo_n && pm__rx_ready(&m->slots[i].rx))
+            for (int i = 0; i < m->nslots; i++) {
+                pm_slot *s = &m->slots[i];
+                if (s->fifo_n && (pm__rx_ready(&s->rx) ||
+                                  pm__fifo_at(m, s, 0)->state != PM_T_SENT))
                     return 1;
+            }
         }
     }
     for (int i = 0; i < m->nslots; i++) {
@@ -844,6 +938,33 @@ static int any_alive(pm_map *m)
 {
     for (int w = 0; w < m->opt.nproc; w++)
         if (worker_alive(m, w))
+            return 1;
+    return 0;
+}
+
+/* The dead worker whose missing result delivery waits for, or -1. */
+static int lost_worker(pm_map *m)
+{
+    for (int i = 0; i < m->nslots && m->outstanding; i++) {
+        int si = m->opt.ordered ? m->slot_of[m->next_deliver & (m->win - 1)]
+                                : i;
+        pm_slot *s = &m->slots[si];
+        if (s->fifo_n && !worker_alive(m, s->worker) &&
+            pm__fifo_at(m, s, 0)->state == PM_T_SENT && !pm__rx_ready(&s->rx))
+            return s->worker;
+        if (m->opt.ordered)
+            break;
+    }
+    return -1;
+}
+
+/* Could dispatch start a finished worker again? */
+static int restartable(pm_map *m)
+{
+    if (m->input_done || m->draining)
+        return 0;
+    for (int w = 0; w < m->opt.nproc; w++)
+        if (m->workers[w].state == PM_W_DONE)
             return 1;
     return 0;
 }
@@ -877,14 +998,19 @@ static int idle_wait(pm_map *m)
     pm__bell_done(b);
     if (rc > 0)
         rc = 0;
-    /* Nothing can finish the remaining work: no worker is left. */
+    /* Nothing can finish the remaining work: no worker is left (one that
+     * finished is started again for re-opened input, by dispatch). */
     if (rc == 0 && !any_alive(m) && !parent_ready(m) &&
-        (m->outstanding || !m->input_done)) {
-        for (int w = 0; w < m->opt.nproc; w++)
-            if (m->workers[w].state == PM_W_REAPED) {
-                pm__record_death(m, w);
-                break;
-            }
+        (m->outstanding || !m->input_done) && !restartable(m)) {
+        int dead = lost_worker(m);
+        for (int w = 0; w < m->opt.nproc && dead < 0; w++)
+            if (m->workers[w].state == PM_W_REAPED)
+                dead = w;
+        for (int w = 0; w < m->opt.nproc && dead < 0; w++)
+            if (m->workers[w].state == PM_W_DONE)
+                dead = w;
+        if (dead >= 0)
+            pm__record_death(m, dead);
         rc = PM_EWORKERDIED;
     }
     return rc;
@@ -917,6 +1043,8 @@ int pm_map_next(pm_map *m, pm_result *res)
         rc = dispatch(m, &progress);
         if (rc < 0)
             return fail(m, rc);
+        if (m->finish_scan && m->input_done)
+            finish_idle(m);
         rc = deliver(m, res, &progress);
         if (rc < 0)
             return fail(m, rc);

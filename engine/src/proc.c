@@ -78,6 +78,7 @@ int pm__spawn(pm_map *m, int w)
         return err;
     m->workers[w].pid = pid;
     m->workers[w].state = PM_W_RUNNING;
+    m->workers[w].finishing = 0;
     m->pids[w] = pid;
     return 0;
 }

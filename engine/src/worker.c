@@ -57,7 +57,20 @@ static int task_ready(void *arg)
 {
     struct pm_writer *w = arg;
     return pm__rx_ready(&w->rx) ||
-           atomic_load_explicit(&w->wctl->stop, memory_order_relaxed);
+           atomic_load_explicit(&w->wctl->stop, memory_order_relaxed) ||
+           atomic_load_explicit(&w->wctl->finish, memory_order_relaxed);
+}
+
+/* The ring is empty and the parent said no task will come any more (or
+ * asked to stop).  The parent publishes its last task before it sets
+ * finish, so after seeing finish (acquire) the ring is looked at again. */
+static int nothing_more(struct pm_writer *w)
+{
+    if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+        return 1;
+    if (!atomic_load_explicit(&w->wctl->finish, memory_order_acquire))
+        return 0;
+    return !pm__rx_ready(&w->rx);
 }
 
 static int room_ready(void *arg)
@@ -149,7 +162,8 @@ static int grow(struct pm_writer *w, size_t need)
 /*
  * Reads the next task message.  Returns 1 with msg and len set (*held is the
  * fragment to consume after the work when the message is read in place), 0
- * when asked to stop, or a negative code.
+ * when asked to stop, or told to finish and the ring is empty, or a negative
+ * code.
  */
 static int read_task(struct pm_writer *w, const unsigned char **msg,
                      size_t *len, pm_frag *held, int *in_place)
@@ -162,8 +176,7 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!assembling &&
-                atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+            if (!assembling && nothing_more(w))
                 return 0;
             rc = worker_wait(w, task_ready);
             if (rc < 0)

@@ -100,11 +100,14 @@
     X(map_retry_exhausted)                                                     \
     X(map_timeout)                                                             \
     X(map_retry_timeout_unused)                                                \
+    X(map_finish_early)                                                        \
+    X(map_finish_then_crash)                                                   \
     X(job_every_way)                                                           \
     X(job_every_way_threads)                                                   \
     X(job_big_records)                                                         \
     X(job_empty_input)                                                         \
     X(job_crashes)                                                             \
+    X(job_crash_after_finish)                                                  \
     X(job_crash_status)                                                        \
     X(job_retries)                                                             \
     X(job_failed_items)                                                        \

@@ -57,6 +57,7 @@ typedef struct jwork {
     int crash_mod;      /* items with index % crash_mod == crash_at ... */
     int crash_at;
     int crash_how;      /* 0 SIGKILL, 1 _exit(3), 2 return -1 */
+    unsigned crash_delay_ms; /* sleep this long before crashing */
     int fail_mod;       /* items with index % fail_mod == 0 return 5 */
     int sleep_mod;      /* items with index % sleep_mod == 1 hang */
     _Atomic uint32_t *attempts; /* shared: runs per item; crash only on the
@@ -101,6 +102,12 @@ static int jwork_fn(void *ctx, const void *in, size_t len, pm_writer *out)
         uint32_t prior = w->attempts ? atomic_fetch_add(&w->attempts[idx], 1)
                                      : 0;
         if (prior == 0) {
+            if (w->crash_delay_ms) {
+                struct timespec ts = {w->crash_delay_ms / 1000,
+                                      (long)(w->crash_delay_ms % 1000) *
+                                          1000000L};
+                nanosleep(&ts, NULL);
+            }
             if (w->crash_how == 0)
                 raise(SIGKILL);
             if (w->crash_how == 1)
@@ -343,6 +350,41 @@ TEST_IMPL(job_crashes)
                 for (size_t k = 0; k < expect && k < 64; k++)
                     ASSERT_UEQ(crashed[k] % 97, 13);
             }
+    recset_free(&rs);
+}
+
+/* A record of the last chunk crashes its worker after the other worker has
+ * finished and exited: the chunk's other records are run again (the input
+ * is re-opened, so a finished worker is started again) and only the guilty
+ * record is reported crashed; with retries and a crash on the first run
+ * only, every record succeeds. */
+TEST_IMPL(job_crash_after_finish)
+{
+    size_t n = 40;
+    recset rs = {.n = n};
+    recset_make(&rs);
+    recset_index(&rs);
+    _Atomic uint32_t *att = mmap(NULL, n * sizeof *att, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(att != MAP_FAILED);
+    for (int v = 0; v < 4; v++) {
+        int retries = v & 1;
+        memset((void *)att, 0, n * sizeof *att);
+        jwork w = {.crash_mod = 40, .crash_at = 37, .crash_how = 1,
+                   .crash_delay_ms = (unsigned)LIMIT_MS(200),
+                   .attempts = retries ? att : NULL};
+        jrun jr = {.nproc = 2, .ordered = !(v & 2), .chunk = 8,
+                   .retries = retries};
+        size_t counts[4];
+        uint64_t crashed[4];
+        run_job(&jr, &rs, &w, counts, crashed, 4);
+        size_t expect = !retries && rs.recs[37].len >= 8;
+        ASSERT_UEQ(counts[PM_ITEM_CRASHED], expect);
+        ASSERT_UEQ(counts[PM_ITEM_OK], n - expect);
+        if (expect)
+            ASSERT_UEQ(crashed[0], 37);
+    }
+    munmap((void *)att, n * sizeof *att);
     recset_free(&rs);
 }
 

@@ -222,7 +222,8 @@ TEST_IMPL(map_hooks)
     ASSERT_EQ(hc.depth, 0);
     ASSERT_GT(hc.begins, 0);
     ASSERT_GT(hc.checks, 0);
-    ASSERT_EQ(atomic_load(hc.exits), 0); /* no worker exited yet */
+    /* Workers told to finish when the input ran out may have exited. */
+    ASSERT_LE(atomic_load(hc.exits), NPROC);
     ASSERT_OK(pm_map_destroy(m));
     assert_gone(pids, NPROC);
     /* Idle workers leave politely: each ran worker_exit. */
