@@ -217,11 +217,9 @@ _MISSED_WHY = [
      "faster than a plain serial map of the same function: the parent still hands "
      "every result out one by one, as serial map does."),
     ("ndarray in (generator)",
-     "each array from a generator is pickled in the parent (a copy), written "
-     "through the ring (a copy), reassembled in the worker (a copy) and unpickled "
-     "(a copy): out-of-band buffers are used for results but not yet for items, "
-     "because the worker's assembly buffer is reused for the next task. Between "
-     "2.9x and 3.3x Pool across runs."),
+     "every array from a generator has to be sent: parmapper writes it out of "
+     "band from the array's memory into the ring (one copy) and the worker "
+     "builds its array on the memory the task was assembled in (one copy)."),
     ("1 ms tasks",
      "with 2 workers on 2 cores the parent shares a core with them; runs have "
      "measured 1.82 to 2.18."),
@@ -444,12 +442,13 @@ WORKLOAD_TEXT = {
        "*Out*: the items are ints and the function returns a fresh 8 MB object. "
        "mpire is called with `concatenate_numpy_output=False` so that it returns the "
        "same list of arrays as everybody else. Throughput counts the 8 MB payloads "
-       "(MB = 2^20 bytes). Copies made by parmapper: an array result travels out of "
-       "band (pickle protocol 5): one copy in the worker (array -> ring) and one in "
-       "the parent (ring -> the memory the array is then built on). A `bytes` "
-       "result, and an item sent from a generator, are still copied twice on each "
-       "side (serialised, then copied through the ring; reassembled, then "
-       "deserialised).",
+       "(MB = 2^20 bytes). Copies made by parmapper: arrays travel out of band "
+       "(pickle protocol 5) both ways: one copy on the sending side (the object's "
+       "memory -> the ring) and one on the receiving side (ring -> the memory the "
+       "array is then built on). A large `bytes` is also written straight from the "
+       "object into the ring (one copy), but the receiving side copies it twice: "
+       "into the memory the message is assembled in, then into the new `bytes` "
+       "object, which must own its storage.",
     6: "The function returns a fresh 1 MB `bytes`; the caller consumes the results "
        "one by one and sleeps 1 ms per result without keeping them. Each library's "
        "streaming call where it has one (Pool.imap, ProcessPoolExecutor.map, joblib "

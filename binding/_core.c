@@ -26,12 +26,13 @@
 
 #include "pm.h"
 
-/* Result records start with one byte saying how the rest is laid out. */
 /* Task records start with one byte saying where the items are. */
 #define TASK_PICKLE 0  /* pickle of the list of items */
 #define TASK_COMPACT 1 /* the list in the compact codec */
 #define TASK_INDEX 2   /* nothing: items first..first+count of the inherited
                           sequence (index dispatch) */
+#define TASK_OOB 0x80  /* flag on TASK_PICKLE: out-of-band buffers, laid out
+                          as for REC_OOB after the one byte */
 
 /* Result records: one byte saying how the rest is laid out, then the
  * nanoseconds the worker spent on the task (u64), then the data. */
@@ -526,19 +527,24 @@ done:
     return rc;
 }
 
-/* Unpickles a REC_OOB record: the objects of its out-of-band buffers are
- * built on the memory the engine assembled the record in (taken over from
- * the engine), or on one copy when the record was read in place. */
-static PyObject *loads_oob(pm_map *map, const pm_result *res)
+/*
+ * Unpickles an out-of-band record (a REC_OOB result or a TASK_OOB task):
+ * `at` bytes of header, then the buffer count and the pickle's length, the
+ * buffers' lengths, the pickle and the buffers, each 16-byte aligned from
+ * the record's start.  The objects of the buffers are built on `alloc`,
+ * the malloc'd block rec lies in, taken over from the engine (freed with
+ * the last of them); when alloc is NULL the record is in shared memory and
+ * is copied once first.
+ */
+static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
+                           size_t at)
 {
     PyObject *r = NULL, *mv = NULL, *pick = NULL, *list = NULL;
-    const unsigned char *rec = res->data;
-    void *alloc = pm_map_take_result(map);
     if (!alloc) {
-        alloc = malloc(res->len ? res->len : 1);
+        alloc = malloc(n ? n : 1);
         if (!alloc)
             return PyErr_NoMemory();
-        memcpy(alloc, res->data, res->len);
+        memcpy(alloc, rec, n);
         rec = alloc;
     }
     Block *blk = PyObject_New(Block, &BlockType);
@@ -549,12 +555,12 @@ static PyObject *loads_oob(pm_map *map, const pm_result *res)
     blk->alloc = alloc;
     blk->weakrefs = NULL;
     blk->p = (char *)rec;
-    blk->n = (Py_ssize_t)res->len;
+    blk->n = (Py_ssize_t)n;
     uint64_t meta[2];
-    size_t n = res->len, off = REC_HDR + sizeof meta;
+    size_t off = at + sizeof meta;
     if (n < off)
         goto bad;
-    memcpy(meta, rec + REC_HDR, sizeof meta);
+    memcpy(meta, rec + at, sizeof meta);
     if (meta[0] > (n - off) / 8)
         goto bad;
     size_t lens_at = off;
@@ -587,7 +593,7 @@ static PyObject *loads_oob(pm_map *map, const pm_result *res)
     r = PyObject_Vectorcall(pickle_loads, argv, 1, kw_buffers);
     goto done;
 bad:
-    PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
+    PyErr_SetString(PyExc_RuntimeError, "parmapper: bad out-of-band record");
 done:
     Py_XDECREF(list);
     Py_XDECREF(pick);
@@ -609,10 +615,60 @@ done:
  * anything else makes the whole record fall back to pickle.
  */
 
+/* A large bytes value the encoding refers to instead of copying it: its
+ * data goes into the record at offset `at` of the encoded bytes. */
+typedef struct {
+    size_t at;
+    const char *p;
+    size_t n;
+} splice_t;
+
 typedef struct {
     unsigned char *p;
     size_t len, cap;
+    int splice;       /* refer to bytes of OOB_MIN or more (see splice_t) */
+    int nsp, spcap;
+    splice_t *sp;
 } buf_t;
+
+static void buf_clear(buf_t *b)
+{
+    b->len = 0;
+    b->nsp = 0;
+}
+
+static void buf_free(buf_t *b)
+{
+    PyMem_RawFree(b->p);
+    PyMem_RawFree(b->sp);
+    memset(b, 0, sizeof *b);
+}
+
+/* Bytes of the record: the encoding plus the spliced data. */
+static size_t buf_total(const buf_t *b)
+{
+    size_t n = b->len;
+    for (int i = 0; i < b->nsp; i++)
+        n += b->sp[i].n;
+    return n;
+}
+
+/* Describes the record as 2 * nsp + 1 pieces: iov must have room. */
+static int buf_pieces(const buf_t *b, pm_iov *iov)
+{
+    size_t at = 0;
+    int k = 0;
+    for (int i = 0; i < b->nsp; i++) {
+        iov[k].base = b->p + at;
+        iov[k++].len = b->sp[i].at - at;
+        iov[k].base = b->sp[i].p;
+        iov[k++].len = b->sp[i].n;
+        at = b->sp[i].at;
+    }
+    iov[k].base = b->p + at;
+    iov[k++].len = b->len - at;
+    return k;
+}
 
 #define ENC_UNSUPPORTED 1
 #define ENC_MAX_DEPTH 32
@@ -646,6 +702,30 @@ static inline int buf_put(buf_t *b, const void *src, size_t n)
 static inline int buf_tag(buf_t *b, unsigned char tag)
 {
     return buf_put(b, &tag, 1);
+}
+
+/* A large bytes value: its header is encoded, its data referred to (the
+ * caller keeps the object alive until the record is written). */
+static int enc_bytes_spliced(buf_t *b, PyObject *o)
+{
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(o);
+    if (b->nsp == b->spcap) {
+        int cap = b->spcap ? 2 * b->spcap : 4;
+        splice_t *sp = PyMem_RawRealloc(b->sp, (size_t)cap * sizeof *sp);
+        if (!sp) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->sp = sp;
+        b->spcap = cap;
+    }
+    if (buf_reserve(b, 9) < 0)
+        return -1;
+    b->p[b->len] = 'b';
+    memcpy(b->p + b->len + 1, &n, 8);
+    b->len += 9;
+    b->sp[b->nsp++] = (splice_t){b->len, PyBytes_AS_STRING(o), (size_t)n};
+    return 0;
 }
 
 /* Returns 0, ENC_UNSUPPORTED (nothing is raised), or -1 with an error. */
@@ -701,6 +781,8 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
     }
     if (t == &PyBytes_Type) {
         uint64_t n = (uint64_t)PyBytes_GET_SIZE(o);
+        if (b->splice && n >= OOB_MIN)
+            return enc_bytes_spliced(b, o);
         if (buf_reserve(b, 9 + (size_t)n) < 0)
             return -1;
         b->p[b->len] = 'b';
@@ -885,6 +967,7 @@ typedef struct {
     double bytes_per_item;
     double in_bytes_per_item; /* measured on the tasks sent */
     buf_t enc;             /* the task being sent */
+    pm_iov iov1;           /* ... when it is one piece */
     /* The chunk being handed out. */
     PyObject *chunk;       /* list of results */
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
@@ -974,13 +1057,117 @@ static Py_ssize_t next_chunk_size(MapIter *self)
     return n;
 }
 
-static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
+/*
+ * The pieces of a task the engine writes from the objects' own memory (large
+ * bytes items, out-of-band buffers): it holds them until it releases the
+ * task (release_pieces), once the bytes are in the ring.
+ */
+typedef struct {
+    PyObject *keep[2];  /* what the pieces point into */
+    Py_buffer *views;   /* the out-of-band buffers, held */
+    Py_ssize_t nviews;
+    buf_t head;         /* the encoded bytes, or the out-of-band header */
+    int niov;
+    pm_iov iov[];
+} Pieces;
+
+static void release_pieces(void *ctx, void *owner)
+{
+    (void)ctx;
+    Pieces *t = owner;
+    for (Py_ssize_t i = 0; i < t->nviews; i++)
+        PyBuffer_Release(&t->views[i]);
+    PyMem_Free(t->views);
+    Py_XDECREF(t->keep[0]);
+    Py_XDECREF(t->keep[1]);
+    buf_free(&t->head);
+    PyMem_Free(t);
+}
+
+static Pieces *pieces_new(int niov)
+{
+    Pieces *t = PyMem_Calloc(1, sizeof *t + (size_t)niov * sizeof(pm_iov));
+    if (!t)
+        PyErr_NoMemory();
+    return t;
+}
+
+/* A TASK_OOB task of the pickle `pick` and its out-of-band buffers `bufs`
+ * (both stolen): the header, the pickle and every buffer, in place. */
+static Pieces *oob_task(PyObject *pick, PyObject *bufs)
+{
+    static const unsigned char zeros[16];
+    Py_ssize_t nb = PyList_GET_SIZE(bufs);
+    Pieces *t = pieces_new(2 + 2 * (int)nb);
+    if (!t) {
+        Py_DECREF(pick);
+        Py_DECREF(bufs);
+        return NULL;
+    }
+    t->keep[0] = pick;
+    t->keep[1] = bufs;
+    if (!(t->views = PyMem_Calloc((size_t)nb, sizeof *t->views)))
+        goto nomem;
+    for (; t->nviews < nb; t->nviews++)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, t->nviews),
+                               &t->views[t->nviews], PyBUF_CONTIG_RO) < 0)
+            goto fail;
+    uint64_t meta[2] = {(uint64_t)nb, (uint64_t)PyBytes_GET_SIZE(pick)};
+    if (buf_tag(&t->head, TASK_PICKLE | TASK_OOB) < 0 ||
+        buf_put(&t->head, meta, sizeof meta) < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        uint64_t l = (uint64_t)t->views[i].len;
+        if (buf_put(&t->head, &l, 8) < 0)
+            goto fail;
+    }
+    if (buf_put(&t->head, zeros, pad16(t->head.len)) < 0)
+        goto fail;
+    size_t off = t->head.len + (size_t)meta[1];
+    t->iov[0] = (pm_iov){t->head.p, t->head.len};
+    t->iov[1] = (pm_iov){PyBytes_AS_STRING(pick), (size_t)meta[1]};
+    t->niov = 2;
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        size_t pad = pad16(off);
+        t->iov[t->niov++] = (pm_iov){zeros, pad};
+        t->iov[t->niov++] = (pm_iov){t->views[i].buf, (size_t)t->views[i].len};
+        off += pad + (size_t)t->views[i].len;
+    }
+    return t;
+nomem:
+    PyErr_NoMemory();
+fail:
+    release_pieces(NULL, t);
+    return NULL;
+}
+
+/* A compact task that refers to large bytes items: the engine writes them
+ * from the items (kept alive), the encoder's buffer is handed over. */
+static Pieces *spliced_task(buf_t *enc, PyObject *items)
+{
+    Pieces *t = pieces_new(2 * enc->nsp + 1);
+    if (!t)
+        return NULL;
+    Py_INCREF(items);
+    t->keep[0] = items;
+    t->head = *enc;
+    memset(enc, 0, sizeof *enc);
+    enc->splice = 1;
+    t->niov = buf_pieces(&t->head, t->iov);
+    return t;
+}
+
+static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
+                     void **owner)
 {
     MapIter *self = ctx;
     buf_t *enc = &self->enc;
     Py_CLEAR(self->task_bytes);
     Py_ssize_t want = next_chunk_size(self);
-    enc->len = 0;
+    buf_clear(enc);
+    enc->splice = 1;
+    Pieces *pieces = NULL;
+    size_t total;
 
     if (self->index_seq) {
         /* Index dispatch: the workers read their inherited copy. */
@@ -993,8 +1180,9 @@ static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
         task->first = (uint64_t)self->next_index;
         task->count = (uint32_t)n;
         self->next_index += n;
-        *data = enc->p;
-        *len = enc->len;
+        self->iov1 = (pm_iov){enc->p, enc->len};
+        *iov = &self->iov1;
+        *niov = 1;
         return 1;
     }
 
@@ -1025,32 +1213,55 @@ static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
     int rc = buf_tag(enc, TASK_COMPACT);
     if (rc == 0)
         rc = enc_value(enc, items, 0);
-    if (rc == ENC_UNSUPPORTED) {
-        /* Pickle: the prefix byte, then the pickle of the list. */
-        PyObject *b = dumps(items);
+    if (rc == 0 && enc->nsp) {
+        if (!(pieces = spliced_task(enc, items)))
+            rc = -1;
+    } else if (rc == ENC_UNSUPPORTED) {
+        /* Pickle: the prefix byte, then the pickle of the list, its large
+         * buffers out of band. */
+        PyObject *bufs = NULL;
+        PyObject *b = dumps_oob(items, &bufs);
         if (!b) {
             PyErr_Clear();
             if (mark_unsendable(self, items) < 0) {
                 Py_DECREF(items);
                 return PM_ECALLBACK;
             }
-            b = dumps(items);
+            b = dumps_oob(items, &bufs);
             if (!b) {
                 Py_DECREF(items);
                 return PM_ECALLBACK;
             }
         }
-        enc->len = 0;
-        rc = buf_tag(enc, TASK_PICKLE);
-        if (rc == 0)
-            rc = buf_put(enc, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
-        Py_DECREF(b);
+        buf_clear(enc);
+        if (bufs) {
+            rc = (pieces = oob_task(b, bufs)) ? 0 : -1;
+        } else {
+            rc = buf_tag(enc, TASK_PICKLE);
+            if (rc == 0)
+                rc = buf_put(enc, PyBytes_AS_STRING(b),
+                             (size_t)PyBytes_GET_SIZE(b));
+            Py_DECREF(b);
+        }
     }
     Py_DECREF(items);
     if (rc < 0)
         return PM_ECALLBACK;
+    if (pieces) {
+        total = 0;
+        for (int i = 0; i < pieces->niov; i++)
+            total += pieces->iov[i].len;
+        *iov = pieces->iov;
+        *niov = pieces->niov;
+        *owner = pieces;
+    } else {
+        total = enc->len;
+        self->iov1 = (pm_iov){enc->p, enc->len};
+        *iov = &self->iov1;
+        *niov = 1;
+    }
     if (self->adaptive) {
-        double b = (double)enc->len / (double)n;
+        double b = (double)total / (double)n;
         self->in_bytes_per_item = self->in_bytes_per_item > 0.0
                                       ? 0.7 * self->in_bytes_per_item + 0.3 * b
                                       : b;
@@ -1058,8 +1269,6 @@ static int produce_cb(void *ctx, pm_task *task, const void **data, size_t *len)
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;
-    *data = enc->p;
-    *len = enc->len;
     return 1;
 }
 
@@ -1329,6 +1538,29 @@ static int write_record(pm_writer *out, unsigned char kind, uint64_t elapsed,
     return rc;
 }
 
+/* Writes a compact record whose large bytes results are spliced in: each
+ * goes from the object's memory straight into the ring (the results list
+ * keeps them alive; bytes never change). */
+static int write_record_spliced(pm_writer *out, uint64_t elapsed,
+                                const buf_t *enc)
+{
+    unsigned char hdr[REC_HDR];
+    hdr[0] = REC_COMPACT;
+    memcpy(hdr + 1, &elapsed, 8);
+    int rc = pm_write(out, hdr, sizeof hdr);
+    size_t at = 0;
+    for (int i = 0; i < enc->nsp && rc == 0; i++) {
+        rc = pm_write(out, enc->p + at, enc->sp[i].at - at);
+        if (rc == 0)
+            rc = pm_write(out, enc->sp[i].p, enc->sp[i].n);
+        at = enc->sp[i].at;
+    }
+    if (rc == 0)
+        rc = pm_write(out, enc->p + at, enc->len - at);
+    gil_take();
+    return rc;
+}
+
 /* Runs one task in a worker.  Returns 0, or -1 when the worker must stop
  * (exception='proc', or the results cannot be sent at all). */
 static int work_run(MapIter *self, const pm_task *task, const void *in,
@@ -1347,8 +1579,14 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         items = dec_record(p + 1, len - 1);
     else if (p[0] == TASK_PICKLE)
         items = loads_mem(p + 1, len - 1);
+    else if (p[0] == (TASK_PICKLE | TASK_OOB))
+        /* The buffers' objects are built on the memory the task was
+         * assembled in (or on one copy of it when read in the ring). */
+        items = loads_oob(pm_writer_take_input(out), p, len, 1);
     else if (p[0] != TASK_INDEX || !self->index_seq)
         goto fatal;
+    if (p[0] != TASK_INDEX && !items && PyErr_Occurred())
+        PyErr_Print(); /* a corrupt task: say why before the worker dies */
     if (p[0] != TASK_INDEX &&
         (!items || !PyList_Check(items) || PyList_GET_SIZE(items) != n))
         goto fatal;
@@ -1405,12 +1643,16 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     uint64_t elapsed = mono_ns() - t0;
     if (!errors) {
         buf_t *enc = &tls_enc;
-        enc->len = 0;
+        buf_clear(enc);
+        enc->splice = 1;
         int rc = enc_value(enc, results, 0);
         if (rc < 0)
             goto fatal;
         if (rc == 0) {
-            ret = write_record(out, REC_COMPACT, elapsed, enc->p, enc->len) < 0 ? -1 : 0;
+            rc = enc->nsp ? write_record_spliced(out, elapsed, enc)
+                          : write_record(out, REC_COMPACT, elapsed, enc->p,
+                                         enc->len);
+            ret = rc < 0 ? -1 : 0;
             goto done;
         }
     }
@@ -1734,7 +1976,8 @@ static int decode_result(MapIter *self, const pm_result *res)
         }
     }
     int kind = p[0] & ~REC_OOB;
-    PyObject *obj = p[0] & REC_OOB ? loads_oob(self->map, res)
+    PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
+                                               p, res->len, REC_HDR)
                     : kind == REC_COMPACT
                         ? dec_record(p + REC_HDR, res->len - REC_HDR)
                         : loads_mem(p + REC_HDR, res->len - REC_HDR);
@@ -1795,8 +2038,8 @@ static int map_begin(MapIter *self)
         .wait_end = hook_wait_end,
         .check = hook_check,
     };
-    int rc = pm_map_create(&self->map, &self->opt, produce_cb, self, work_cb,
-                           self, &hooks);
+    int rc = pm_map_create_gather(&self->map, &self->opt, gather_cb,
+                                  release_pieces, self, work_cb, self, &hooks);
     if (rc < 0) {
         raise_engine_error(self, rc);
         return -1;
@@ -2004,7 +2247,7 @@ static void MapIter_dealloc(MapIter *self)
     if (self->map)
         map_teardown_keep_error(self);
     MapIter_clear(self);
-    PyMem_RawFree(self->enc.p);
+    buf_free(&self->enc);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

@@ -252,6 +252,64 @@ def test_large_buffers_out_of_band_with_errors():
             assert (r == i).all() and r.shape == (50000,)
 
 
+@pytest.mark.parametrize("size", [100_000, 3_000_000])
+@pytest.mark.parametrize("N,Nt,chunksize", [(1, 1, 1), (2, 1, None), (2, 2, 2)])
+def test_large_items_out_of_band_from_a_generator(size, N, Nt, chunksize):
+    """Arrays sent from a generator travel out of band: the worker's arrays
+    are built on the memory the task arrived in (taken over when the task
+    was assembled, a copy when it was read in the ring), so an array the
+    function keeps is not overwritten by later tasks; and the parent lets go
+    of every item once it is sent."""
+    np = pytest.importorskip("numpy")
+    import threading
+    import weakref
+
+    refs = []
+
+    def gen():
+        for i in range(12):
+            a = np.full(size // 8, i, dtype=np.float64)
+            refs.append(weakref.ref(a))
+            yield a
+
+    kept = []
+    lock = threading.Lock()
+
+    def f(a):
+        assert a.flags.writeable and a.flags.aligned
+        a += 0.5  # writable: the worker's own memory
+        with lock:
+            kept.append(a)
+            # Every array kept in this worker still holds its values.
+            return sorted({float(x[0]) == float(x[-1]) == float(x.mean()) for x in kept}), float(a[0])
+
+    out = list(parmapper.parmap(f, gen(), N=N, Nt=Nt, chunksize=chunksize))
+    assert [r[1] for r in out] == [i + 0.5 for i in range(12)]
+    assert all(r[0] == [True] for r in out)
+    kept.clear()  # N=1 runs in this process
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_large_bytes_items_and_results_spliced():
+    """Large bytes items and results go from the objects' memory into the
+    ring (spliced into the compact encoding), mixed with small values."""
+    items = [(bytes([i]) * (70_000 + 1000 * i), i, b"x" * i, "s%d" % i) for i in range(10)]
+
+    def f(big, i, small, s):
+        assert big == bytes([i]) * (70_000 + 1000 * i) and small == b"x" * i
+        return [s, bytes([255 - i]) * (2_000_000 if i % 3 == 0 else 90_000), i, b"tail"]
+
+    def gen():
+        yield from items
+
+    for src in (items, gen()):
+        out = list(parmapper.parmap(f, src, N=2, star=True))
+        for i, r in enumerate(out):
+            assert r[0] == "s%d" % i and r[2] == i and r[3] == b"tail"
+            assert r[1] == bytes([255 - i]) * (2_000_000 if i % 3 == 0 else 90_000)
+
+
 @pytest.mark.parametrize("N", [2])
 def test_large_items(N):
     items = [bytes([i]) * (250000 + i) for i in range(10)]

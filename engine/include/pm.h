@@ -114,6 +114,27 @@ typedef struct pm_writer pm_writer;
 typedef int (*pm_produce_fn)(void *ctx, pm_task *task, const void **data,
                              size_t *len);
 
+/* One piece of a task's bytes, for pm_gather_fn. */
+typedef struct pm_iov {
+    const void *base;
+    size_t len;
+} pm_iov;
+
+/*
+ * A gathering source of tasks, for tasks made of large pieces (buffers of
+ * the caller's objects): like pm_produce_fn, but the task's bytes are the
+ * concatenation of (*iov)[0 .. *niov - 1], which the engine writes into the
+ * task ring without an intermediate copy.  When *owner is left NULL the
+ * pieces need only stay valid until the next call (the engine copies what
+ * does not fit in the ring at once, as for pm_produce_fn).  When the
+ * function sets *owner, the array and the pieces stay valid until the
+ * engine passes that owner to the release function: once the last byte is
+ * in the ring, or when the worker dies or the map is destroyed first.
+ */
+typedef int (*pm_gather_fn)(void *ctx, pm_task *task, const pm_iov **iov,
+                            int *niov, void **owner);
+typedef void (*pm_release_fn)(void *ctx, void *owner);
+
 /*
  * The work, run in a worker process (in one of its threads) for each task:
  * the input bytes are valid for the duration of the call; the result is
@@ -129,6 +150,15 @@ typedef int (*pm_work_fn)(void *ctx, const pm_task *task, const void *in,
  * is full.  Returns 0, or a negative code when the parent is gone (the worker
  * should then return the code from its work function). */
 PM_EXTERN int pm_write(pm_writer *w, const void *data, size_t len);
+
+/* In a work function: takes over the memory the task's input bytes were
+ * assembled in (a task larger than what the ring holds at once, or one
+ * that wrapped around its end), so that objects built on the input can
+ * outlive the call without a copy.  Returns the block `in` points into,
+ * which the caller now owns and releases with free(); NULL when the input
+ * is read in place in shared memory (valid only during the call: copy what
+ * must outlive it). */
+PM_EXTERN void *pm_writer_take_input(pm_writer *w);
 
 /* In a work function: the item being worked on -- for a job, the index of
  * the record (its position in the input); for a map, the task's first
@@ -193,6 +223,17 @@ typedef struct pm_map pm_map;
 PM_EXTERN int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
                   const pm_hooks *hooks);
+
+/*
+ * pm_map_create() with a gathering source of tasks: the same contract, and
+ * release(produce_ctx, owner) is called for every owner the gather
+ * function set (release may be NULL when it never sets one).  Only in the
+ * process that created the map.
+ */
+PM_EXTERN int pm_map_create_gather(pm_map **out, const pm_options *opt,
+                                   pm_gather_fn gather, pm_release_fn release,
+                                   void *produce_ctx, pm_work_fn work,
+                                   void *work_ctx, const pm_hooks *hooks);
 
 /*
  * Forks the workers.  Called by the first pm_map_next() if not before.

@@ -88,9 +88,15 @@ typedef struct pm_slot {
     uint32_t fifo_n;
     uint32_t resend;  /* after a respawn: FIFO position of the next task to
                          send again; == fifo_n when nothing is left to send */
-    /* The rest of a task message that did not fit in the ring yet. */
+    /* The rest of a task message that did not fit in the ring yet: the
+     * bytes copied in pend, then the caller's pieces pend_iov[pend_i..]
+     * (gathered with an owner, released once written). */
     unsigned char *pend;
     size_t pend_len, pend_off, pend_cap;
+    const pm_iov *pend_iov;
+    int pend_niov, pend_i;
+    size_t pend_ioff; /* bytes of pend_iov[pend_i] already written */
+    void *pend_owner;
     int pend_active; /* bytes or the end marker still to write */
     /* A result that came in several fragments, or wrapped around. */
     unsigned char *asm_buf;
@@ -116,7 +122,9 @@ typedef struct pm_worker {
 struct pm_map {
     pid_t creator;
     pm_options opt;
-    pm_produce_fn produce;
+    pm_produce_fn produce; /* one of produce and gather is set */
+    pm_gather_fn gather;
+    pm_release_fn release;
     void *produce_ctx;
     pm_work_fn work;
     void *work_ctx;

@@ -49,14 +49,15 @@ static uint64_t pow2_at_least(uint64_t x)
     return p;
 }
 
-int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
+static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
+                  pm_gather_fn gather, pm_release_fn release,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
                   const pm_hooks *hooks)
 {
     int err = 0;
     pm_map *m = NULL;
     *out = NULL;
-    if (!opt || !produce || !work || opt->nproc < 1 || opt->nthreads < 1 ||
+    if (!opt || !(produce || gather) || !work || opt->nproc < 1 || opt->nthreads < 1 ||
         opt->window < 0 || opt->nproc > 4096 || opt->nthreads > 4096 ||
         opt->retries < 0 || opt->timeout_ms < 0)
         return -EINVAL;
@@ -74,6 +75,8 @@ int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (!m->opt.ring_bytes)
         m->opt.ring_bytes = PM_DEFAULT_RING;
     m->produce = produce;
+    m->gather = gather;
+    m->release = release;
     m->produce_ctx = produce_ctx;
     m->work = work;
     m->work_ctx = work_ctx;
@@ -137,6 +140,29 @@ fail:
     return err;
 }
 
+int pm_map_create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
+                  void *produce_ctx, pm_work_fn work, void *work_ctx,
+                  const pm_hooks *hooks)
+{
+    *out = NULL;
+    if (!produce)
+        return -EINVAL;
+    return create(out, opt, produce, NULL, NULL, produce_ctx, work, work_ctx,
+                  hooks);
+}
+
+int pm_map_create_gather(pm_map **out, const pm_options *opt,
+                         pm_gather_fn gather, pm_release_fn release,
+                         void *produce_ctx, pm_work_fn work, void *work_ctx,
+                         const pm_hooks *hooks)
+{
+    *out = NULL;
+    if (!gather)
+        return -EINVAL;
+    return create(out, opt, NULL, gather, release, produce_ctx, work,
+                  work_ctx, hooks);
+}
+
 int pm_map_start(pm_map *m)
 {
     if (getpid() != m->creator)
@@ -166,6 +192,19 @@ static int worker_alive(const pm_map *m, int w)
 
 /* --- dispatch ------------------------------------------------------------ */
 
+/* Gives the caller's pieces of a pending task back: they are written, or
+ * no longer needed. */
+static void pend_release(pm_map *m, pm_slot *s)
+{
+    void *owner = s->pend_owner;
+    s->pend_owner = NULL;
+    s->pend_iov = NULL;
+    s->pend_niov = s->pend_i = 0;
+    s->pend_ioff = 0;
+    if (owner && m->release)
+        m->release(m->produce_ctx, owner);
+}
+
 /* Pushes what remains of a slot's pending task message.  Returns 1 when
  * bytes moved. */
 static int flush_pending(pm_map *m, pm_slot *s)
@@ -177,21 +216,45 @@ static int flush_pending(pm_map *m, pm_slot *s)
         s->pend_off += k;
         moved = k > 0;
     }
-    if (s->pend_off == s->pend_len && pm__tx_end(&s->tx) == 0) {
-        s->pend_active = 0;
-        moved = 1;
+    while (s->pend_off == s->pend_len && s->pend_i < s->pend_niov) {
+        const pm_iov *v = &s->pend_iov[s->pend_i];
+        size_t left = v->len - s->pend_ioff;
+        size_t k = left ? pm__tx_write(&s->tx,
+                                       (const unsigned char *)v->base +
+                                           s->pend_ioff, left)
+                        : 0;
+        s->pend_ioff += k;
+        moved |= k > 0;
+        if (k < left)
+            break;
+        s->pend_i++;
+        s->pend_ioff = 0;
+    }
+    if (s->pend_off == s->pend_len && s->pend_i == s->pend_niov) {
+        if (s->pend_owner)
+            pend_release(m, s);
+        if (pm__tx_end(&s->tx) == 0) {
+            s->pend_active = 0;
+            moved = 1;
+        }
     }
     if (moved)
         pm__bell_ring(&s->ctl->bell);
-    (void)m;
     return moved;
 }
 
-/* Keeps the bytes of a task message that did not fit for later. */
+/*
+ * Keeps what did not fit of a task message for later: the bytes a[0..na)
+ * are copied, then the pieces iov[0..niov) from offset off of the first:
+ * referenced when owner holds them, else copied too.
+ */
 static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
-                        const unsigned char *b, size_t nb)
+                        const pm_iov *iov, int niov, size_t off, void *owner)
 {
-    size_t need = na + nb;
+    size_t need = na;
+    if (!owner)
+        for (int i = 0; i < niov; i++)
+            need += iov[i].len - (i == 0 ? off : 0);
     if (need > s->pend_cap) {
         unsigned char *p = realloc(s->pend, need);
         if (!p)
@@ -201,10 +264,26 @@ static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
     }
     if (na)
         memcpy(s->pend, a, na);
-    if (nb)
-        memcpy(s->pend + na, b, nb);
-    s->pend_len = need;
+    s->pend_len = na;
     s->pend_off = 0;
+    s->pend_iov = NULL;
+    s->pend_niov = s->pend_i = 0;
+    s->pend_ioff = 0;
+    if (owner) {
+        s->pend_iov = iov;
+        s->pend_niov = niov;
+        s->pend_ioff = off;
+        s->pend_owner = owner;
+    } else {
+        for (int i = 0; i < niov; i++) {
+            size_t skip = i == 0 ? off : 0;
+            if (iov[i].len > skip)
+                memcpy(s->pend + s->pend_len,
+                       (const unsigned char *)iov[i].base + skip,
+                       iov[i].len - skip);
+            s->pend_len += iov[i].len - skip;
+        }
+    }
     s->pend_active = 1;
     return 0;
 }
@@ -228,21 +307,32 @@ static pm_slot *choose_slot(pm_map *m)
 }
 
 static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
-                     const void *data, size_t len)
+                     const pm_iov *iov, int niov, void *owner)
 {
     pm_msg_hdr hdr = {task->first, task->count, PM_MSG_MAGIC};
     pm_inflight *e = pm__fifo_at(m, s, s->fifo_n);
     memset(e, 0, sizeof *e);
     e->task = *task;
-    if (m->keep && len) {
+    if (m->keep) {
         /* It may have to be sent again to a fresh worker. */
-        e->copy = malloc(sizeof hdr + len);
-        if (!e->copy)
-            return -ENOMEM;
-        memcpy(e->copy, &hdr, sizeof hdr);
-        if (len)
-            memcpy(e->copy + sizeof hdr, data, len);
-        e->copy_len = sizeof hdr + len;
+        size_t len = 0;
+        for (int i = 0; i < niov; i++)
+            len += iov[i].len;
+        if (len) {
+            e->copy = malloc(sizeof hdr + len);
+            if (!e->copy) {
+                if (owner && m->release)
+                    m->release(m->produce_ctx, owner);
+                return -ENOMEM;
+            }
+            memcpy(e->copy, &hdr, sizeof hdr);
+            e->copy_len = sizeof hdr;
+            for (int i = 0; i < niov; i++) {
+                if (iov[i].len)
+                    memcpy(e->copy + e->copy_len, iov[i].base, iov[i].len);
+                e->copy_len += iov[i].len;
+            }
+        }
     }
     s->fifo_n++;
     s->resend = s->fifo_n;
@@ -250,19 +340,30 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     m->next_seq++;
     m->outstanding++;
 
-    size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
     int rc = 0;
+    size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
     if (k < sizeof hdr) {
         rc = save_pending(s, (const unsigned char *)&hdr + k, sizeof hdr - k,
-                          data, len);
+                          iov, niov, 0, owner);
     } else {
-        size_t d = len ? pm__tx_write(&s->tx, data, len) : 0;
-        if (d < len)
-            rc = save_pending(s, (const unsigned char *)data + d, len - d,
-                              NULL, 0);
-        else if (pm__tx_end(&s->tx) == -EAGAIN)
-            rc = save_pending(s, NULL, 0, NULL, 0);
+        int i = 0;
+        size_t d = 0;
+        for (; i < niov; i++) {
+            d = iov[i].len ? pm__tx_write(&s->tx, iov[i].base, iov[i].len) : 0;
+            if (d < iov[i].len)
+                break;
+        }
+        if (i < niov) {
+            rc = save_pending(s, NULL, 0, iov + i, niov - i, d, owner);
+        } else {
+            if (owner && m->release)
+                m->release(m->produce_ctx, owner);
+            if (pm__tx_end(&s->tx) == -EAGAIN)
+                rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
+        }
     }
+    if (rc < 0 && owner && m->release && !s->pend_owner)
+        m->release(m->produce_ctx, owner);
     pm__bell_ring(&s->ctl->bell);
     return rc;
 }
@@ -280,9 +381,9 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
         size_t k = pm__tx_write(&s->tx, msg, len);
         int rc = 0;
         if (k < len)
-            rc = save_pending(s, msg + k, len - k, NULL, 0);
+            rc = save_pending(s, msg + k, len - k, NULL, 0, 0, NULL);
         else if (pm__tx_end(&s->tx) == -EAGAIN)
-            rc = save_pending(s, NULL, 0, NULL, 0);
+            rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
         pm__bell_ring(&s->ctl->bell);
         *progress = 1;
         if (rc < 0)
@@ -318,17 +419,29 @@ static int dispatch(pm_map *m, int *progress)
             continue;
         }
         pm_task task = {0, 0};
-        const void *data = NULL;
-        size_t len = 0;
-        int rc = m->produce(m->produce_ctx, &task, &data, &len);
-        if (rc < 0)
+        pm_iov one = {NULL, 0};
+        const pm_iov *iov = &one;
+        int niov = 1;
+        void *owner = NULL;
+        int rc = m->gather
+                     ? m->gather(m->produce_ctx, &task, &iov, &niov, &owner)
+                     : m->produce(m->produce_ctx, &task, &one.base, &one.len);
+        if (rc < 0) {
+            if (owner && m->release)
+                m->release(m->produce_ctx, owner);
             return rc;
+        }
         if (rc == 0) {
             m->input_done = 1;
             m->finish_scan = 1;
             break;
         }
-        rc = send_task(m, s, &task, data, len);
+        if (niov < 0 || (niov > 0 && !iov)) {
+            if (owner && m->release)
+                m->release(m->produce_ctx, owner);
+            return -EINVAL;
+        }
+        rc = send_task(m, s, &task, iov, niov, owner);
         if (rc < 0)
             return rc;
         *progress = 1;
@@ -559,6 +672,7 @@ static void reset_worker_shm(pm_map *m, int w)
         pm__rx_init(&s->rx, s->result_ring);
         s->pend_active = 0;
         s->pend_len = s->pend_off = 0;
+        pend_release(m, s);
         s->asm_active = 0;
         s->asm_len = 0;
         s->resend = 0;
@@ -1016,6 +1130,8 @@ int pm_map_destroy(pm_map *m)
                 free(pm__fifo_at(m, s, k)->copy);
                 free(pm__fifo_at(m, s, k)->result);
             }
+            if (mine)
+                pend_release(m, s);
             free(m->slots[i].fifo);
             free(m->slots[i].pend);
             free(m->slots[i].asm_buf);

@@ -20,6 +20,7 @@ struct pm_writer {
     pm_spin spin;
     unsigned char *buf; /* assembly of large or wrapped tasks */
     size_t buf_cap;
+    int in_buf;         /* the running task's input is in buf */
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
 };
@@ -27,6 +28,17 @@ struct pm_writer {
 uint64_t pm_writer_item(const pm_writer *w)
 {
     return w->item;
+}
+
+void *pm_writer_take_input(pm_writer *w)
+{
+    if (!w->in_buf)
+        return NULL;
+    void *p = w->buf;
+    w->buf = NULL;
+    w->buf_cap = 0;
+    w->in_buf = 0;
+    return p;
 }
 
 void pm__writer_set_item(pm_writer *w, uint64_t item)
@@ -224,6 +236,7 @@ static int serve_one(struct pm_writer *w)
     if (rc < 0)
         return rc;
     w->item = task.first;
+    w->in_buf = !in_place;
     atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
     atomic_store_explicit(&w->ctl->run_start_ns, pm__now_ns(),
                           memory_order_release);
@@ -233,6 +246,7 @@ static int serve_one(struct pm_writer *w)
      * the parent charges the death to it. */
     if (rc < 0)
         worker_exit(w->m, PM_WORKER_FATAL_EXIT);
+    w->in_buf = 0;
     atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
         rc = worker_wait(w, room_ready);

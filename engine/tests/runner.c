@@ -71,6 +71,11 @@
     X(map_big_results)                                                         \
     X(map_take_result)                                                         \
     X(map_big_results_unordered_threads2)                                      \
+    X(map_gather_pieces_threads)                                               \
+    X(map_gather_released_on_destroy)                                          \
+    X(map_gather_retry)                                                        \
+    X(map_gather_einval)                                                       \
+    X(map_take_input)                                                          \
     X(map_big_tasks)                                                           \
     X(map_big_tasks_and_results)                                               \
     X(map_many_workers)                                                        \

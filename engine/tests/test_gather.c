@@ -1,0 +1,294 @@
+/*
+ * test_gather.c -- tasks given as pieces (pm_map_create_gather): the bytes
+ * arrive whole and in order however the pieces fall across the ring, every
+ * owner is released exactly once (written, worker dead, or map destroyed),
+ * pieces without an owner may be reused after the call; and the worker's
+ * pm_writer_take_input().
+ */
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "task.h"
+
+/* One task's memory, owned by the caller until the engine releases it. */
+typedef struct gtask {
+    unsigned char *bytes; /* the values, then the pad pattern */
+    size_t len;
+    pm_iov iov[12];
+    int niov;
+} gtask;
+
+typedef struct ggen {
+    tgen g;         /* the item values and pad, as tgen_produce makes them */
+    int owner_every; /* tasks k with k % owner_every == 0 get an owner */
+    long live;       /* owners given and not yet released */
+    long released;
+    long owned;
+    gtask scratch;   /* the pieces of a task without an owner */
+} ggen;
+
+/* Splits bytes[0..len) into pieces of pseudo-random sizes, some empty. */
+static void split(gtask *t, uint64_t seed)
+{
+    size_t off = 0;
+    t->niov = 0;
+    while (t->niov < 11 && off < t->len) {
+        size_t k = mix64(seed + (uint64_t)t->niov) % (t->len / 3 + 2);
+        if (k > t->len - off)
+            k = t->len - off;
+        t->iov[t->niov].base = t->bytes + off;
+        t->iov[t->niov].len = k;
+        t->niov++;
+        off += k;
+    }
+    t->iov[t->niov].base = t->bytes + off;
+    t->iov[t->niov].len = t->len - off;
+    t->niov++;
+}
+
+static int ggen_gather(void *ctx, pm_task *task, const pm_iov **iov,
+                       int *niov, void **owner)
+{
+    ggen *gg = ctx;
+    const void *data;
+    size_t len;
+    int rc = tgen_produce(&gg->g, task, &data, &len);
+    if (rc <= 0)
+        return rc;
+    gtask *t = &gg->scratch;
+    if (gg->owner_every && (gg->g.ntasks - 1) % gg->owner_every == 0) {
+        t = calloc(1, sizeof *t);
+        ASSERT(t != NULL);
+        *owner = t;
+        gg->live++;
+        gg->owned++;
+    }
+    if (t != &gg->scratch || !t->bytes || t->len < len) {
+        if (t == &gg->scratch)
+            free(t->bytes);
+        t->bytes = malloc(len ? len : 1);
+        ASSERT(t->bytes != NULL);
+    }
+    memcpy(t->bytes, data, len);
+    t->len = len;
+    split(t, task->first);
+    *iov = t->iov;
+    *niov = t->niov;
+    return 1;
+}
+
+static void ggen_release(void *ctx, void *owner)
+{
+    ggen *gg = ctx;
+    gtask *t = owner;
+    ASSERT(owner != NULL && owner != &gg->scratch);
+    /* Scribble: an engine still reading the pieces would send garbage. */
+    memset(t->bytes, 0xEE, t->len);
+    free(t->bytes);
+    free(t);
+    gg->live--;
+    gg->released++;
+}
+
+/* Destroys the map and checks that every owner was released exactly once
+ * and no process is left. */
+static void destroy_checked(pm_map *m, ggen *gg)
+{
+    ASSERT_OK(pm_map_destroy(m));
+    ASSERT_EQ(gg->live, 0);
+    ASSERT_EQ(gg->released, gg->owned);
+    ASSERT_NO_CHILDREN();
+    free(gg->scratch.bytes);
+    tgen_free(&gg->g);
+}
+
+/* Runs a whole map of gathered tasks and checks every result. */
+static void run_gather(const pm_options *opt, ggen *gg, twork *w)
+{
+    pm_map *m;
+    ASSERT_OK(pm_map_create_gather(&m, opt, ggen_gather, ggen_release, gg,
+                                   twork_work, w, NULL));
+    pm_result res;
+    int rc;
+    uint64_t items = 0, next = 0;
+    while ((rc = pm_map_next(m, &res)) == 1) {
+        CHECK_RESULT(&gg->g, w, &res);
+        if (opt->ordered)
+            ASSERT_UEQ(res.task.first, next);
+        next = res.task.first + res.task.count;
+        items += res.task.count;
+    }
+    ASSERT_RC(rc, 0);
+    ASSERT_UEQ(items, gg->g.nitems);
+    ASSERT_EQ(gg->live, 0); /* every owner released before the end */
+    destroy_checked(m, gg);
+}
+
+/* Pieces that straddle the ring's end, fill it and wait for room; with and
+ * without owners, one and several threads. */
+TEST_IMPL(map_gather_pieces_threads)
+{
+    static const struct {
+        int nthreads, ordered, owner_every;
+        size_t pad;
+    } cases[] = {
+        {1, 1, 1, 100 * 1024}, {1, 1, 0, 100 * 1024}, {2, 0, 2, 30000},
+        {1, 1, 3, 500},         {2, 1, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pm_options opt;
+        pm_options_init(&opt);
+        opt.nproc = 2;
+        opt.nthreads = cases[i].nthreads;
+        opt.ordered = cases[i].ordered;
+        opt.ring_bytes = 4096;
+        ggen gg = {.g = {.nitems = N_(80, 20), .max_count = 3,
+                         .task_pad = cases[i].pad},
+                   .owner_every = cases[i].owner_every};
+        twork w = {.result_pad = 3000, .chunk = 700};
+        run_gather(&opt, &gg, &w);
+        if (cases[i].owner_every)
+            ASSERT_GT(gg.owned, 0);
+    }
+}
+
+/* A task still partly written when the map is destroyed (its worker is
+ * slow to read it) has its owner released by pm_map_destroy(). */
+TEST_IMPL(map_gather_released_on_destroy)
+{
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 1;
+    opt.ring_bytes = 4096;
+    ggen gg = {.g = {.nitems = 10, .max_count = 1, .task_pad = 200 * 1024},
+               .owner_every = 1};
+    twork w = {.sleep_ms = 300};
+    pm_map *m;
+    ASSERT_OK(pm_map_create_gather(&m, &opt, ggen_gather, ggen_release, &gg,
+                                   twork_work, &w, NULL));
+    pm_result res;
+    ASSERT_RC(pm_map_next(m, &res), 1);
+    CHECK_RESULT(&gg.g, &w, &res);
+    ASSERT_GT(gg.live, 0); /* the next tasks are still being written */
+    destroy_checked(m, &gg);
+}
+
+/* Kills its worker the first time it meets item 5 (a flag in shared
+ * memory), then works like twork_work. */
+static volatile int *died_once;
+
+static int die_once_work(void *ctx, const pm_task *task, const void *in,
+                         size_t len, pm_writer *out)
+{
+    if (task->first <= 5 && 5 < task->first + task->count && !*died_once) {
+        *died_once = 1;
+        raise(SIGKILL);
+    }
+    return twork_work(ctx, task, in, len, out);
+}
+
+/* A worker killed while gathered tasks are in flight (and partly written:
+ * big tasks, small ring): the owners are released, the tasks are sent
+ * again from the engine's copies (retries keep one) and every result is
+ * right. */
+TEST_IMPL(map_gather_retry)
+{
+    died_once = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(died_once != MAP_FAILED);
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 2;
+    opt.ring_bytes = 4096;
+    opt.retries = 1;
+    ggen gg = {.g = {.nitems = N_(30, 12), .max_count = 1,
+                     .task_pad = 50 * 1024},
+               .owner_every = 1};
+    twork w = {0};
+    pm_map *m;
+    ASSERT_OK(pm_map_create_gather(&m, &opt, ggen_gather, ggen_release, &gg,
+                                   die_once_work, &w, NULL));
+    pm_result res;
+    int rc;
+    uint64_t items = 0, next = 0;
+    while ((rc = pm_map_next(m, &res)) == 1) {
+        CHECK_RESULT(&gg.g, &w, &res);
+        ASSERT_UEQ(res.task.first, next);
+        next += res.task.count;
+        items += res.task.count;
+    }
+    ASSERT_RC(rc, 0);
+    ASSERT_EQ(*died_once, 1);
+    ASSERT_UEQ(items, gg.g.nitems);
+    destroy_checked(m, &gg);
+    munmap((void *)died_once, 4096);
+}
+
+/* --- pm_writer_take_input ------------------------------------------------ */
+
+/* Takes the input when the engine assembled it, checks it after writing
+ * the result (the engine has moved on by then in the ring), frees it; the
+ * result says whether it was taken. */
+static int take_work(void *ctx, const pm_task *task, const void *in,
+                     size_t len, pm_writer *out)
+{
+    (void)ctx;
+    void *blk = pm_writer_take_input(out);
+    ASSERT(pm_writer_take_input(out) == NULL); /* only once */
+    if (blk)
+        ASSERT((const unsigned char *)in >= (unsigned char *)blk);
+    uint64_t r[3] = {task->first, blk != NULL, fnv64(in, len)};
+    int rc = pm_write(out, r, sizeof r);
+    if (blk) {
+        ASSERT_UEQ(fnv64(in, len), r[2]);
+        free(blk);
+    }
+    return rc;
+}
+
+TEST_IMPL(map_take_input)
+{
+    for (int big = 0; big < 2; big++) {
+        pm_options opt;
+        pm_options_init(&opt);
+        opt.nproc = 2;
+        opt.ring_bytes = 8192;
+        tgen g = {.nitems = N_(40, 10), .max_count = 1,
+                  .task_pad = big ? 20000 : 100};
+        pm_map *m;
+        ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g, take_work, NULL,
+                                NULL));
+        pm_result res;
+        int rc, n = 0;
+        while ((rc = pm_map_next(m, &res)) == 1) {
+            uint64_t r[3];
+            ASSERT_UEQ(res.len, sizeof r);
+            memcpy(r, res.data, sizeof r);
+            ASSERT_UEQ(r[0], res.task.first);
+            ASSERT_UEQ(r[1], (uint64_t)big);
+            n++;
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT_EQ(n, (int)g.nitems);
+        ASSERT_OK(pm_map_destroy(m));
+        ASSERT_NO_CHILDREN();
+        tgen_free(&g);
+    }
+}
+
+/* Bad calls. */
+TEST_IMPL(map_gather_einval)
+{
+    pm_options opt;
+    pm_options_init(&opt);
+    pm_map *m = (pm_map *)1;
+    ASSERT_RC(pm_map_create_gather(&m, &opt, NULL, NULL, NULL, twork_work,
+                                   NULL, NULL),
+              -EINVAL);
+    ASSERT(m == NULL);
+    m = (pm_map *)1;
+    ASSERT_RC(pm_map_create(&m, &opt, NULL, NULL, twork_work, NULL, NULL),
+              -EINVAL);
+    ASSERT(m == NULL);
+}
