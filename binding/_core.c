@@ -474,59 +474,6 @@ static size_t pad16(size_t off)
     return (16 - (off & 15)) & 15;
 }
 
-/* Writes a REC_OOB record: the header, the lengths, the pickle, then every
- * buffer straight from the object's memory.  Returns 0 or negative. */
-static int write_record_oob(pm_writer *out, unsigned char kind,
-                            uint64_t elapsed, PyObject *pick, PyObject *bufs)
-{
-    static const unsigned char zeros[16];
-    Py_ssize_t nb = PyList_GET_SIZE(bufs);
-    Py_buffer *views = PyMem_Calloc((size_t)nb, sizeof *views);
-    if (!views) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    Py_ssize_t got = 0;
-    int rc = 0;
-    for (; got < nb; got++)
-        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, got), &views[got],
-                               PyBUF_CONTIG_RO) < 0) {
-            rc = -1;
-            goto done;
-        }
-    unsigned char hdr[REC_HDR];
-    hdr[0] = kind | REC_OOB;
-    memcpy(hdr + 1, &elapsed, 8);
-    uint64_t meta[2] = {(uint64_t)nb, (uint64_t)PyBytes_GET_SIZE(pick)};
-    size_t off = REC_HDR + sizeof meta + 8 * (size_t)nb;
-    rc = pm_write(out, hdr, sizeof hdr);
-    if (rc == 0)
-        rc = pm_write(out, meta, sizeof meta);
-    for (Py_ssize_t i = 0; i < nb && rc == 0; i++) {
-        uint64_t l = (uint64_t)views[i].len;
-        rc = pm_write(out, &l, 8);
-    }
-    if (rc == 0)
-        rc = pm_write(out, zeros, pad16(off));
-    off += pad16(off);
-    if (rc == 0)
-        rc = pm_write(out, PyBytes_AS_STRING(pick), (size_t)meta[1]);
-    off += (size_t)meta[1];
-    for (Py_ssize_t i = 0; i < nb && rc == 0; i++) {
-        rc = pm_write(out, zeros, pad16(off));
-        off += pad16(off);
-        if (rc == 0)
-            rc = pm_write(out, views[i].buf, (size_t)views[i].len);
-        off += (size_t)views[i].len;
-    }
-    gil_take();
-done:
-    for (Py_ssize_t i = 0; i < got; i++)
-        PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
-    return rc;
-}
-
 /*
  * Unpickles an out-of-band record (a REC_OOB result or a TASK_OOB task):
  * `at` bytes of header, then the buffer count and the pickle's length, the
@@ -956,7 +903,6 @@ typedef struct {
     int finished;
     int running;          /* __next__ in progress (guards re-entry) */
     Py_ssize_t next_index; /* index of the next item pulled from the input */
-    PyObject *task_bytes;  /* the pickled task handed to the engine */
     PyThreadState *save;   /* the parent's thread state while it waits */
     PyObject *timeout_obj; /* the timeout in seconds, for messages */
     PyObject *index_seq;   /* the input, when the workers index it */
@@ -1092,28 +1038,33 @@ static Pieces *pieces_new(int niov)
     return t;
 }
 
-/* A TASK_OOB task of the pickle `pick` and its out-of-band buffers `bufs`
- * (both stolen): the header, the pickle and every buffer, in place. */
-static Pieces *oob_task(PyObject *pick, PyObject *bufs)
+/*
+ * An out-of-band record (see loads_oob) as pieces: the prefix bytes (the
+ * record's own header) and the lengths, then the pickle `pick` and every
+ * buffer of `bufs` in place, held (references taken) until released.
+ */
+static Pieces *oob_pieces(const void *prefix, size_t nprefix, PyObject *pick,
+                          PyObject *bufs)
 {
     static const unsigned char zeros[16];
     Py_ssize_t nb = PyList_GET_SIZE(bufs);
     Pieces *t = pieces_new(2 + 2 * (int)nb);
-    if (!t) {
-        Py_DECREF(pick);
-        Py_DECREF(bufs);
+    if (!t)
         return NULL;
-    }
+    Py_INCREF(pick);
+    Py_INCREF(bufs);
     t->keep[0] = pick;
     t->keep[1] = bufs;
-    if (!(t->views = PyMem_Calloc((size_t)nb, sizeof *t->views)))
-        goto nomem;
+    if (!(t->views = PyMem_Calloc((size_t)nb, sizeof *t->views))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     for (; t->nviews < nb; t->nviews++)
         if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, t->nviews),
                                &t->views[t->nviews], PyBUF_CONTIG_RO) < 0)
             goto fail;
     uint64_t meta[2] = {(uint64_t)nb, (uint64_t)PyBytes_GET_SIZE(pick)};
-    if (buf_tag(&t->head, TASK_PICKLE | TASK_OOB) < 0 ||
+    if (buf_put(&t->head, prefix, nprefix) < 0 ||
         buf_put(&t->head, meta, sizeof meta) < 0)
         goto fail;
     for (Py_ssize_t i = 0; i < nb; i++) {
@@ -1134,8 +1085,6 @@ static Pieces *oob_task(PyObject *pick, PyObject *bufs)
         off += pad + (size_t)t->views[i].len;
     }
     return t;
-nomem:
-    PyErr_NoMemory();
 fail:
     release_pieces(NULL, t);
     return NULL;
@@ -1162,7 +1111,6 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
 {
     MapIter *self = ctx;
     buf_t *enc = &self->enc;
-    Py_CLEAR(self->task_bytes);
     Py_ssize_t want = next_chunk_size(self);
     buf_clear(enc);
     enc->splice = 1;
@@ -1235,14 +1183,16 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
         }
         buf_clear(enc);
         if (bufs) {
-            rc = (pieces = oob_task(b, bufs)) ? 0 : -1;
+            static const unsigned char tag = TASK_PICKLE | TASK_OOB;
+            rc = (pieces = oob_pieces(&tag, 1, b, bufs)) ? 0 : -1;
+            Py_DECREF(bufs);
         } else {
             rc = buf_tag(enc, TASK_PICKLE);
             if (rc == 0)
                 rc = buf_put(enc, PyBytes_AS_STRING(b),
                              (size_t)PyBytes_GET_SIZE(b));
-            Py_DECREF(b);
         }
+        Py_DECREF(b);
     }
     Py_DECREF(items);
     if (rc < 0)
@@ -1538,26 +1488,50 @@ static int write_record(pm_writer *out, unsigned char kind, uint64_t elapsed,
     return rc;
 }
 
+/* Writes a record given as pieces after its header (pm_write releases the
+ * GIL if the ring is full; the pieces' objects are held meanwhile). */
+static int write_pieces(pm_writer *out, const unsigned char *hdr, size_t nhdr,
+                        const pm_iov *iov, int niov)
+{
+    int rc = nhdr ? pm_write(out, hdr, nhdr) : 0;
+    for (int i = 0; i < niov && rc == 0; i++)
+        rc = pm_write(out, iov[i].base, iov[i].len);
+    gil_take();
+    return rc;
+}
+
 /* Writes a compact record whose large bytes results are spliced in: each
  * goes from the object's memory straight into the ring (the results list
- * keeps them alive; bytes never change). */
+ * keeps them alive; bytes never change).  Returns 0 or negative. */
 static int write_record_spliced(pm_writer *out, uint64_t elapsed,
                                 const buf_t *enc)
 {
     unsigned char hdr[REC_HDR];
     hdr[0] = REC_COMPACT;
     memcpy(hdr + 1, &elapsed, 8);
-    int rc = pm_write(out, hdr, sizeof hdr);
-    size_t at = 0;
-    for (int i = 0; i < enc->nsp && rc == 0; i++) {
-        rc = pm_write(out, enc->p + at, enc->sp[i].at - at);
-        if (rc == 0)
-            rc = pm_write(out, enc->sp[i].p, enc->sp[i].n);
-        at = enc->sp[i].at;
+    pm_iov *iov = PyMem_Malloc((2 * (size_t)enc->nsp + 1) * sizeof *iov);
+    if (!iov) {
+        PyErr_NoMemory();
+        return -1;
     }
-    if (rc == 0)
-        rc = pm_write(out, enc->p + at, enc->len - at);
-    gil_take();
+    int rc = write_pieces(out, hdr, sizeof hdr, iov, buf_pieces(enc, iov));
+    PyMem_Free(iov);
+    return rc;
+}
+
+/* Writes a REC_OOB record: the header, the lengths, the pickle, then every
+ * buffer straight from the object's memory.  Returns 0 or negative. */
+static int write_record_oob(pm_writer *out, unsigned char kind,
+                            uint64_t elapsed, PyObject *pick, PyObject *bufs)
+{
+    unsigned char hdr[REC_HDR];
+    hdr[0] = kind | REC_OOB;
+    memcpy(hdr + 1, &elapsed, 8);
+    Pieces *t = oob_pieces(hdr, sizeof hdr, pick, bufs);
+    if (!t)
+        return -1;
+    int rc = write_pieces(out, NULL, 0, t->iov, t->niov);
+    release_pieces(NULL, t);
     return rc;
 }
 
@@ -1715,7 +1689,6 @@ static void map_teardown(MapIter *self)
         self->map = NULL;
         pm_map_destroy(m);
     }
-    Py_CLEAR(self->task_bytes);
     self->finished = 1;
 }
 

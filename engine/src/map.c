@@ -192,6 +192,13 @@ static int worker_alive(const pm_map *m, int w)
 
 /* --- dispatch ------------------------------------------------------------ */
 
+/* Gives a gathered task's pieces back to the caller. */
+static void release_owner(pm_map *m, void *owner)
+{
+    if (owner && m->release)
+        m->release(m->produce_ctx, owner);
+}
+
 /* Gives the caller's pieces of a pending task back: they are written, or
  * no longer needed. */
 static void pend_release(pm_map *m, pm_slot *s)
@@ -201,8 +208,7 @@ static void pend_release(pm_map *m, pm_slot *s)
     s->pend_iov = NULL;
     s->pend_niov = s->pend_i = 0;
     s->pend_ioff = 0;
-    if (owner && m->release)
-        m->release(m->produce_ctx, owner);
+    release_owner(m, owner);
 }
 
 /* Pushes what remains of a slot's pending task message.  Returns 1 when
@@ -231,8 +237,7 @@ static int flush_pending(pm_map *m, pm_slot *s)
         s->pend_ioff = 0;
     }
     if (s->pend_off == s->pend_len && s->pend_i == s->pend_niov) {
-        if (s->pend_owner)
-            pend_release(m, s);
+        pend_release(m, s);
         if (pm__tx_end(&s->tx) == 0) {
             s->pend_active = 0;
             moved = 1;
@@ -321,8 +326,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
         if (len) {
             e->copy = malloc(sizeof hdr + len);
             if (!e->copy) {
-                if (owner && m->release)
-                    m->release(m->produce_ctx, owner);
+                release_owner(m, owner);
                 return -ENOMEM;
             }
             memcpy(e->copy, &hdr, sizeof hdr);
@@ -353,17 +357,14 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
             if (d < iov[i].len)
                 break;
         }
-        if (i < niov) {
+        if (i < niov)
             rc = save_pending(s, NULL, 0, iov + i, niov - i, d, owner);
-        } else {
-            if (owner && m->release)
-                m->release(m->produce_ctx, owner);
-            if (pm__tx_end(&s->tx) == -EAGAIN)
-                rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
-        }
+        else if (pm__tx_end(&s->tx) == -EAGAIN)
+            rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
     }
-    if (rc < 0 && owner && m->release && !s->pend_owner)
-        m->release(m->produce_ctx, owner);
+    /* Pieces not kept pending are written (or failed): give them back. */
+    if (owner && s->pend_owner != owner)
+        release_owner(m, owner);
     pm__bell_ring(&s->ctl->bell);
     return rc;
 }
@@ -427,8 +428,7 @@ static int dispatch(pm_map *m, int *progress)
                      ? m->gather(m->produce_ctx, &task, &iov, &niov, &owner)
                      : m->produce(m->produce_ctx, &task, &one.base, &one.len);
         if (rc < 0) {
-            if (owner && m->release)
-                m->release(m->produce_ctx, owner);
+            release_owner(m, owner);
             return rc;
         }
         if (rc == 0) {
@@ -437,8 +437,7 @@ static int dispatch(pm_map *m, int *progress)
             break;
         }
         if (niov < 0 || (niov > 0 && !iov)) {
-            if (owner && m->release)
-                m->release(m->produce_ctx, owner);
+            release_owner(m, owner);
             return -EINVAL;
         }
         rc = send_task(m, s, &task, iov, niov, owner);
