@@ -5,13 +5,32 @@
 #ifndef PM_INTERNAL_H
 #define PM_INTERNAL_H
 
+#include <errno.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "pm.h"
 #include "ring.h"
 #include "wait.h"
+
+/* Grows the malloc'd buffer *p of capacity *cap to hold at least need bytes
+ * (doubling from 4 KiB).  Returns 0, or -ENOMEM with the buffer unchanged. */
+static inline int pm__grow(unsigned char **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 4096;
+    while (c < need)
+        c *= 2;
+    unsigned char *q = realloc(*p, c);
+    if (!q)
+        return -ENOMEM;
+    *p = q;
+    *cap = c;
+    return 0;
+}
 
 #define PM_DEFAULT_WINDOW 32
 #define PM_DEFAULT_RING (1u << 20)

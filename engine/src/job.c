@@ -214,17 +214,7 @@ static uint64_t next_chunk(pm_job *j)
 
 static int pack_room(pm_job *j, size_t need)
 {
-    if (need <= j->pack_cap)
-        return 0;
-    size_t cap = j->pack_cap ? j->pack_cap : 4096;
-    while (cap < need)
-        cap *= 2;
-    unsigned char *p = realloc(j->pack, cap);
-    if (!p)
-        return -ENOMEM;
-    j->pack = p;
-    j->pack_cap = cap;
-    return 0;
+    return pm__grow(&j->pack, &j->pack_cap, need);
 }
 
 /* Reads up to want records from the feed function into one task. */

@@ -453,16 +453,8 @@ static int dispatch(pm_map *m, int *progress)
 static int asm_append(pm_slot *s, const pm_frag *f)
 {
     size_t need = s->asm_len + f->len;
-    if (need > s->asm_cap) {
-        size_t cap = s->asm_cap ? s->asm_cap : 4096;
-        while (cap < need)
-            cap *= 2;
-        unsigned char *p = realloc(s->asm_buf, cap);
-        if (!p)
-            return -ENOMEM;
-        s->asm_buf = p;
-        s->asm_cap = cap;
-    }
+    if (pm__grow(&s->asm_buf, &s->asm_cap, need) < 0)
+        return -ENOMEM;
     memcpy(s->asm_buf + s->asm_len, f->p1, f->n1);
     if (f->n2)
         memcpy(s->asm_buf + s->asm_len + f->n1, f->p2, f->n2);

@@ -144,21 +144,6 @@ int pm_write(pm_writer *w, const void *data, size_t len)
     return 0;
 }
 
-static int grow(struct pm_writer *w, size_t need)
-{
-    if (need <= w->buf_cap)
-        return 0;
-    size_t cap = w->buf_cap ? w->buf_cap : 4096;
-    while (cap < need)
-        cap *= 2;
-    unsigned char *b = realloc(w->buf, cap);
-    if (!b)
-        return -ENOMEM;
-    w->buf = b;
-    w->buf_cap = cap;
-    return 0;
-}
-
 /*
  * Reads the next task message.  Returns 1 with msg and len set (*held is the
  * fragment to consume after the work when the message is read in place), 0
@@ -198,7 +183,7 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
             *in_place = 1;
             return 1;
         }
-        if (grow(w, have + f.len) < 0)
+        if (pm__grow(&w->buf, &w->buf_cap, have + f.len) < 0)
             return -ENOMEM;
         memcpy(w->buf + have, f.p1, f.n1);
         if (f.n2)
