@@ -1,5 +1,6 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -173,6 +174,62 @@ void pm__kill_reap(pm_map *m, int w)
     m->pids[w] = 0;
 }
 
+#ifdef __linux__
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#endif
+
+/* A descriptor that becomes readable when worker w exits (Linux 5.3+), or
+ * -1. */
+static int exit_fd(pm_map *m, int w)
+{
+#ifdef __linux__
+    if (m->workers[w].state == PM_W_RUNNING)
+        return (int)syscall(SYS_pidfd_open, m->workers[w].pid, 0);
+#else
+    (void)m;
+    (void)w;
+#endif
+    return -1;
+}
+
+/*
+ * Exit descriptors of the running workers, one per worker (-1 for the
+ * others): in stack when nproc fits, else allocated.  Returns NULL when
+ * the kernel has no such descriptors (or memory is short): the caller then
+ * naps between polls.
+ */
+static struct pollfd *exit_fds_open(pm_map *m, struct pollfd *stack, int n)
+{
+    int nproc = m->opt.nproc;
+    struct pollfd *fds = nproc <= n ? stack : malloc((size_t)nproc * sizeof *fds);
+    int ok = fds != NULL;
+    for (int w = 0; ok && w < nproc; w++) {
+        fds[w].fd = exit_fd(m, w);
+        fds[w].events = POLLIN;
+        ok = fds[w].fd >= 0 || m->workers[w].state != PM_W_RUNNING;
+        if (!ok)
+            nproc = w; /* close what was opened */
+    }
+    if (ok || !fds)
+        return fds;
+    for (int w = 0; w < nproc; w++)
+        if (fds[w].fd >= 0)
+            close(fds[w].fd);
+    if (fds != stack)
+        free(fds);
+    return NULL;
+}
+
+static void exit_fd_close(struct pollfd *fds, int w)
+{
+    if (fds && fds[w].fd >= 0) {
+        close(fds[w].fd);
+        fds[w].fd = -1; /* poll skips it */
+    }
+}
+
 void pm__stop_all(pm_map *m, int grace_ms)
 {
     int running = 0;
@@ -189,23 +246,40 @@ void pm__stop_all(pm_map *m, int grace_ms)
         return;
     if (m->hooks.wait_begin)
         m->hooks.wait_begin(m->hooks.ctx);
-    /* Idle workers exit at once; poll with short sleeps for the others. */
+    /* Wake at the exits themselves where the kernel can say when they
+     * happen: an exiting Python worker takes milliseconds to tear down its
+     * address space, and a nap would overshoot by up to its own length. */
+    struct pollfd stack_fds[16];
+    struct pollfd *fds = exit_fds_open(m, stack_fds, 16);
     uint64_t deadline = pm__now_ns() + (uint64_t)grace_ms * 1000000u;
     long nap_us = 20; /* idle workers exit within tens of microseconds */
     for (;;) {
         running = 0;
         for (int w = 0; w < m->opt.nproc; w++) {
             pm__try_reap(m, w);
-            running += m->workers[w].state == PM_W_RUNNING;
+            if (m->workers[w].state == PM_W_RUNNING)
+                running++;
+            else
+                exit_fd_close(fds, w);
         }
-        if (!running || pm__now_ns() >= deadline)
+        uint64_t now = pm__now_ns();
+        if (!running || now >= deadline)
             break;
-        sleep_us(nap_us);
-        if (nap_us < 1000)
-            nap_us *= 2;
+        if (fds) {
+            poll(fds, (nfds_t)m->opt.nproc,
+                 (int)((deadline - now + 999999u) / 1000000u));
+        } else {
+            sleep_us(nap_us);
+            if (nap_us < 1000)
+                nap_us *= 2;
+        }
     }
-    for (int w = 0; w < m->opt.nproc; w++)
+    for (int w = 0; w < m->opt.nproc; w++) {
+        exit_fd_close(fds, w);
         pm__kill_reap(m, w);
+    }
+    if (fds != stack_fds)
+        free(fds);
     if (m->hooks.wait_end)
         m->hooks.wait_end(m->hooks.ctx);
 }
