@@ -160,10 +160,27 @@ PM_EXTERN int pm_write(pm_writer *w, const void *data, size_t len);
  * must outlive it). */
 PM_EXTERN void *pm_writer_take_input(pm_writer *w);
 
+/* In a work function: takes the owner hooks.route set for the task's input
+ * (NULL when nothing was routed), which the caller now releases.  Not
+ * taken, it goes to hooks.route_release when the work function returns. */
+PM_EXTERN void *pm_writer_take_routed(pm_writer *w);
+
 /* In a work function: the item being worked on -- for a job, the index of
  * the record (its position in the input); for a map, the task's first
  * item. */
 PM_EXTERN uint64_t pm_writer_item(const pm_writer *w);
+
+/* A range of a message that the engine writes into memory of the caller's
+ * instead of assembling it (see hooks.route). */
+typedef struct pm_span {
+    size_t off; /* offset in the message's bytes (the `in` of the work
+                   function, pm_result.data) */
+    size_t len; /* > 0 */
+    void *dst;  /* len bytes of the caller's */
+} pm_span;
+
+#define PM_ROUTE_HEAD 512 /* bytes of a message the route hook sees */
+#define PM_ROUTE_MAX 16   /* ranges one message may route */
 
 /* Optional hooks; any may be NULL.  All get hooks.ctx. */
 typedef struct pm_hooks {
@@ -186,6 +203,23 @@ typedef struct pm_hooks {
     /* Parent, after a wait was interrupted or timed out (~every 50 ms while
      * blocked): a nonzero return aborts pm_map_next() with that value. */
     int (*check)(void *ctx);
+    /* Where the large parts of a large message go.  Called in the process
+     * that assembles a message too large to be read in place in its ring
+     * (the parent for a result; a worker, in the thread that will run it,
+     * for a task) once its first PM_ROUTE_HEAD bytes are in, with those
+     * bytes, when more are coming.  It may fill spans[0 .. k-1] (k <=
+     * PM_ROUTE_MAX, by increasing offset, not overlapping), set *owner and
+     * return k: each such range of the message is then written straight
+     * into its dst, and left out of the message as delivered, which is
+     * shorter by their total.  A message that ends before a range is filled
+     * is corrupt (PM_ECORRUPT); 0 or a negative return routes nothing.  The
+     * owner comes back with the message (pm_map_take_routed(),
+     * pm_writer_take_routed()); one nobody takes, or of a message never
+     * delivered (its worker died, the map was destroyed), goes to
+     * route_release. */
+    int (*route)(void *ctx, const void *head, size_t n, pm_span *spans,
+                 void **owner);
+    void (*route_release)(void *ctx, void *owner);
 } pm_hooks;
 
 typedef struct pm_options {
@@ -266,6 +300,12 @@ PM_EXTERN int pm_map_next(pm_map *m, pm_result *res);
  * keep a large result without copying it again.
  */
 PM_EXTERN void *pm_map_take_result(pm_map *m);
+
+/* After pm_map_next() returned a result: takes the owner hooks.route set
+ * for its message (NULL when nothing was routed), which the caller now
+ * releases.  Not taken, it goes to hooks.route_release at the next call on
+ * the map. */
+PM_EXTERN void *pm_map_take_routed(pm_map *m);
 
 /* After the produce function returned 0: tells the map that it has tasks
  * again (for instance items of a lost task to run again), so that it is

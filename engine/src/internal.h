@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "asm.h"
 #include "pm.h"
 #include "ring.h"
 #include "wait.h"
@@ -90,6 +91,7 @@ typedef struct pm_inflight {
     size_t copy_len;
     unsigned char *result; /* PM_T_DONE: the result message */
     size_t result_len;
+    void *routed;          /* PM_T_DONE: its routed ranges' owner */
     int signal, exit_code; /* PM_T_LOST: how its worker ended */
 } pm_inflight;
 
@@ -118,9 +120,7 @@ typedef struct pm_slot {
     void *pend_owner;
     int pend_active; /* bytes or the end marker still to write */
     /* A result that came in several fragments, or wrapped around. */
-    unsigned char *asm_buf;
-    size_t asm_len, asm_cap;
-    int asm_active;
+    pm_asm asm;
 } pm_slot;
 
 /* PM_W_DONE: told to finish (the input was exhausted), it exited with no
@@ -173,6 +173,8 @@ struct pm_map {
     unsigned char *held_copy; /* a saved result delivered, freed next call */
     int asm_slot;         /* the result delivered was assembled in this
                              slot's buffer (-1: it was not) */
+    void *routed;         /* owner of the delivered result's routed ranges,
+                             released next call unless taken */
 
     int draining;         /* a worker died for good: send no new task */
     int finish_scan;      /* the input is exhausted and a running worker

@@ -450,18 +450,6 @@ static int dispatch(pm_map *m, int *progress)
 
 /* --- delivery ------------------------------------------------------------ */
 
-static int asm_append(pm_slot *s, const pm_frag *f)
-{
-    size_t need = s->asm_len + f->len;
-    if (pm__grow(&s->asm_buf, &s->asm_cap, need) < 0)
-        return -ENOMEM;
-    memcpy(s->asm_buf + s->asm_len, f->p1, f->n1);
-    if (f->n2)
-        memcpy(s->asm_buf + s->asm_len + f->n1, f->p2, f->n2);
-    s->asm_len = need;
-    return 0;
-}
-
 /*
  * Reads the next complete message of slot s's result ring.  Returns 1 with
  * *msg and *len set (when *in_ring, *f is the fragment to consume once the
@@ -469,35 +457,29 @@ static int asm_append(pm_slot *s, const pm_frag *f)
  * assembly buffer), 0 when no complete message is there yet, or a negative
  * code.
  */
-static int read_msg(pm_slot *s, const unsigned char **msg, size_t *len,
-                    pm_frag *f, int *in_ring, int *progress)
+static int read_msg(pm_map *m, pm_slot *s, const unsigned char **msg,
+                    size_t *len, pm_frag *f, int *in_ring, int *progress)
 {
     for (;;) {
         int rc = pm__rx_peek(&s->rx, f);
         if (rc <= 0)
             return rc;
-        int first = (f->flags & PM_FRAG_FIRST) != 0;
-        int last = (f->flags & PM_FRAG_LAST) != 0;
-        if (first == s->asm_active)
-            return PM_ECORRUPT;
-        if (first && last && f->p2 == NULL) {
+        if (!s->asm.active && (f->flags & PM_FRAG_FIRST) &&
+            (f->flags & PM_FRAG_LAST) && f->p2 == NULL) {
             *msg = f->p1;
             *len = f->len;
             *in_ring = 1;
             return 1;
         }
-        if (first)
-            s->asm_len = 0;
-        rc = asm_append(s, f);
+        rc = pm__asm_add(&s->asm, &m->hooks, f);
         if (rc < 0)
             return rc;
         pm__rx_consume(&s->rx, f);
         pm__bell_ring(&s->ctl->bell);
         *progress = 1;
-        s->asm_active = !last;
-        if (last) {
-            *msg = s->asm_buf;
-            *len = s->asm_len;
+        if (rc == 1) {
+            *msg = s->asm.buf;
+            *len = s->asm.len;
             *in_ring = 0;
             return 1;
         }
@@ -567,6 +549,8 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
         res->data = e->result + sizeof(pm_msg_hdr);
         res->len = e->result_len - sizeof(pm_msg_hdr);
         m->held_copy = e->result;
+        m->routed = e->routed;
+        e->routed = NULL;
         pop_entry(m, s);
         return 1;
     }
@@ -574,9 +558,11 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     size_t len;
     pm_frag f;
     int in_ring = 0;
-    int rc = read_msg(s, &msg, &len, &f, &in_ring, progress);
+    int rc = read_msg(m, s, &msg, &len, &f, &in_ring, progress);
     if (rc <= 0)
         return rc;
+    if (!in_ring)
+        m->routed = pm__asm_take_owner(&s->asm);
     if (!msg_answers(msg, len, &e->task))
         return PM_ECORRUPT;
     if (in_ring) {
@@ -593,10 +579,18 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     return 1;
 }
 
+static void release_routed(pm_map *m, void **owner)
+{
+    if (*owner && m->hooks.route_release)
+        m->hooks.route_release(m->hooks.ctx, *owner);
+    *owner = NULL;
+}
+
 static void release_held(pm_map *m)
 {
     free(m->held_copy);
     m->held_copy = NULL;
+    release_routed(m, &m->routed);
     m->asm_slot = -1;
     if (m->held_slot < 0)
         return;
@@ -664,8 +658,7 @@ static void reset_worker_shm(pm_map *m, int w)
         s->pend_active = 0;
         s->pend_len = s->pend_off = 0;
         pend_release(m, s);
-        s->asm_active = 0;
-        s->asm_len = 0;
+        pm__asm_reset(&s->asm, &m->hooks);
         s->resend = 0;
         if (m->held_slot == si)
             m->held_slot = -1;
@@ -683,8 +676,9 @@ static void drain_dead(pm_map *m, pm_slot *s)
         size_t len;
         pm_frag f;
         int in_ring = 0;
-        if (read_msg(s, &msg, &len, &f, &in_ring, &progress) != 1)
+        if (read_msg(m, s, &msg, &len, &f, &in_ring, &progress) != 1)
             return;
+        void *routed = in_ring ? NULL : pm__asm_take_owner(&s->asm);
         pm_inflight *e = NULL;
         for (; i < s->fifo_n; i++) {
             e = pm__fifo_at(m, s, i);
@@ -692,14 +686,15 @@ static void drain_dead(pm_map *m, pm_slot *s)
                 msg_answers(msg, len, &e->task))
                 break;
         }
-        if (i == s->fifo_n)
+        unsigned char *copy = i < s->fifo_n ? malloc(len) : NULL;
+        if (!copy) { /* not asked for, or it will run again instead */
+            release_routed(m, &routed);
             return;
-        unsigned char *copy = malloc(len);
-        if (!copy)
-            return; /* it will run again instead */
+        }
         memcpy(copy, msg, len);
         e->result = copy;
         e->result_len = len;
+        e->routed = routed;
         e->state = PM_T_DONE;
         if (in_ring)
             pm__rx_consume(&s->rx, &f);
@@ -1065,15 +1060,22 @@ void *pm_map_take_result(pm_map *m)
     void *p = NULL;
     if (m->asm_slot >= 0) {
         pm_slot *s = &m->slots[m->asm_slot];
-        p = s->asm_buf;
-        s->asm_buf = NULL;
-        s->asm_cap = s->asm_len = 0;
+        p = s->asm.buf;
+        s->asm.buf = NULL;
+        s->asm.cap = s->asm.len = 0;
         m->asm_slot = -1;
     } else if (m->held_copy) {
         p = m->held_copy;
         m->held_copy = NULL;
     }
     return p;
+}
+
+void *pm_map_take_routed(pm_map *m)
+{
+    void *o = m->routed;
+    m->routed = NULL;
+    return o;
 }
 
 int pm_map_resume(pm_map *m)
@@ -1114,18 +1116,27 @@ int pm_map_destroy(pm_map *m)
     if (m->ctl)
         munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
     free(m->held_copy);
+    /* Owners are the creator's to release; a forked child only frees. */
+    pm_hooks h = m->hooks;
+    if (!mine)
+        h.route_release = NULL;
+    if (h.route_release && m->routed)
+        h.route_release(h.ctx, m->routed);
     if (m->slots) {
         for (int i = 0; i < m->nslots; i++) {
             pm_slot *s = &m->slots[i];
             for (uint32_t k = 0; s->fifo && k < s->fifo_n; k++) {
-                free(pm__fifo_at(m, s, k)->copy);
-                free(pm__fifo_at(m, s, k)->result);
+                pm_inflight *e = pm__fifo_at(m, s, k);
+                free(e->copy);
+                free(e->result);
+                if (h.route_release && e->routed)
+                    h.route_release(h.ctx, e->routed);
             }
             if (mine)
                 pend_release(m, s);
             free(m->slots[i].fifo);
             free(m->slots[i].pend);
-            free(m->slots[i].asm_buf);
+            pm__asm_free(&s->asm, &h);
         }
     }
     free(m->slots);

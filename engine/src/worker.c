@@ -18,9 +18,9 @@ struct pm_writer {
     pm_ring_rx rx; /* tasks */
     pm_ring_tx tx; /* results */
     pm_spin spin;
-    unsigned char *buf; /* assembly of large or wrapped tasks */
-    size_t buf_cap;
-    int in_buf;         /* the running task's input is in buf */
+    pm_asm asm;         /* assembly of large or wrapped tasks */
+    int in_buf;         /* the running task's input is in asm.buf */
+    void *routed;       /* the running task's routed ranges' owner */
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
 };
@@ -34,11 +34,18 @@ void *pm_writer_take_input(pm_writer *w)
 {
     if (!w->in_buf)
         return NULL;
-    void *p = w->buf;
-    w->buf = NULL;
-    w->buf_cap = 0;
+    void *p = w->asm.buf;
+    w->asm.buf = NULL;
+    w->asm.cap = w->asm.len = 0;
     w->in_buf = 0;
     return p;
+}
+
+void *pm_writer_take_routed(pm_writer *w)
+{
+    void *o = w->routed;
+    w->routed = NULL;
+    return o;
 }
 
 void pm__writer_set_item(pm_writer *w, uint64_t item)
@@ -153,48 +160,40 @@ int pm_write(pm_writer *w, const void *data, size_t len)
 static int read_task(struct pm_writer *w, const unsigned char **msg,
                      size_t *len, pm_frag *held, int *in_place)
 {
-    size_t have = 0;
-    int assembling = 0;
     for (;;) {
         pm_frag f;
         int rc = pm__rx_peek(&w->rx, &f);
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!assembling && nothing_more(w))
+            if (!w->asm.active && nothing_more(w))
                 return 0;
             rc = worker_wait(w, task_ready);
             if (rc < 0)
                 return rc;
-            if (assembling &&
+            if (w->asm.active &&
                 atomic_load_explicit(&w->wctl->stop, memory_order_relaxed) &&
                 !pm__rx_ready(&w->rx))
                 return 0;
             continue;
         }
-        int first = (f.flags & PM_FRAG_FIRST) != 0;
-        int last = (f.flags & PM_FRAG_LAST) != 0;
-        if (first == assembling)
-            return PM_ECORRUPT;
-        if (first && last && f.p2 == NULL) {
+        if (!w->asm.active && (f.flags & PM_FRAG_FIRST) &&
+            (f.flags & PM_FRAG_LAST) && f.p2 == NULL) {
             *msg = f.p1;
             *len = f.len;
             *held = f;
             *in_place = 1;
             return 1;
         }
-        if (pm__grow(&w->buf, &w->buf_cap, have + f.len) < 0)
-            return -ENOMEM;
-        memcpy(w->buf + have, f.p1, f.n1);
-        if (f.n2)
-            memcpy(w->buf + have + f.n1, f.p2, f.n2);
-        have += f.len;
+        rc = pm__asm_add(&w->asm, &w->m->hooks, &f);
+        if (rc < 0)
+            return rc;
         pm__rx_consume(&w->rx, &f);
         pm__bell_ring(w->parent);
-        assembling = 1;
-        if (last) {
-            *msg = w->buf;
-            *len = have;
+        if (rc == 1) {
+            w->routed = pm__asm_take_owner(&w->asm);
+            *msg = w->asm.buf;
+            *len = w->asm.len;
             *in_place = 0;
             return 1;
         }
@@ -232,6 +231,9 @@ static int serve_one(struct pm_writer *w)
     if (rc < 0)
         worker_exit(w->m, PM_WORKER_FATAL_EXIT);
     w->in_buf = 0;
+    if (w->routed && w->m->hooks.route_release)
+        w->m->hooks.route_release(w->m->hooks.ctx, w->routed);
+    w->routed = NULL;
     atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
         rc = worker_wait(w, room_ready);

@@ -102,6 +102,9 @@
     X(map_retry_timeout_unused)                                                \
     X(map_finish_early)                                                        \
     X(map_finish_then_crash)                                                   \
+    X(map_route_results_threads)                                                       \
+    X(map_route_tasks_threads)                                                         \
+    X(map_route_failures)                                                      \
     X(job_every_way)                                                           \
     X(job_every_way_threads)                                                   \
     X(job_big_records)                                                         \
