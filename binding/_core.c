@@ -36,6 +36,8 @@
                           sequence (index dispatch) */
 #define TASK_OOB 0x80  /* flag on TASK_PICKLE: out-of-band buffers, laid out
                           as for REC_OOB after the one byte */
+#define TASK_ROUTES 0x40 /* flag on TASK_COMPACT: a route table (see
+                            route_table) between the byte and the list */
 
 /* Result records: one byte saying how the rest is laid out, then the
  * nanoseconds the worker spent on the task (u64), then the data. */
@@ -47,6 +49,8 @@
                          u64 nbuf, u64 pickle length, u64 length of each
                          buffer, the pickle, then each buffer, each part
                          starting 16-aligned from the record's start */
+#define REC_ROUTES 0x40 /* flag on REC_COMPACT: a route table (see
+                           route_table) between the header and the list */
 #define REC_HDR 9
 #define OOB_MIN (64 * 1024) /* smaller buffers stay inside the pickle */
 
@@ -655,7 +659,11 @@ static inline int buf_tag(buf_t *b, unsigned char tag)
 }
 
 /* A large bytes value: its header is encoded, its data referred to (the
- * caller keeps the object alive until the record is written). */
+ * caller keeps the object alive until the record is written).  The first
+ * PM_ROUTE_MAX of a record are tagged 'B' and listed in its route table:
+ * where the receiver assembles the record, their data goes straight into
+ * the bytes objects it decodes them as (route_cb), and is not in the
+ * assembled record; anywhere else 'B' is read as 'b'. */
 static int enc_bytes_spliced(buf_t *b, PyObject *o)
 {
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(o);
@@ -671,7 +679,7 @@ static int enc_bytes_spliced(buf_t *b, PyObject *o)
     }
     if (buf_reserve(b, 9) < 0)
         return -1;
-    b->p[b->len] = 'b';
+    b->p[b->len] = b->nsp < PM_ROUTE_MAX ? 'B' : 'b';
     memcpy(b->p + b->len + 1, &n, 8);
     b->len += 9;
     b->sp[b->nsp++] = (splice_t){b->len, PyBytes_AS_STRING(o), (size_t)n};
@@ -776,8 +784,16 @@ static PyObject *dec_corrupt(void)
 }
 
 /* Decodes one value at *p (advanced past it).  NULL with an error set. */
+/* The bytes objects a record's 'B' values were routed into (route_cb),
+ * taken in order by the decoder. */
+typedef struct {
+    int n, k;
+    size_t total; /* their bytes */
+    PyObject *objs[PM_ROUTE_MAX];
+} Routed;
+
 static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
-                           int depth)
+                           int depth, Routed *rt)
 {
     const unsigned char *p = *pp;
     if (p >= end || depth > ENC_MAX_DEPTH)
@@ -827,12 +843,20 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
         p += n;
         break;
     }
+    case 'B':
     case 'b': {
         uint64_t n;
         if (end - p < 8)
             return dec_corrupt();
         memcpy(&n, p, 8);
         p += 8;
+        if (tag == 'B' && rt) {
+            if (rt->k == rt->n || (uint64_t)PyBytes_GET_SIZE(rt->objs[rt->k]) != n)
+                return dec_corrupt();
+            r = rt->objs[rt->k]; /* the reference moves to the result */
+            rt->objs[rt->k++] = NULL;
+            break;
+        }
         if ((uint64_t)(end - p) < n)
             return dec_corrupt();
         r = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
@@ -852,7 +876,7 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
         if (!r)
             return NULL;
         for (uint32_t i = 0; i < n; i++) {
-            PyObject *x = dec_value(&p, end, depth + 1);
+            PyObject *x = dec_value(&p, end, depth + 1, rt);
             if (!x) {
                 Py_DECREF(r);
                 return NULL;
@@ -871,15 +895,78 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
     return r;
 }
 
-/* Decodes a whole record that must be exactly one value. */
-static PyObject *dec_record(const unsigned char *p, size_t n)
+/* Decodes a whole record that must be exactly one value; rt: where its
+ * 'B' values went, when the record was routed. */
+static PyObject *dec_record(const unsigned char *p, size_t n, Routed *rt)
 {
     const unsigned char *end = p + n;
-    PyObject *r = dec_value(&p, end, 0);
-    if (r && p != end) {
+    PyObject *r = dec_value(&p, end, 0, rt);
+    if (r && (p != end || (rt && rt->k != rt->n))) {
         Py_DECREF(r);
         return dec_corrupt();
     }
+    return r;
+}
+
+/*
+ * Route tables.  A compact record with large bytes values ('B') carries,
+ * right after its first byte (task) or header (result), u8 count then
+ * count x {u64 offset in the message, u64 length} of their data, so that
+ * the receiver can route them from the first PM_ROUTE_HEAD bytes alone.
+ */
+#define ROUTE_TABLE_MAX (1 + 16 * PM_ROUTE_MAX)
+
+/* Writes the table of enc's 'B' values into out (ROUTE_TABLE_MAX bytes);
+ * before: bytes of the message ahead of the table; skip: bytes at the
+ * start of enc that are not sent after it (a task's own first byte).
+ * Returns its length. */
+static size_t route_table(const buf_t *enc, size_t before, size_t skip,
+                          unsigned char *out)
+{
+    int count = enc->nsp < PM_ROUTE_MAX ? enc->nsp : PM_ROUTE_MAX;
+    size_t len = 1 + 16 * (size_t)count;
+    size_t spliced = 0; /* data of the earlier splices, also in the message */
+    out[0] = (unsigned char)count;
+    for (int i = 0; i < count; i++) {
+        uint64_t off = before + len + enc->sp[i].at - skip + spliced;
+        uint64_t n = enc->sp[i].n;
+        memcpy(out + 1 + 16 * i, &off, 8);
+        memcpy(out + 9 + 16 * i, &n, 8);
+        spliced += enc->sp[i].n;
+    }
+    return len;
+}
+
+static void release_routed(void *ctx, void *owner)
+{
+    (void)ctx;
+    Routed *rt = owner;
+    if (!rt)
+        return;
+    if (in_worker)
+        gil_take();
+    for (int i = 0; i < rt->n; i++)
+        Py_XDECREF(rt->objs[i]);
+    PyMem_RawFree(rt);
+}
+
+/* Decodes the compact record rec[0..n) whose list starts at `at`, after
+ * the route table when rec[0] has the flag (0x40 for tasks and results);
+ * rt (released here) holds its routed values. */
+static PyObject *dec_routed(const unsigned char *rec, size_t n, size_t at,
+                            Routed *rt)
+{
+    PyObject *r = NULL;
+    if (rec[0] & 0x40) {
+        if (at >= n || at + 1 + 16 * (size_t)rec[at] > n) {
+            r = dec_corrupt();
+            goto done;
+        }
+        at += 1 + 16 * (size_t)rec[at];
+    }
+    r = dec_record(rec + at, n - at, rt);
+done:
+    release_routed(NULL, rt);
     return r;
 }
 
@@ -905,6 +992,7 @@ typedef struct {
     int started;
     int finished;
     int running;          /* __next__ in progress (guards re-entry) */
+    pid_t parent_pid;     /* the process that runs the map */
     Py_ssize_t next_index; /* index of the next item pulled from the input */
     PyThreadState *save;   /* the parent's thread state while it waits */
     PyObject *timeout_obj; /* the timeout in seconds, for messages */
@@ -923,6 +1011,46 @@ typedef struct {
     Py_ssize_t chunk_pos;
     Py_ssize_t chunk_first;
 } MapIter;
+
+/* hooks.route: a compact record with a route table, being assembled: its
+ * 'B' values' data goes straight into fresh bytes objects (one copy, from
+ * the ring).  Anything else, or no memory, routes nothing (the data is
+ * then assembled and copied as for 'b'). */
+static int route_cb(void *ctx, const void *head, size_t n, pm_span *spans,
+                    void **owner)
+{
+    const unsigned char *h = head;
+    int task = getpid() != ((MapIter *)ctx)->parent_pid; /* else a result */
+    size_t at = task ? 1 : REC_HDR;
+    if (h[0] != (task ? (TASK_COMPACT | TASK_ROUTES) : (REC_COMPACT | REC_ROUTES)))
+        return 0;
+    int count = h[at];
+    if (count < 1 || count > PM_ROUTE_MAX || at + 1 + 16 * (size_t)count > n)
+        return 0;
+    if (in_worker)
+        gil_take();
+    Routed *rt = PyMem_RawCalloc(1, sizeof *rt);
+    if (!rt)
+        return 0;
+    for (int i = 0; i < count; i++) {
+        uint64_t off, len;
+        memcpy(&off, h + at + 1 + 16 * i, 8);
+        memcpy(&len, h + at + 9 + 16 * i, 8);
+        PyObject *o = len <= PY_SSIZE_T_MAX
+                          ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len)
+                          : NULL;
+        if (!o) {
+            PyErr_Clear();
+            release_routed(ctx, rt);
+            return 0;
+        }
+        rt->objs[rt->n++] = o;
+        rt->total += len;
+        spans[i] = (pm_span){off, len, PyBytes_AS_STRING(o)};
+    }
+    *owner = rt;
+    return count;
+}
 
 /* --- engine callbacks, parent side --- */
 
@@ -1016,6 +1144,7 @@ typedef struct {
     Py_buffer *views;   /* the out-of-band buffers, held */
     Py_ssize_t nviews;
     buf_t head;         /* the encoded bytes, or the out-of-band header */
+    unsigned char table[1 + ROUTE_TABLE_MAX]; /* spliced: first byte, table */
     int niov;
     pm_iov iov[];
 } Pieces;
@@ -1097,7 +1226,7 @@ fail:
  * from the items (kept alive), the encoder's buffer is handed over. */
 static Pieces *spliced_task(buf_t *enc, PyObject *items)
 {
-    Pieces *t = pieces_new(2 * enc->nsp + 1);
+    Pieces *t = pieces_new(2 * enc->nsp + 2);
     if (!t)
         return NULL;
     Py_INCREF(items);
@@ -1105,7 +1234,14 @@ static Pieces *spliced_task(buf_t *enc, PyObject *items)
     t->head = *enc;
     memset(enc, 0, sizeof *enc);
     enc->splice = 1;
-    t->niov = buf_pieces(&t->head, t->iov);
+    /* The first byte with the flag, the route table, then the encoding
+     * after its own first byte. */
+    t->table[0] = TASK_COMPACT | TASK_ROUTES;
+    size_t n = 1 + route_table(&t->head, 1, 1, t->table + 1);
+    t->iov[0] = (pm_iov){t->table, n};
+    t->niov = 1 + buf_pieces(&t->head, t->iov + 1);
+    t->iov[1].base = (const unsigned char *)t->iov[1].base + 1;
+    t->iov[1].len -= 1;
     return t;
 }
 
@@ -1528,15 +1664,16 @@ static int write_pieces(pm_writer *out, const unsigned char *hdr, size_t nhdr,
 static int write_record_spliced(pm_writer *out, uint64_t elapsed,
                                 const buf_t *enc)
 {
-    unsigned char hdr[REC_HDR];
-    hdr[0] = REC_COMPACT;
+    unsigned char hdr[REC_HDR + ROUTE_TABLE_MAX];
+    hdr[0] = REC_COMPACT | REC_ROUTES;
     memcpy(hdr + 1, &elapsed, 8);
+    size_t n = REC_HDR + route_table(enc, REC_HDR, 0, hdr + REC_HDR);
     pm_iov *iov = PyMem_Malloc((2 * (size_t)enc->nsp + 1) * sizeof *iov);
     if (!iov) {
         PyErr_NoMemory();
         return -1;
     }
-    int rc = write_pieces(out, hdr, sizeof hdr, iov, buf_pieces(enc, iov));
+    int rc = write_pieces(out, hdr, n, iov, buf_pieces(enc, iov));
     PyMem_Free(iov);
     return rc;
 }
@@ -1571,8 +1708,8 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
 
     if (len < 1)
         goto fatal;
-    if (p[0] == TASK_COMPACT)
-        items = dec_record(p + 1, len - 1);
+    if ((p[0] & ~TASK_ROUTES) == TASK_COMPACT)
+        items = dec_routed(p, len, 1, pm_writer_take_routed(out));
     else if (p[0] == TASK_PICKLE)
         items = loads_mem(p + 1, len - 1);
     else if (p[0] == (TASK_PICKLE | TASK_OOB))
@@ -1956,12 +2093,14 @@ static int decode_result(MapIter *self, const pm_result *res)
         PyErr_SetString(PyExc_RuntimeError, "parmapper: short result record");
         return -1;
     }
+    Routed *rt = pm_map_take_routed(self->map);
     if (self->adaptive && res->task.count > 0) {
         /* Feed the chunk-size estimate: time and bytes per item. */
         uint64_t elapsed;
         memcpy(&elapsed, p + 1, 8);
         double k = (double)res->task.count;
-        double ns = (double)elapsed / k, bytes = (double)res->len / k;
+        double ns = (double)elapsed / k;
+        double bytes = (double)(res->len + (rt ? rt->total : 0)) / k;
         if (self->ns_per_item <= 0.0) {
             self->ns_per_item = ns;
             self->bytes_per_item = bytes;
@@ -1970,11 +2109,15 @@ static int decode_result(MapIter *self, const pm_result *res)
             self->bytes_per_item = 0.7 * self->bytes_per_item + 0.3 * bytes;
         }
     }
-    int kind = p[0] & ~REC_OOB;
+    int kind = p[0] & ~(REC_OOB | REC_ROUTES);
+    if (kind != REC_COMPACT && rt) {
+        release_routed(NULL, rt);
+        rt = NULL;
+    }
     PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
                                                p, res->len, REC_HDR)
                     : kind == REC_COMPACT
-                        ? dec_record(p + REC_HDR, res->len - REC_HDR)
+                        ? dec_routed(p, res->len, REC_HDR, rt)
                         : loads_mem(p + REC_HDR, res->len - REC_HDR);
     if (!obj)
         return -1;
@@ -2022,6 +2165,7 @@ static int map_begin(MapIter *self)
         if (self->length < 0)
             return -1;
     }
+    self->parent_pid = getpid();
     pm_hooks hooks = {
         .ctx = self,
         .before_fork = hook_before_fork,
@@ -2032,6 +2176,8 @@ static int map_begin(MapIter *self)
         .wait_begin = hook_wait_begin,
         .wait_end = hook_wait_end,
         .check = hook_check,
+        .route = route_cb,
+        .route_release = release_routed,
     };
     int rc = pm_map_create_gather(&self->map, &self->opt, gather_cb,
                                   release_pieces, self, work_cb, self, &hooks);

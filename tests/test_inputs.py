@@ -312,6 +312,29 @@ def test_large_bytes_items_and_results_spliced():
             assert r[1] == bytes([255 - i]) * (2_000_000 if i % 3 == 0 else 90_000)
 
 
+@pytest.mark.parametrize("N,Nt,chunksize", [(2, 1, 3), (1, 2, 40), (2, 2, None)])
+def test_many_large_bytes_per_task_routed(N, Nt, chunksize):
+    """Tasks and results holding more large bytes than one message routes
+    (16): the first ones are written straight into their objects, the others
+    assembled, and every value comes back whole and in its place."""
+    def item(i):
+        return (i, bytes([i % 251]) * (65_536 + 7 * i), [b"s" * (i % 5), bytes([i % 13]) * 100_000])
+
+    def f(i, big, rest):
+        assert big == bytes([i % 251]) * (65_536 + 7 * i)
+        assert rest == [b"s" * (i % 5), bytes([i % 13]) * 100_000]
+        return (big[:3], bytes([(i + 1) % 251]) * (70_000 + i), i, rest[1])
+
+    n = 45
+    out = list(parmapper.parmap(f, (item(i) for i in range(n)), N=N, Nt=Nt,
+                                chunksize=chunksize, star=True))
+    assert len(out) == n
+    for i, r in enumerate(out):
+        assert r[0] == bytes([i % 251]) * 3 and r[2] == i
+        assert r[1] == bytes([(i + 1) % 251]) * (70_000 + i)
+        assert r[3] == bytes([i % 13]) * 100_000
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_workers_reuse_freed_large_blocks():
     """A worker keeps large freed blocks for reuse (glibc would unmap them at
