@@ -446,9 +446,9 @@ WORKLOAD_TEXT = {
        "(pickle protocol 5) both ways: one copy on the sending side (the object's "
        "memory -> the ring) and one on the receiving side (ring -> the memory the "
        "array is then built on). A large `bytes` is also written straight from the "
-       "object into the ring (one copy), but the receiving side copies it twice: "
-       "into the memory the message is assembled in, then into the new `bytes` "
-       "object, which must own its storage.",
+       "object into the ring (one copy), and the receiving side copies it once, "
+       "from the ring into the new `bytes` object (the engine routes that range of "
+       "the message there while it assembles the rest).",
     6: "The function returns a fresh 1 MB `bytes`; the caller consumes the results "
        "one by one and sleeps 1 ms per result without keeping them. Each library's "
        "streaming call where it has one (Pool.imap, ProcessPoolExecutor.map, joblib "
