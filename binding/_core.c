@@ -1612,19 +1612,35 @@ static int sanitize_results(PyObject *results, PyObject **errors,
 }
 
 /* Worker side: the item at index i of the inherited input (new reference). */
+/*
+ * An item of the inherited sequence.  Taking a reference writes to the
+ * object's header, and the first write to one of the caller's pages costs
+ * the worker a page fault and a copy of the page (copy-on-write): for a
+ * list of a million ints, ~8000 faults, ~25 ms.  An int or a float is
+ * rebuilt from its value instead (read only, a few ns); anything else is
+ * the inherited object itself.
+ */
+static PyObject *inherited_item(PyObject *x)
+{
+    if (PyLong_CheckExact(x)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
+        if (!overflow)
+            return PyLong_FromLongLong(v);
+    } else if (PyFloat_CheckExact(x)) {
+        return PyFloat_FromDouble(PyFloat_AS_DOUBLE(x));
+    }
+    Py_INCREF(x);
+    return x;
+}
+
 static PyObject *index_item(MapIter *self, Py_ssize_t i)
 {
     PyObject *s = self->index_seq;
-    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s)) {
-        PyObject *x = PyList_GET_ITEM(s, i);
-        Py_INCREF(x);
-        return x;
-    }
-    if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s)) {
-        PyObject *x = PyTuple_GET_ITEM(s, i);
-        Py_INCREF(x);
-        return x;
-    }
+    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
+        return inherited_item(PyList_GET_ITEM(s, i));
+    if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
+        return inherited_item(PyTuple_GET_ITEM(s, i));
     return PySequence_GetItem(s, i);
 }
 
