@@ -1724,7 +1724,9 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
 
     if (len < 1)
         goto fatal;
-    if ((p[0] & ~TASK_ROUTES) == TASK_COMPACT)
+    if (p[0] == TASK_COMPACT)
+        items = dec_record(p + 1, len - 1, NULL);
+    else if (p[0] == (TASK_COMPACT | TASK_ROUTES))
         items = dec_routed(p, len, 1, pm_writer_take_routed(out));
     else if (p[0] == TASK_PICKLE)
         items = loads_mem(p + 1, len - 1);
@@ -2109,7 +2111,8 @@ static int decode_result(MapIter *self, const pm_result *res)
         PyErr_SetString(PyExc_RuntimeError, "parmapper: short result record");
         return -1;
     }
-    Routed *rt = pm_map_take_routed(self->map);
+    /* Routed values only where the record has a route table. */
+    Routed *rt = p[0] & REC_ROUTES ? pm_map_take_routed(self->map) : NULL;
     if (self->adaptive && res->task.count > 0) {
         /* Feed the chunk-size estimate: time and bytes per item. */
         uint64_t elapsed;
@@ -2132,6 +2135,8 @@ static int decode_result(MapIter *self, const pm_result *res)
     }
     PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
                                                p, res->len, REC_HDR)
+                    : p[0] == REC_COMPACT
+                        ? dec_record(p + REC_HDR, res->len - REC_HDR, NULL)
                     : kind == REC_COMPACT
                         ? dec_routed(p, res->len, REC_HDR, rt)
                         : loads_mem(p + REC_HDR, res->len - REC_HDR);
