@@ -2374,8 +2374,14 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
         Py_INCREF(seq);
         Py_XSETREF(self->index_seq, seq);
     }
-    if (window == 0)
-        self->opt.window = self->adaptive ? 8 : 32;
+    /* Tasks in flight per slot.  Adaptive tasks last ~2 ms: 8 of them keep
+     * a worker busy.  A fixed chunksize can make tasks of a microsecond,
+     * which a window of 32 drains faster than a time slice of the parent's:
+     * up to 256 of them (at most ~4096 items read ahead per slot). */
+    if (window == 0) {
+        Py_ssize_t w = 4096 / (chunksize > 0 ? chunksize : 1);
+        self->opt.window = self->adaptive ? 8 : w > 256 ? 256 : w < 32 ? 32 : (int)w;
+    }
     self->mode = mode;
     self->daemon = daemon;
     return 0;
