@@ -1,12 +1,12 @@
 """Where the CPU of one parmapper call goes: the caller's and the workers'.
 
-    python benchmarks/cpu_split.py bytes_out inc:1000000 --reps 5
+    python benchmarks/cpu_split.py bytes_out inc:1000000 inc:100000:1 --reps 5
     python benchmarks/cpu_split.py bytes_out --builds old=/tmp/site-a,new=/tmp/site-b
 
 Each case is a workload kind of run.py (see _child.build: inc, sleep,
 bytes_in, bytes_in_gen, array_in, array_in_gen, bytes_out, array_out,
-slow_consumer), with an item count after a colon (default 64), mapped with
-parmapper's default settings and N=2.  Every measurement runs in a fresh
+slow_consumer), with an item count after a colon (default 64) and a
+chunksize after another (default: parmapper's, adaptive), mapped with N=2.  Every measurement runs in a fresh
 process (after the imports and the inputs are built) and prints the wall
 time of the call, then user and system CPU time and minor page faults of
 the caller (getrusage RUSAGE_SELF) and of its workers together
@@ -27,14 +27,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def child(kind, n, N):
+def child(kind, n, N, cs):
     sys.path.insert(0, HERE)
     import _child
     import parmapper
     fn, items, check = _child.build({"kind": kind, "n": n, "loops": None})
     s0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    res = list(parmapper.parmap(fn, items, N=N))
+    res = list(parmapper.parmap(fn, items, N=N, chunksize=cs))
     wall = time.perf_counter() - t0
     s1 = resource.getrusage(resource.RUSAGE_SELF)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -58,15 +58,16 @@ COLS = ["wall", "parent_user", "parent_sys", "parent_faults",
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cases", nargs="*", help="kind[:items]")
+    ap.add_argument("cases", nargs="*", help="kind[:items[:chunksize]]")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("-N", type=int, default=2)
     ap.add_argument("--builds", default=None,
                     help="name=PYTHONPATH,... (default: the parmapper importable here)")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return child(a.child[0], int(a.child[1]), a.N)
+        cs = None if a.child[2] == "-" else int(a.child[2])
+        return child(a.child[0], int(a.child[1]), a.N, cs)
     if not a.cases:
         ap.error("name at least one case")
     builds = [("installed", None)]
@@ -75,7 +76,8 @@ def main():
     print("| case | build | " + " | ".join(c.replace("_", " ") for c in COLS) + " |")
     print("|---|---|" + "---:|" * len(COLS))
     for case in a.cases:
-        kind, _, n = case.partition(":")
+        kind, _, rest = case.partition(":")
+        n, _, cs = rest.partition(":")
         n = int(n or 64)
         rows = {name: [] for name, _ in builds}
         for _ in range(a.reps):
@@ -85,13 +87,13 @@ def main():
                     env["PYTHONPATH"] = path
                 out = subprocess.run(
                     [sys.executable, os.path.abspath(__file__), "-N", str(a.N),
-                     "--child", kind, str(n)], env=env, cwd=HERE,
+                     "--child", kind, str(n), cs or "-"], env=env, cwd=HERE,
                     capture_output=True, text=True, check=True).stdout
                 rows[name].append(json.loads(out.strip().splitlines()[-1]))
         for name, _ in builds:
             med = [statistics.median(r[c] for r in rows[name]) for c in COLS]
             cells = ["{:.0f}".format(v) for v in med]
-            print("| {}:{} | {} | {} |".format(kind, n, name, " | ".join(cells)))
+            print("| {} | {} | {} |".format(case, name, " | ".join(cells)))
 
 
 if __name__ == "__main__":
