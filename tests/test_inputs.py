@@ -70,6 +70,30 @@ def test_lazy_start_does_not_consume_input(N, Nt):
     assert consumed == list(range(10))
 
 
+@pytest.mark.parametrize("chunksize", [1, 16, 200])
+def test_read_ahead_is_bounded(chunksize):
+    """An infinite input is read at most N × Nt × window tasks ahead of the
+    results, the window being 4096 / chunksize tasks between 32 and 256
+    (docs/api.md)."""
+    consumed = itertools.count()
+    pulled = [0]
+
+    def gen():
+        for i in consumed:
+            pulled[0] = i + 1
+            yield i
+
+    N, Nt = 2, 2
+    it = parmapper.parmap(sq, gen(), N=N, Nt=Nt, chunksize=chunksize)
+    chunksize = max(chunksize, Nt)  # as the original parmapper does
+    window = min(256, max(32, 4096 // chunksize))
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    # ahead of the 5 results handed out (a task refills each freed place)
+    assert pulled[0] - 5 <= N * Nt * window * chunksize + chunksize
+    assert next(it) == 25
+    it.close()
+
+
 @pytest.mark.parametrize("N", [2, 3])
 def test_lazy_start_forks_nothing(N, children):
     before = children.pids()
