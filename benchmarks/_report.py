@@ -229,7 +229,7 @@ _MISSED_WHY = [
     ("20 µs tasks",
      "the 2 workers keep both cores busy for the whole run, so whatever else "
      "runs on the machine, the parent included, comes out of their time; the "
-     "full runs recorded in this repository have measured 1.52 to 1.70, the "
+     "full runs recorded in this repository have measured 1.63 to 2.03, the "
      "lower ones on a contended machine."),
     ("≤ 2× the serial map time",
      "start-up and the parent's per-item cost; between 1.02x and 2.07x across runs "
