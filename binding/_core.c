@@ -1383,13 +1383,14 @@ static void gil_drop(void);
  * page faults of zeroed memory, about 5 ms of kernel time here, more than
  * the copy into the ring.  Workers are short-lived processes of one map:
  * serve blocks up to glibc's ceiling (32 MB) from the heap and keep up to
- * 128 MB of freed memory at its top for reuse; the caller is not touched.
+ * 64 MB of freed memory at its top for reuse (what a worker may hold beyond
+ * its live data: 64 MB x N at most); the caller is not touched.
  */
 static void worker_malloc_policy(void)
 {
 #ifdef __GLIBC__
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 128 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
 #endif
 }
 
