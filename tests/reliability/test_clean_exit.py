@@ -98,3 +98,38 @@ emit(res=res, before=before, after=gc.get_freeze_count())
 ''')
     assert f["res"] == [[True, True]] * 4, f
     assert f["before"] == f["after"] == 0, f
+
+
+def test_maps_work_with_sigchld_ignored(run_facts):
+    """With SIGCHLD ignored the kernel reaps the workers itself: waits on
+    their exits cannot use pidfds or exit statuses, yet maps end, early
+    exits stop the workers and a dying worker is still reported."""
+    f = run_facts(r'''
+import os, signal, time
+import parmapper
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+t0 = time.monotonic()
+total = sum(parmapper.parmap(lambda x: x + 1, range(100000), N=2))
+small = list(parmapper.parmap(abs, range(-3, 3), N=2, chunksize=1))
+it = parmapper.parmap(lambda x: x, range(10**9), N=2, chunksize=1)
+first = [next(it) for _ in range(3)]
+it.close()
+
+def die(x):
+    if x == 5:
+        os._exit(3)
+    return x
+
+try:
+    list(parmapper.parmap(die, range(10), N=2, chunksize=1))
+    died = None
+except parmapper.WorkerDiedError as e:
+    died = type(e).__name__
+emit(total=total, small=small, first=first, died=died,
+     elapsed=time.monotonic() - t0)
+''')
+    assert f["total"] == 5000050000 and f["small"] == [3, 2, 1, 0, 1, 2]
+    assert f["first"] == [0, 1, 2]
+    assert f["died"] == "WorkerDiedError", f
+    assert f["elapsed"] < 20, f
