@@ -2113,7 +2113,8 @@ static int decode_result(MapIter *self, const pm_result *res)
         return -1;
     }
     /* Routed values only where the record has a route table. */
-    Routed *rt = p[0] & REC_ROUTES ? pm_map_take_routed(self->map) : NULL;
+    Routed *rt = p[0] == (REC_COMPACT | REC_ROUTES)
+                     ? pm_map_take_routed(self->map) : NULL;
     if (self->adaptive && res->task.count > 0) {
         /* Feed the chunk-size estimate: time and bytes per item. */
         uint64_t elapsed;
@@ -2130,10 +2131,6 @@ static int decode_result(MapIter *self, const pm_result *res)
         }
     }
     int kind = p[0] & ~(REC_OOB | REC_ROUTES);
-    if (kind != REC_COMPACT && rt) {
-        release_routed(NULL, rt);
-        rt = NULL;
-    }
     PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
                                                p, res->len, REC_HDR)
                     : p[0] == REC_COMPACT

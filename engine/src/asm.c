@@ -138,6 +138,14 @@ int pm__asm_add(pm_asm *a, const pm_hooks *h, const pm_frag *f)
     return last;
 }
 
+unsigned char *pm__asm_take_buf(pm_asm *a)
+{
+    unsigned char *p = a->buf;
+    a->buf = NULL;
+    a->cap = a->len = 0;
+    return p;
+}
+
 void *pm__asm_take_owner(pm_asm *a)
 {
     void *o = a->owner;

@@ -41,6 +41,18 @@ typedef struct pm_asm {
  */
 int pm__asm_add(pm_asm *a, const pm_hooks *h, const pm_frag *f);
 
+/* Whether fragment f is a whole message readable in place in the ring
+ * (one fragment, not wrapped), so that nothing need be assembled. */
+static inline int pm__asm_whole(const pm_asm *a, const pm_frag *f)
+{
+    return !a->active && (f->flags & PM_FRAG_FIRST) &&
+           (f->flags & PM_FRAG_LAST) && f->p2 == NULL;
+}
+
+/* Hands the buffer the last message was assembled in over to the caller
+ * (who frees it); the next message gets a new one. */
+unsigned char *pm__asm_take_buf(pm_asm *a);
+
 /* Takes the owner of the message just completed (NULL when nothing was
  * routed): the caller now releases it.  Must be called once a message is
  * complete, before the next one starts. */

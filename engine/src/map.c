@@ -248,6 +248,22 @@ static int flush_pending(pm_map *m, pm_slot *s)
     return moved;
 }
 
+/* Copies the pieces iov[0..niov) from offset off of the first to dst;
+ * returns the bytes copied.  With dst NULL, only counts them. */
+static size_t copy_pieces(unsigned char *dst, const pm_iov *iov, int niov,
+                          size_t off)
+{
+    size_t n = 0;
+    for (int i = 0; i < niov; i++) {
+        size_t skip = i == 0 ? off : 0;
+        size_t k = iov[i].len > skip ? iov[i].len - skip : 0;
+        if (dst && k)
+            memcpy(dst + n, (const unsigned char *)iov[i].base + skip, k);
+        n += k;
+    }
+    return n;
+}
+
 /*
  * Keeps what did not fit of a task message for later: the bytes a[0..na)
  * are copied, then the pieces iov[0..niov) from offset off of the first:
@@ -256,10 +272,7 @@ static int flush_pending(pm_map *m, pm_slot *s)
 static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
                         const pm_iov *iov, int niov, size_t off, void *owner)
 {
-    size_t need = na;
-    if (!owner)
-        for (int i = 0; i < niov; i++)
-            need += iov[i].len - (i == 0 ? off : 0);
+    size_t need = na + (owner ? 0 : copy_pieces(NULL, iov, niov, off));
     if (need > s->pend_cap) {
         unsigned char *p = realloc(s->pend, need);
         if (!p)
@@ -279,15 +292,8 @@ static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
         s->pend_niov = niov;
         s->pend_ioff = off;
         s->pend_owner = owner;
-    } else {
-        for (int i = 0; i < niov; i++) {
-            size_t skip = i == 0 ? off : 0;
-            if (iov[i].len > skip)
-                memcpy(s->pend + s->pend_len,
-                       (const unsigned char *)iov[i].base + skip,
-                       iov[i].len - skip);
-            s->pend_len += iov[i].len - skip;
-        }
+    } else if (niov) {
+        s->pend_len += copy_pieces(s->pend + na, iov, niov, off);
     }
     s->pend_active = 1;
     return 0;
@@ -320,9 +326,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     e->task = *task;
     if (m->keep) {
         /* It may have to be sent again to a fresh worker. */
-        size_t len = 0;
-        for (int i = 0; i < niov; i++)
-            len += iov[i].len;
+        size_t len = copy_pieces(NULL, iov, niov, 0);
         if (len) {
             e->copy = malloc(sizeof hdr + len);
             if (!e->copy) {
@@ -330,12 +334,8 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
                 return -ENOMEM;
             }
             memcpy(e->copy, &hdr, sizeof hdr);
-            e->copy_len = sizeof hdr;
-            for (int i = 0; i < niov; i++) {
-                if (iov[i].len)
-                    memcpy(e->copy + e->copy_len, iov[i].base, iov[i].len);
-                e->copy_len += iov[i].len;
-            }
+            e->copy_len = sizeof hdr + copy_pieces(e->copy + sizeof hdr, iov,
+                                                   niov, 0);
         }
     }
     s->fifo_n++;
@@ -464,8 +464,7 @@ static int read_msg(pm_map *m, pm_slot *s, const unsigned char **msg,
         int rc = pm__rx_peek(&s->rx, f);
         if (rc <= 0)
             return rc;
-        if (!s->asm.active && (f->flags & PM_FRAG_FIRST) &&
-            (f->flags & PM_FRAG_LAST) && f->p2 == NULL) {
+        if (pm__asm_whole(&s->asm, f)) {
             *msg = f->p1;
             *len = f->len;
             *in_ring = 1;
@@ -1060,9 +1059,7 @@ void *pm_map_take_result(pm_map *m)
     void *p = NULL;
     if (m->asm_slot >= 0) {
         pm_slot *s = &m->slots[m->asm_slot];
-        p = s->asm.buf;
-        s->asm.buf = NULL;
-        s->asm.cap = s->asm.len = 0;
+        p = pm__asm_take_buf(&s->asm);
         m->asm_slot = -1;
     } else if (m->held_copy) {
         p = m->held_copy;

@@ -34,11 +34,8 @@ void *pm_writer_take_input(pm_writer *w)
 {
     if (!w->in_buf)
         return NULL;
-    void *p = w->asm.buf;
-    w->asm.buf = NULL;
-    w->asm.cap = w->asm.len = 0;
     w->in_buf = 0;
-    return p;
+    return pm__asm_take_buf(&w->asm);
 }
 
 void *pm_writer_take_routed(pm_writer *w)
@@ -177,8 +174,7 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
                 return 0;
             continue;
         }
-        if (!w->asm.active && (f.flags & PM_FRAG_FIRST) &&
-            (f.flags & PM_FRAG_LAST) && f.p2 == NULL) {
+        if (pm__asm_whole(&w->asm, &f)) {
             *msg = f.p1;
             *len = f.len;
             *held = f;
