@@ -996,7 +996,13 @@ typedef struct {
     Py_ssize_t next_index; /* index of the next item pulled from the input */
     PyThreadState *save;   /* the parent's thread state while it waits */
     PyObject *timeout_obj; /* the timeout in seconds, for messages */
-    PyObject *index_seq;   /* the input, when the workers index it */
+    PyObject *index_seq;   /* the input, when the workers index it (a list
+                              is replaced by a tuple of its items when the
+                              map starts: every worker, replacements too,
+                              reads the items as they were then) */
+    int input_done;        /* the input is finished: never read it again */
+    PyObject *input_exc;   /* the Exception that ended the input, raised
+                              once every result before it is delivered */
     Py_ssize_t length;     /* its length (or len(seq)), -1 when unknown */
     int adaptive;          /* chunksize chosen from measurements */
     Py_ssize_t last_chunk;
@@ -1119,9 +1125,10 @@ static Py_ssize_t next_chunk_size(MapIter *self)
         if (size > grow)
             size = grow;
     }
-    if (self->length >= 0) {
+    if (self->length > self->next_index) {
         /* Keep at least four tasks per thread for the rest of the input so
-         * the last tasks finish together. */
+         * the last tasks finish together.  (A len() that proved too small
+         * is only a hint: past it, no cap.) */
         double left = (double)(self->length - self->next_index);
         double cap = left / (4.0 * self->opt.nproc * self->opt.nthreads);
         if (size > cap)
@@ -1245,6 +1252,42 @@ static Pieces *spliced_task(buf_t *enc, PyObject *items)
     return t;
 }
 
+/*
+ * The input raised: keeps an Exception in self->input_exc (with its
+ * traceback) to raise after the results of the items read before it, and
+ * returns 0.  A BaseException that is not an Exception (KeyboardInterrupt,
+ * SystemExit...) stays set and -1 is returned: it ends the map at once, as
+ * it would a plain loop.
+ */
+static int input_error_defer(MapIter *self)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    Py_XDECREF(et);
+    Py_XDECREF(etb);
+    Py_XSETREF(self->input_exc, ev);
+    return 0;
+}
+
+/* Raises the input's deferred exception, if any (once); returns -1 then,
+ * else 0. */
+static int input_error_raise(MapIter *self)
+{
+    PyObject *ev = self->input_exc;
+    if (!ev)
+        return 0;
+    self->input_exc = NULL;
+    PyObject *etb = PyException_GetTraceback(ev);
+    Py_INCREF(Py_TYPE(ev));
+    PyErr_Restore((PyObject *)Py_TYPE(ev), ev, etb);
+    return -1;
+}
+
 static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
                      void **owner)
 {
@@ -1273,13 +1316,19 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
         return 1;
     }
 
+    if (self->input_done)
+        return 0;
     PyObject *items = PyList_New(0);
     if (!items)
         return PM_ECALLBACK;
     for (Py_ssize_t k = 0; k < want; k++) {
         PyObject *x = PyIter_Next(self->it);
         if (!x) {
-            if (PyErr_Occurred()) {
+            /* The input is finished at its first StopIteration, as for
+             * map(); an Exception it raises ends it too, but is raised
+             * only after the results of the items read before it. */
+            self->input_done = 1;
+            if (PyErr_Occurred() && input_error_defer(self) < 0) {
                 Py_DECREF(items);
                 return PM_ECALLBACK;
             }
@@ -2167,6 +2216,41 @@ static int decode_result(MapIter *self, const pm_result *res)
     return 0;
 }
 
+/*
+ * Index dispatch reads the items in the workers, from the input they
+ * inherited at fork.  A worker forked later (a replacement, after a death or
+ * a timeout) must read the same items, not what the caller has put in the
+ * list since: a list is replaced by a tuple of its items now (a pointer per
+ * item); a writable numpy array by a copy, when the map can replace
+ * workers to run tasks again (retries or a timeout).  Tuples and ranges
+ * cannot change.  Sets self->length, the true length.  Returns 0, or -1
+ * with an exception set.
+ */
+static int index_snapshot(MapIter *self)
+{
+    PyObject *s = self->index_seq, *snap = NULL;
+    if (PyList_CheckExact(s)) {
+        snap = PyList_AsTuple(s);
+        if (!snap)
+            return -1;
+    } else if (!PyTuple_CheckExact(s) && !PyRange_Check(s) &&
+               (self->opt.retries > 0 || self->opt.timeout_ms > 0)) {
+        PyObject *flags = PyObject_GetAttrString(s, "flags");
+        PyObject *w = flags ? PyObject_GetAttrString(flags, "writeable") : NULL;
+        Py_XDECREF(flags);
+        int writable = w ? PyObject_IsTrue(w) : -1;
+        Py_XDECREF(w);
+        if (writable < 0)
+            return -1;
+        if (writable && !(snap = PyObject_CallMethod(s, "copy", NULL)))
+            return -1;
+    }
+    if (snap)
+        Py_SETREF(self->index_seq, snap);
+    self->length = PyObject_Length(self->index_seq);
+    return self->length < 0 ? -1 : 0;
+}
+
 static int map_begin(MapIter *self)
 {
     if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
@@ -2178,12 +2262,8 @@ static int map_begin(MapIter *self)
         if (!gc_freeze)
             return -1;
     }
-    if (self->index_seq) {
-        /* The workers will see the sequence as it is now, at fork. */
-        self->length = PyObject_Length(self->index_seq);
-        if (self->length < 0)
-            return -1;
-    }
+    if (self->index_seq && index_snapshot(self) < 0)
+        return -1;
     self->parent_pid = getpid();
     pm_hooks hooks = {
         .ctx = self,
@@ -2273,6 +2353,7 @@ static PyObject *MapIter_next(MapIter *self)
         self->running = 0;
         if (rc == 0) {
             map_teardown(self);
+            input_error_raise(self);
             return NULL;
         }
         raise_engine_error(self, rc);
@@ -2342,7 +2423,8 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
         if (tsec == -1.0 && PyErr_Occurred())
             return -1;
     }
-    if (nproc < 1 || nthreads < 1 || chunksize < 0 || mode < 0 || mode > 2 ||
+    if (nproc < 1 || nthreads < 1 || chunksize < 0 ||
+        (uint64_t)chunksize > PM_TASK_MAX_COUNT || mode < 0 || mode > 2 ||
         window < 0 || ring < 0 || retries < 0 || tsec < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: bad option");
         return -1;
@@ -2392,6 +2474,7 @@ static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
     Py_VISIT(self->chunk);
     Py_VISIT(self->chunk_errors);
     Py_VISIT(self->index_seq);
+    Py_VISIT(self->input_exc);
     return 0;
 }
 
@@ -2403,6 +2486,7 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->chunk_errors);
     Py_CLEAR(self->timeout_obj);
     Py_CLEAR(self->index_seq);
+    Py_CLEAR(self->input_exc);
     return 0;
 }
 
@@ -2497,6 +2581,13 @@ PyMODINIT_FUNC PyInit__core(void)
     if (!ItemShapeError || add_object(m, "ItemShapeError", ItemShapeError) < 0)
         goto fail;
     if (PyType_Ready(&CallerType) < 0 || PyType_Ready(&MapIterType) < 0)
+        goto fail;
+    PyObject *max_items = PyLong_FromUnsignedLongLong(PM_TASK_MAX_COUNT);
+    int bad = !max_items || add_object(m, "TASK_MAX_ITEMS", max_items) < 0;
+    Py_XDECREF(max_items);
+    if (bad ||
+        PyModule_AddIntConstant(m, "MAX_WORKERS", PM_MAX_NPROC) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_RETRIES", INT_MAX) < 0)
         goto fail;
     if (add_object(m, "Caller", (PyObject *)&CallerType) < 0 ||
         add_object(m, "MapIter", (PyObject *)&MapIterType) < 0)

@@ -65,6 +65,10 @@ typedef struct pm_task {
     uint32_t count;
 } pm_task;
 
+/* The most items one task can cover (pm_task.count is 32 bits): a producer
+ * must split a larger chunk into several tasks. */
+#define PM_TASK_MAX_COUNT UINT32_MAX
+
 /* Status of a delivered result. */
 enum {
     PM_RESULT_OK = 0,       /* data/len hold what the work function wrote */
@@ -222,9 +226,16 @@ typedef struct pm_hooks {
     void (*route_release)(void *ctx, void *owner);
 } pm_hooks;
 
+/* Limits of pm_options (pm_map_create returns -EINVAL beyond them). */
+#define PM_MAX_NPROC 4096                  /* nproc */
+#define PM_MAX_NTHREADS 4096               /* nthreads */
+#define PM_MAX_TIMEOUT_MS 1000000000000LL  /* timeout_ms: 10^9 s, so that
+                                              deadlines in 64-bit ns never
+                                              overflow */
+
 typedef struct pm_options {
-    int nproc;          /* worker processes, >= 1 */
-    int nthreads;       /* threads per worker process, >= 1 */
+    int nproc;          /* worker processes, 1 .. PM_MAX_NPROC */
+    int nthreads;       /* threads per worker process, 1 .. PM_MAX_NTHREADS */
     int ordered;        /* deliver results in task order (else as completed) */
     int window;         /* tasks in flight per thread (0: default) */
     size_t ring_bytes;  /* bytes per ring, a power of two (0: default) */

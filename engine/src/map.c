@@ -58,8 +58,9 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     pm_map *m = NULL;
     *out = NULL;
     if (!opt || !(produce || gather) || !work || opt->nproc < 1 || opt->nthreads < 1 ||
-        opt->window < 0 || opt->nproc > 4096 || opt->nthreads > 4096 ||
-        opt->retries < 0 || opt->timeout_ms < 0)
+        opt->window < 0 || opt->nproc > PM_MAX_NPROC ||
+        opt->nthreads > PM_MAX_NTHREADS || opt->retries < 0 ||
+        opt->timeout_ms < 0 || opt->timeout_ms > PM_MAX_TIMEOUT_MS)
         return -EINVAL;
     if (opt->ring_bytes &&
         (opt->ring_bytes < 4096 || (opt->ring_bytes & (opt->ring_bytes - 1))))

@@ -1,6 +1,5 @@
 """parmap: the public map function and its serial and threaded paths."""
 import collections
-import math
 import operator
 import os
 import warnings
@@ -8,6 +7,7 @@ from collections.abc import Mapping
 
 from . import _core
 from ._core import ItemShapeError
+from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
 
 __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
@@ -15,6 +15,14 @@ __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 CPU_COUNT = os.cpu_count() or 1
 
 _MODES = {"raise": 0, "return": 1, "proc": 2}
+
+# The engine counts time in 64-bit nanoseconds: a timeout of at most 10^9 s
+# (about 31 years) keeps every deadline far inside that range.
+_MAX_TIMEOUT = 1e9
+
+# chunksize=-1 makes tasks of at most this many items (the adaptive sizing's
+# own bound, in the binding).
+_AUTO_CHUNK_MAX = 1 << 20
 
 
 def _count(name, value, default):
@@ -61,9 +69,10 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         Items per task sent to a worker.  ``None`` (adaptive): the engine
         measures the time per item and grows tasks toward a couple of
         milliseconds of work, smaller near the end of known-length input.
-        An int is used as given (raised to at least `Nt`); ``-1`` means
-        ``ceil(len(seq) / (N * Nt))`` (a warning and ``Nt`` when the length
-        is unknown).  Results never depend on it.
+        An int is used as given (raised to at least `Nt`, at most
+        ``2**32 - 1``, the engine's items per task); ``-1`` means
+        ``ceil(len(seq) / (N * Nt))``, at most ``2**20`` (a warning and
+        ``Nt`` when the length is unknown).  Results never depend on it.
     ordered : bool, default True
         Yield results in input order; ``False`` yields them as they complete.
     daemon : bool, default True
@@ -169,20 +178,25 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     if not adaptive and (chunksize == 0 or chunksize < -1):
         raise ValueError("parmap: chunksize must be >= 1, or -1 for automatic; "
                          "got {}".format(chunksize))
+    if not adaptive and chunksize > _core.TASK_MAX_ITEMS:
+        raise ValueError("parmap: chunksize must be at most {} (items in one "
+                         "task), got {}".format(_core.TASK_MAX_ITEMS, chunksize))
     try:
         retries = operator.index(retries)
     except TypeError:
         raise TypeError("parmap: retries must be a whole number >= 0, got "
                         "{!r}".format(retries)) from None
-    if retries < 0:
-        raise ValueError("parmap: retries must be >= 0, got {}".format(retries))
+    if retries < 0 or retries > _core.MAX_RETRIES:
+        raise ValueError("parmap: retries must be between 0 and {}, got "
+                         "{}".format(_core.MAX_RETRIES, retries))
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError("parmap: timeout must be a number of seconds or "
                             "None, got {!r}".format(timeout))
-        if not timeout > 0 or math.isinf(timeout):
-            raise ValueError("parmap: timeout must be a finite number of "
-                             "seconds > 0, got {!r}".format(timeout))
+        if not 0 < timeout <= _MAX_TIMEOUT:
+            raise ValueError("parmap: timeout must be a number of seconds > 0 "
+                             "and at most {:g}, got {!r}".format(_MAX_TIMEOUT,
+                                                                 timeout))
     # retries and timeout need a process that can be killed and replaced.
     use_procs = user_N > 1 or retries > 0 or timeout is not None
     if exception is None:
@@ -207,10 +221,14 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     if total is not None:
         total = operator.index(total)
 
+    # len() is a hint (progress, worker count, chunk sizes), never a bound on
+    # what is read, except for the indexed inputs whose lengths are true.  A
+    # range longer than sys.maxsize has no len(): it is iterated.
     try:
         n = len(seq)
-    except TypeError:
+    except (TypeError, OverflowError):
         n = None
+    indexed = n is not None and _indexable(seq)
 
     check_progress(progress)
     if executor is not None:
@@ -222,14 +240,16 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
 
     if chunksize == -1:
         if n is not None:
-            chunksize = max(1, math.ceil(n / (user_N * Nt)))
+            # At most _AUTO_CHUNK_MAX: a task's results are held in memory
+            # whole, and results flow only as tasks complete.
+            chunksize = min(max(1, -(-n // (user_N * Nt))), _AUTO_CHUNK_MAX)
         else:
             warnings.warn("parmap: chunksize=-1 needs len(seq); the input has "
                           "no length, so chunksize={} is used".format(Nt),
                           UserWarning, stacklevel=2)
             chunksize = Nt
     if not adaptive:
-        chunksize = max(chunksize, Nt)
+        chunksize = min(max(chunksize, Nt), _core.TASK_MAX_ITEMS)
     if timeout is not None:
         chunksize, adaptive = 1, False  # the timeout is per item: one per task
 
@@ -247,17 +267,22 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             results = _threaded(caller, seq, Nt, Nt if adaptive else chunksize,
                                 ordered, exception)
     else:
+        for name, v in (("N", user_N), ("Nt", Nt)):
+            if v > _core.MAX_WORKERS:
+                raise ValueError("parmap: {} must be at most {} with worker "
+                                 "processes, got {}".format(
+                                     name, _core.MAX_WORKERS, v))
         nproc = user_N
         if n is not None:
-            nproc = max(1, min(nproc, n if adaptive else math.ceil(n / chunksize)))
-        if n == 0:
+            nproc = max(1, min(nproc, n if adaptive else -(-n // chunksize)))
+        if n == 0 and indexed:
             results = iter(())
         else:
             results = _core.MapIter(caller, seq, nproc, Nt,
                                     0 if adaptive else chunksize,
                                     bool(ordered), _MODES[exception],
                                     bool(daemon), retries=retries,
-                                    timeout=timeout, index=_indexable(seq),
+                                    timeout=timeout, index=indexed,
                                     length=-1 if n is None else n)
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
@@ -306,22 +331,16 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
     """N == 1, Nt > 1: a bounded thread pool in the caller's process."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    it = iter(seq)
+    src = ChunkReader(seq)
     pending = collections.deque() if ordered else set()
     ahead = 2 * Nt
     ex = ThreadPoolExecutor(max_workers=Nt)
     first = 0
-    exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) < ahead:
-                items = []
-                for x in it:
-                    items.append(x)
-                    if len(items) >= chunksize:
-                        break
+            while not src.done and len(pending) < ahead:
+                items = src.take(chunksize)
                 if not items:
-                    exhausted = True
                     break
                 fut = ex.submit(_run_chunk, caller, first, items)
                 fut.first = first
@@ -331,6 +350,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                 else:
                     pending.add(fut)
             if not pending:
+                src.raise_error()
                 return
             if ordered:
                 fut = pending.popleft()

@@ -14,7 +14,6 @@ results and the caller can name it (``seq_index``).  parmapper must
 therefore be importable on the workers (it is on a ``LocalCluster``).
 """
 import collections
-import itertools
 import math
 import os
 import pickle
@@ -22,6 +21,7 @@ import traceback
 import warnings
 
 from ._errors import RemoteError, RemoteTraceback
+from ._input import ChunkReader
 from ._progress import progress_iter, wants_progress
 
 __all__ = ["executor_map"]
@@ -148,7 +148,7 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                           UserWarning, stacklevel=3)
             chunksize = Nt
     ahead = 2 * slots
-    it = iter(seq)
+    src = ChunkReader(seq)
     kw = dict(kwargs) if kwargs else None
 
     def submit(first, items):
@@ -166,13 +166,11 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
         done_iter = as_completed()
     pending = collections.OrderedDict()  # future -> index of its first item
     first = 0
-    exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) < ahead:
-                items = list(itertools.islice(it, chunksize))
+            while not src.done and len(pending) < ahead:
+                items = src.take(chunksize)
                 if not items:
-                    exhausted = True
                     break
                 fut = submit(first, items)
                 pending[fut] = first
@@ -180,6 +178,7 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                     done_iter.add(fut)
                 first += len(items)
             if not pending:
+                src.raise_error()
                 return
             if ordered:
                 fut = next(iter(pending))

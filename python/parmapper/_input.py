@@ -1,0 +1,54 @@
+"""Reads a map's input in chunks for the Python-level paths (threads, executor).
+
+Two rules, the same as the forked-worker path's (binding) and ``builtins.map``:
+
+* The input is finished at its first ``StopIteration``: an iterator that
+  yields again afterwards is never asked again.
+* An ``Exception`` raised by the input ends the input; the items it produced
+  before are still mapped and delivered, and only then is the input's own
+  exception raised (:meth:`ChunkReader.raise_error`), with its traceback.
+  A ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+  ``SystemExit``...) propagates at once, as in a plain loop.
+"""
+import itertools
+
+
+class ChunkReader:
+    """Pulls chunks of items from ``iter(seq)``.
+
+    Parameters
+    ----------
+    seq : iterable
+        The map's input.
+    """
+
+    __slots__ = ("_it", "done", "error")
+
+    def __init__(self, seq):
+        self._it = iter(seq)
+        self.done = False   # the input will not be asked again
+        self.error = None   # the Exception that ended the input, if any
+
+    def take(self, n):
+        """Returns a list of at most `n` (>= 1) items; ``[]`` once the input
+        is finished.  Fewer than `n` items means the input is finished."""
+        if self.done:
+            return []
+        items = []
+        append = items.append
+        try:
+            for x in itertools.islice(self._it, n):
+                append(x)
+        except Exception as e:
+            self.done = True
+            self.error = e
+            return items
+        if len(items) < n:
+            self.done = True
+        return items
+
+    def raise_error(self):
+        """Raises the input's exception, if it ended with one (once)."""
+        e, self.error = self.error, None
+        if e is not None:
+            raise e
