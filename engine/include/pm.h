@@ -433,8 +433,10 @@ typedef int (*pm_item_fn)(void *ctx, const void *in, size_t len,
  * A source of records, called in the parent from inside pm_job_next() when
  * there is room for more work.  Returns 1 with *data and *len set to the next
  * record (which must stay valid until the next call of the function), 0 at
- * the end of the input (it is not called again), or a negative value to
- * abort the job, which pm_job_next() then returns.
+ * the end of the input (it is not called again), or a negative value: the
+ * input ends there too (it is not called again), every record it gave
+ * before is still mapped and delivered, and then pm_job_next() returns
+ * that value.
  */
 typedef int (*pm_feed_fn)(void *ctx, const void **data, size_t *len);
 

@@ -86,6 +86,8 @@ struct pm_job {
     pm_feed_fn feed; /* fed input */
     void *feed_ctx;
     int feed_done;
+    int feed_err;   /* what the feed function failed with: reported once
+                       every record it gave before is delivered */
     uint64_t next_index; /* index of the next fresh item */
     uint64_t total;      /* items expected, or PM_TOTAL_UNKNOWN */
     unsigned char *pack; /* the chunk being fed */
@@ -227,8 +229,11 @@ static int feed_task(pm_job *j, uint64_t want, pm_task *task,
         const void *d = NULL;
         size_t l = 0;
         int rc = j->feed(j->feed_ctx, &d, &l);
-        if (rc < 0)
-            return rc;
+        if (rc < 0) {
+            /* The input ends here; the records it gave are still mapped. */
+            j->feed_err = rc;
+            rc = 0;
+        }
         if (rc == 0) {
             j->feed_done = 1;
             if (j->total == PM_TOTAL_UNKNOWN || j->total < j->next_index + n)
@@ -513,7 +518,7 @@ int pm_job_next(pm_job *j, pm_item *item)
         if (rc == 0) {
             if (j->held_n || j->redo_n)
                 return job_fail(j, PM_ECORRUPT);
-            return 0;
+            return j->feed_err ? job_fail(j, j->feed_err) : 0;
         }
         int status = res.status == PM_RESULT_OK         ? PM_ITEM_OK
                      : res.status == PM_RESULT_TIMEDOUT ? PM_ITEM_TIMEDOUT

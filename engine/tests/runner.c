@@ -107,6 +107,7 @@
     X(map_route_failures)                                                      \
     X(job_every_way)                                                           \
     X(job_every_way_threads)                                                   \
+    X(job_feed_error)                                                          \
     X(job_big_records)                                                         \
     X(job_empty_input)                                                         \
     X(job_crashes)                                                             \
