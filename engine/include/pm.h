@@ -110,11 +110,15 @@ typedef struct pm_writer pm_writer;
 /*
  * The parent's source of tasks.  Called only in the parent, only from inside
  * pm_map_next(), when there is room for one more task.  Returns 1 and sets
- * *task, *data and *len to describe the task; 0 when the input is exhausted
- * (it is not called again); a negative value to abort the map, which
- * pm_map_next() then returns.  *data must stay valid until the next call of
- * the function or until pm_map_destroy().
+ * *task, *data and *len to describe the task; PM_PRODUCED_SLOW (2) for the
+ * same when making it took long (a slow input): the engine then delivers a
+ * result that is ready before it asks for the next task, so results do not
+ * wait behind a slow input; 0 when the input is exhausted (it is not called
+ * again); a negative value to abort the map, which pm_map_next() then
+ * returns.  *data must stay valid until the next call of the function or
+ * until pm_map_destroy().
  */
+#define PM_PRODUCED_SLOW 2
 typedef int (*pm_produce_fn)(void *ctx, pm_task *task, const void **data,
                              size_t *len);
 

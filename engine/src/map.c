@@ -441,10 +441,13 @@ static int dispatch(pm_map *m, int *progress)
             release_owner(m, owner);
             return -EINVAL;
         }
+        int slow = rc == PM_PRODUCED_SLOW;
         rc = send_task(m, s, &task, iov, niov, owner);
         if (rc < 0)
             return rc;
         *progress = 1;
+        if (slow)
+            break; /* deliver what is ready before waiting on the input */
     }
     return 0;
 }

@@ -327,6 +327,14 @@ def _run_chunk(caller, first, items):
     return out
 
 
+def _ready(pending, ordered):
+    """Whether a result can be delivered now: the oldest future (ordered) or
+    any (unordered) is done."""
+    if ordered:
+        return pending[0].done()
+    return any(f.done() for f in pending)
+
+
 def _threaded(caller, seq, Nt, chunksize, ordered, mode):
     """N == 1, Nt > 1: a bounded thread pool in the caller's process."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -349,6 +357,8 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                     pending.append(fut)
                 else:
                     pending.add(fut)
+                if _ready(pending, ordered):
+                    break  # deliver before reading on (a slow input)
             if not pending:
                 src.raise_error()
                 return

@@ -177,6 +177,9 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                 if dask and not ordered:
                     done_iter.add(fut)
                 first += len(items)
+                if (next(iter(pending)).done() if ordered
+                        else any(f.done() for f in pending)):
+                    break  # deliver before reading on (a slow input)
             if not pending:
                 src.raise_error()
                 return

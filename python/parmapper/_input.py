@@ -11,6 +11,11 @@ Two rules, the same as the forked-worker path's (binding) and ``builtins.map``:
   ``SystemExit``...) propagates at once, as in a plain loop.
 """
 import itertools
+import time
+
+# Reading a chunk for longer than this hands over what was read (the
+# binding's SLOW_INPUT_NS).
+SLOW_INPUT_S = 0.002
 
 
 class ChunkReader:
@@ -31,14 +36,22 @@ class ChunkReader:
 
     def take(self, n):
         """Returns a list of at most `n` (>= 1) items; ``[]`` once the input
-        is finished.  Fewer than `n` items means the input is finished."""
+        is finished (`done`).  Fewer than `n` items when the input finished or
+        reading took longer than ``SLOW_INPUT_S``."""
         if self.done:
             return []
         items = []
         append = items.append
+        t0 = time.monotonic()
+        k = 0
         try:
             for x in itertools.islice(self._it, n):
                 append(x)
+                k += 1
+                # A slow input: hand over what was read (checked after 1, 2,
+                # 4... items) so results are not held back behind it.
+                if not k & (k - 1) and time.monotonic() - t0 >= SLOW_INPUT_S:
+                    return items
         except Exception as e:
             self.done = True
             self.error = e
