@@ -57,6 +57,10 @@
 /* Kinds of error entries. */
 #define ERR_CALL 0  /* raised by the user's function: follows `exception` */
 #define ERR_SHAPE 1 /* item of the wrong shape for star/kwstar: always raised */
+#define ERR_BASE 2  /* a BaseException that is not an Exception (KeyboardInterrupt,
+                       SystemExit, GeneratorExit...): always raised, as a
+                       serial loop and concurrent.futures do; the rest of its
+                       task is not run */
 
 enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
 
@@ -1489,6 +1493,26 @@ static int hook_check(void *ctx)
 
 /* --- engine callbacks, worker side --- */
 
+/* Prints the exception being handled, with its traceback, and clears it.
+ * Unlike PyErr_Print this never acts on a SystemExit (which would run the
+ * interpreter's finalization and atexit handlers, inherited from the
+ * caller, inside a worker): a worker only ever ends with _exit. */
+static void print_error(void)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    if (!et)
+        return;
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    PyErr_Display(et, ev, etb);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(etb);
+    PyErr_Clear();
+}
+
 /* Describes the exception being handled as an error entry
  * (exc or None, type name, message, traceback text, kind); clears it. */
 static PyObject *error_entry(Py_ssize_t idx, int kind)
@@ -1738,7 +1762,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     else if (p[0] != TASK_INDEX || !self->index_seq)
         goto fatal;
     if (p[0] != TASK_INDEX && !items && PyErr_Occurred())
-        PyErr_Print(); /* a corrupt task: say why before the worker dies */
+        print_error(); /* a corrupt task: say why before the worker dies */
     if (p[0] != TASK_INDEX &&
         (!items || !PyList_Check(items) || PyList_GET_SIZE(items) != n))
         goto fatal;
@@ -1771,24 +1795,42 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
                 /* The original's debugging mode: the exception propagates
                  * in the worker, which prints it and dies; the parent names
                  * the item. */
-                PyErr_Print();
+                print_error();
                 goto fatal;
             }
-            PyObject *entry = error_entry(first + j, shape ? ERR_SHAPE : ERR_CALL);
+            /* A BaseException that is not an Exception stops its task
+             * where it was raised, as it stops a serial loop; the caller
+             * raises it when it reaches this item, so the items after it
+             * in the task (given the same entry) are never handed out. */
+            int base = !shape && !PyErr_ExceptionMatches(PyExc_Exception);
+            PyObject *entry = error_entry(first + j, shape ? ERR_SHAPE
+                                                     : base ? ERR_BASE
+                                                            : ERR_CALL);
             if (!entry)
                 goto fatal;
             if (!errors && !(errors = PyDict_New())) {
                 Py_DECREF(entry);
                 goto fatal;
             }
-            PyObject *pj = PyLong_FromSsize_t(j);
-            int rc = pj ? PyDict_SetItem(errors, pj, entry) : -1;
-            Py_XDECREF(pj);
+            int rc = 0;
+            for (Py_ssize_t k = j; k < (base ? n : j + 1) && rc == 0; k++) {
+                PyObject *pk = PyLong_FromSsize_t(k);
+                rc = pk ? PyDict_SetItem(errors, pk, entry) : -1;
+                Py_XDECREF(pk);
+                if (k > j && rc == 0) {
+                    Py_INCREF(Py_None);
+                    PyList_SET_ITEM(results, k, Py_None);
+                }
+            }
             Py_DECREF(entry);
             if (rc < 0)
                 goto fatal;
             r = Py_None;
             Py_INCREF(r);
+            if (base) {
+                PyList_SET_ITEM(results, j, r);
+                break;
+            }
         }
         PyList_SET_ITEM(results, j, r);
     }
@@ -1838,7 +1880,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     goto done;
 fatal:
     if (PyErr_Occurred())
-        PyErr_Print();
+        print_error();
 done:
     Py_XDECREF(items);
     Py_XDECREF(results);

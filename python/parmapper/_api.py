@@ -279,18 +279,24 @@ def _serial(caller, seq, mode):
             r = caller(i, item)
         except ItemShapeError:
             raise
-        except Exception as e:
+        except BaseException as e:
             try:
                 e.seq_index = i
             except Exception:  # an exception class with __slots__
                 pass
-            if mode != "return":
+            # A BaseException that is not an Exception (KeyboardInterrupt,
+            # SystemExit...) always propagates, whatever the mode.
+            if mode != "return" or not isinstance(e, Exception):
                 raise
             r = e
         yield r
 
 
 def _run_chunk(caller, first, items):
+    """Runs a chunk in a thread: ``[(kind, value)]``, kind 0 a result, 1 an
+    ItemShapeError, 2 an Exception, 3 a BaseException that is not an
+    Exception, which ends the chunk there (as it would end a serial loop);
+    the results before it are kept, to be delivered before it is raised."""
     out = []
     for j, x in enumerate(items):
         try:
@@ -299,6 +305,9 @@ def _run_chunk(caller, first, items):
             out.append((1, e))
         except Exception as e:
             out.append((2, e))
+        except BaseException as e:
+            out.append((3, e))
+            break
     return out
 
 
@@ -344,7 +353,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                         val.seq_index = fut.first + j
                     except Exception:
                         pass
-                    if kind == 1 or mode != "return":
+                    if kind != 2 or mode != "return":
                         raise val
                 yield val
     finally:

@@ -26,7 +26,7 @@ from ._progress import progress_iter, wants_progress
 
 __all__ = ["executor_map"]
 
-_OK, _SHAPE, _CALL = 0, 1, 2
+_OK, _SHAPE, _CALL, _BASE = 0, 1, 2, 3
 
 
 def _portable(exc, tb):
@@ -71,6 +71,19 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
                     pass
                 raise
             kind, exc, tb = _CALL, e, traceback.format_exc()
+        except BaseException as e:
+            # Not an Exception (KeyboardInterrupt, SystemExit...): it ends
+            # the chunk here, as it would end a serial loop, and the caller
+            # raises it after the results before it, whatever the mode.
+            if mode == "proc":
+                try:
+                    e.seq_index = i
+                except Exception:
+                    pass
+                raise
+            errors[j] = (_BASE, _portable(e, None), traceback.format_exc())
+            results.append(None)
+            break
         errors[j] = (kind, _portable(exc, tb), tb)
         results.append(None)
     return results, errors
@@ -129,7 +142,7 @@ def _raise_or_return(kind, exc, tb, index, mode):
         pass
     if tb and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(tb)
-    if kind == _SHAPE or mode != "return":
+    if kind != _CALL or mode != "return":
         raise exc
     return exc
 
