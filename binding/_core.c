@@ -1735,6 +1735,45 @@ static int write_record_oob(pm_writer *out, unsigned char kind,
     return rc;
 }
 
+/*
+ * fun called fork() and this child came back from it with value r (NULL:
+ * an exception is set).  It is not the worker and must not touch the rings
+ * it shares with the worker: it ends as a program whose main was fun would,
+ * without running the rest of the task or the worker loop: exit status 0
+ * for a return, the code of a SystemExit, 1 after printing any other
+ * exception.  Its own output is flushed; atexit handlers are not run (they
+ * are the caller's, inherited).
+ */
+static void copy_exit(PyObject *r) __attribute__((noreturn));
+static void copy_exit(PyObject *r)
+{
+    int code = 0;
+    if (!r && PyErr_ExceptionMatches(PyExc_SystemExit)) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *c = ev ? PyObject_GetAttrString(ev, "code") : NULL;
+        if (!c || c == Py_None) {
+            code = 0;
+        } else if (PyLong_Check(c)) {
+            code = (int)PyLong_AsLong(c);
+        } else {
+            PySys_FormatStderr("%S\n", c);
+            code = 1;
+        }
+        Py_XDECREF(c);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        PyErr_Clear();
+    } else if (!r) {
+        print_error();
+        code = 1;
+    }
+    flush_std();
+    _exit(code);
+}
+
 /* Runs one task in a worker.  Returns 0, or -1 when the worker must stop
  * (exception='proc', or the results cannot be sent at all). */
 static int work_run(MapIter *self, const pm_task *task, const void *in,
@@ -1787,6 +1826,8 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
             r = NULL;
         } else {
             r = caller_call(self->caller, first + j, item, &shape);
+            if (pm_forked_copy())
+                copy_exit(r); /* fun forked and this is the child */
         }
         if (!items)
             Py_XDECREF(item);
