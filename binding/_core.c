@@ -383,6 +383,63 @@ static PyObject *loads_mem(const void *p, size_t n)
     return r;
 }
 
+/*
+ * The caller could not unpickle a worker's result record (the exception is
+ * set): loads it again with parmapper._salvage.rescue, which turns each
+ * item whose result (or error) cannot be rebuilt into an error entry for
+ * that item alone.  Returns (results, errors) in the REC_ERRORS shape, or
+ * NULL with the original exception when the record cannot be read at all.
+ * Off the per-item path: it runs only after a failure.
+ */
+static PyObject *rescue_loads(PyObject *data, PyObject *bufs,
+                              Py_ssize_t first)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception) ||
+        PyErr_ExceptionMatches(PyExc_MemoryError))
+        return NULL;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *mod = PyImport_ImportModule("parmapper._salvage");
+    PyObject *r = mod ? PyObject_CallMethod(mod, "rescue", "OOn", data,
+                                            bufs ? bufs : Py_None, first)
+                      : NULL;
+    Py_XDECREF(mod);
+    if (!r) {
+        PyErr_Clear();
+        PyErr_Restore(et, ev, etb);
+        return NULL;
+    }
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(etb);
+    return r;
+}
+
+/* loads_mem for a result record: rescued item by item when it fails
+ * (*rescued set to 1; see rescue_loads). */
+static PyObject *loads_result(const void *p, size_t n, Py_ssize_t first,
+                              int *rescued)
+{
+    PyObject *r = loads_mem(p, n);
+    if (r)
+        return r;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *data = PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
+    if (!data) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return NULL; /* MemoryError replaces the unpickler's error */
+    }
+    PyErr_Restore(et, ev, etb);
+    r = rescue_loads(data, NULL, first);
+    Py_DECREF(data);
+    if (r)
+        *rescued = 1;
+    return r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Out-of-band buffers (pickle protocol 5): a large contiguous buffer of a   */
 /* result (a numpy array, a bytearray, a PickleBuffer) goes from the        */
@@ -495,7 +552,7 @@ static size_t pad16(size_t off)
  * is copied once first.
  */
 static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
-                           size_t at)
+                           size_t at, Py_ssize_t rescue_first, int *rescued)
 {
     PyObject *r = NULL, *mv = NULL, *pick = NULL, *list = NULL;
     if (!alloc) {
@@ -549,6 +606,8 @@ static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
     }
     PyObject *argv[2] = {pick, list};
     r = PyObject_Vectorcall(pickle_loads, argv, 1, kw_buffers);
+    if (!r && rescued && (r = rescue_loads(pick, list, rescue_first)))
+        *rescued = 1;
     goto done;
 bad:
     PyErr_SetString(PyExc_RuntimeError, "parmapper: bad out-of-band record");
@@ -1797,7 +1856,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     else if (p[0] == (TASK_PICKLE | TASK_OOB))
         /* The buffers' objects are built on the memory the task was
          * assembled in (or on one copy of it when read in the ring). */
-        items = loads_oob(pm_writer_take_input(out), p, len, 1);
+        items = loads_oob(pm_writer_take_input(out), p, len, 1, 0, NULL);
     else if (p[0] != TASK_INDEX || !self->index_seq)
         goto fatal;
     if (p[0] != TASK_INDEX && !items && PyErr_Occurred())
@@ -2214,15 +2273,21 @@ static int decode_result(MapIter *self, const pm_result *res)
         }
     }
     int kind = p[0] & ~(REC_OOB | REC_ROUTES);
+    Py_ssize_t first = (Py_ssize_t)res->task.first;
+    int rescued = 0; /* the pickle failed and was loaded item by item */
     PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
-                                               p, res->len, REC_HDR)
+                                               p, res->len, REC_HDR, first,
+                                               &rescued)
                     : p[0] == REC_COMPACT
                         ? dec_record(p + REC_HDR, res->len - REC_HDR, NULL)
                     : kind == REC_COMPACT
                         ? dec_routed(p, res->len, REC_HDR, rt)
-                        : loads_mem(p + REC_HDR, res->len - REC_HDR);
+                        : loads_result(p + REC_HDR, res->len - REC_HDR,
+                                       first, &rescued);
     if (!obj)
         return -1;
+    if (rescued)
+        kind = REC_ERRORS;
     PyObject *results = obj, *errors = NULL;
     if (kind == REC_ERRORS) {
         if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {
