@@ -20,7 +20,8 @@ import io
 import pickle
 import types
 
-__all__ = ["rescue", "unbuilt_items", "describe"]
+__all__ = ["rescue", "load", "reaches_marker", "unbuilt_items", "describe",
+           "result_error", "exception_error"]
 
 
 class _Unbuilt:
@@ -125,7 +126,7 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType,
            types.FrameType)
 
 
-def _reaches_marker(obj):
+def reaches_marker(obj):
     """The first marker `obj` reaches (through any container the garbage
     collector can see into), or None."""
     seen = set()
@@ -153,7 +154,7 @@ def unbuilt_items(values):
     """{position: marker} for each value of `values` that reaches one."""
     out = {}
     for j, v in enumerate(values):
-        m = _reaches_marker(v)
+        m = reaches_marker(v)
         if m is not None:
             out[j] = m
     return out
@@ -164,7 +165,7 @@ def load(data, buffers=None):
     return _Rescuer(io.BytesIO(data), buffers=buffers).load()
 
 
-def _result_error(index, value, marker):
+def result_error(index, value, marker):
     from ._errors import ResultPicklingError
     e = ResultPicklingError(
         "item {}: the result (type {}) cannot be rebuilt in the caller: "
@@ -174,7 +175,7 @@ def _result_error(index, value, marker):
     return e
 
 
-def _exception_error(tname, msg, marker):
+def exception_error(tname, msg, marker):
     from ._errors import RemoteError
     return RemoteError(
         "{}: {} (the exception could not be rebuilt in the caller: {})".format(
@@ -201,18 +202,18 @@ def rescue(data, buffers, first):
     else:
         raise pickle.UnpicklingError("parmapper: bad result record")
     for j, entry in list(errors.items()):
-        marker = _reaches_marker(entry)
+        marker = reaches_marker(entry)
         if marker is None:
             continue
         # (exception or None, type name, message, traceback text, kind):
         # the strings and the kind always load.
         exc, tname, msg, tb, kind = entry
-        errors[j] = (_exception_error(tname, msg, marker), tname, msg, tb,
+        errors[j] = (exception_error(tname, msg, marker), tname, msg, tb,
                      kind)
     for j, marker in unbuilt_items(results).items():
         if j in errors:
             continue
-        errors[j] = (_result_error(first + j, results[j], marker),
+        errors[j] = (result_error(first + j, results[j], marker),
                      "ResultPicklingError", "", "", 0)
         results[j] = None
     return results, errors
