@@ -101,3 +101,18 @@ def test_unbuildable_process_executor():
                                                exception="return")))
         # the pool is still usable: nothing broke it
         assert list(parmapper.parmap(abs, [-1, -2], executor=ex)) == [1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_unbuildable_dask():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2,
+                                  processes=True,
+                                  dashboard_address=None) as cl:
+        with distributed.Client(cl) as client:
+            check_values(list(parmapper.parmap(H.fun, range(8),
+                                               executor=client, chunksize=3,
+                                               exception="return")))
+            # what plain pickle refuses still goes dask's way (cloudpickle)
+            assert list(parmapper.parmap(lambda x: (lambda: x), range(3),
+                                         executor=client))[2]() == 2
