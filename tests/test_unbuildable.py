@@ -25,8 +25,8 @@ def check_values(out):
         assert out[i] == want
     e2 = out[2]
     assert type(e2) is ResultPicklingError and e2.seq_index == 2
-    assert e2.type_name.endswith("TwoArgs")
-    assert "item 2" in str(e2) and "TwoArgs" in str(e2)
+    assert e2.type_name.endswith("TwoArgsObj")
+    assert "item 2" in str(e2) and "TwoArgsObj" in str(e2)
     assert "missing 1 required positional argument" in str(e2)
     e4 = out[4]
     assert type(e4) is ResultPicklingError and e4.seq_index == 4
@@ -39,7 +39,7 @@ def check_values(out):
     assert "could not be rebuilt in the caller" in str(e5)
     e6 = out[6]        # a record with an out-of-band buffer
     assert type(e6) is ResultPicklingError and e6.seq_index == 6
-    assert "TwoArgs" in str(e6)
+    assert "TwoArgsObj" in str(e6)
 
 
 OPTS = {
@@ -82,7 +82,7 @@ def test_unbuildable_raise_mode(opts):
             got.append(r)
     assert got == [0, 10]
     assert info.value.seq_index == 2
-    assert "TwoArgs" in str(info.value)
+    assert "TwoArgsObj" in str(info.value)
 
 
 @pytest.mark.timeout(60)
