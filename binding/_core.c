@@ -385,14 +385,16 @@ static PyObject *loads_mem(const void *p, size_t n)
 
 /*
  * The caller could not unpickle a worker's result record (the exception is
- * set): loads it again with parmapper._salvage.rescue, which turns each
- * item whose result (or error) cannot be rebuilt into an error entry for
- * that item alone.  Returns (results, errors) in the REC_ERRORS shape, or
- * NULL with the original exception when the record cannot be read at all.
- * Off the per-item path: it runs only after a failure.
+ * set): loads it again with parmapper._salvage.rescue (`how`), which turns
+ * each item whose result (or error) cannot be rebuilt into an error entry
+ * for that item alone, and returns (results, errors) in the REC_ERRORS
+ * shape.  In a worker, a task's items: _salvage.rescue_items, which puts an
+ * _Unsent marker (ItemPicklingError) in place of each item that cannot be
+ * rebuilt.  Returns NULL with the original exception when the record cannot
+ * be read at all.  Off the per-item path: it runs only after a failure.
  */
-static PyObject *rescue_loads(PyObject *data, PyObject *bufs,
-                              Py_ssize_t first)
+static PyObject *rescue_loads(const char *how, PyObject *data,
+                              PyObject *bufs, Py_ssize_t first)
 {
     if (!PyErr_ExceptionMatches(PyExc_Exception) ||
         PyErr_ExceptionMatches(PyExc_MemoryError))
@@ -400,7 +402,7 @@ static PyObject *rescue_loads(PyObject *data, PyObject *bufs,
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
     PyObject *mod = PyImport_ImportModule("parmapper._salvage");
-    PyObject *r = mod ? PyObject_CallMethod(mod, "rescue", "OOn", data,
+    PyObject *r = mod ? PyObject_CallMethod(mod, how, "OOn", data,
                                             bufs ? bufs : Py_None, first)
                       : NULL;
     Py_XDECREF(mod);
@@ -415,10 +417,10 @@ static PyObject *rescue_loads(PyObject *data, PyObject *bufs,
     return r;
 }
 
-/* loads_mem for a result record: rescued item by item when it fails
- * (*rescued set to 1; see rescue_loads). */
-static PyObject *loads_result(const void *p, size_t n, Py_ssize_t first,
-                              int *rescued)
+/* loads_mem for a result record or a task: rescued item by item when it
+ * fails (*rescued set to 1; see rescue_loads). */
+static PyObject *loads_rescued(const char *how, const void *p, size_t n,
+                               Py_ssize_t first, int *rescued)
 {
     PyObject *r = loads_mem(p, n);
     if (r)
@@ -433,7 +435,7 @@ static PyObject *loads_result(const void *p, size_t n, Py_ssize_t first,
         return NULL; /* MemoryError replaces the unpickler's error */
     }
     PyErr_Restore(et, ev, etb);
-    r = rescue_loads(data, NULL, first);
+    r = rescue_loads(how, data, NULL, first);
     Py_DECREF(data);
     if (r)
         *rescued = 1;
@@ -552,7 +554,8 @@ static size_t pad16(size_t off)
  * is copied once first.
  */
 static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
-                           size_t at, Py_ssize_t rescue_first, int *rescued)
+                           size_t at, const char *rescue,
+                           Py_ssize_t rescue_first, int *rescued)
 {
     PyObject *r = NULL, *mv = NULL, *pick = NULL, *list = NULL;
     if (!alloc) {
@@ -606,7 +609,7 @@ static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
     }
     PyObject *argv[2] = {pick, list};
     r = PyObject_Vectorcall(pickle_loads, argv, 1, kw_buffers);
-    if (!r && rescued && (r = rescue_loads(pick, list, rescue_first)))
+    if (!r && rescue && (r = rescue_loads(rescue, pick, list, rescue_first)))
         *rescued = 1;
     goto done;
 bad:
@@ -1844,6 +1847,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     Py_ssize_t first = (Py_ssize_t)task->first;
     const unsigned char *p = in;
     Py_ssize_t n = (Py_ssize_t)task->count;
+    int rescued = 0; /* items that could not be rebuilt here are _Unsent */
 
     if (len < 1)
         goto fatal;
@@ -1852,11 +1856,13 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     else if (p[0] == (TASK_COMPACT | TASK_ROUTES))
         items = dec_routed(p, len, 1, pm_writer_take_routed(out));
     else if (p[0] == TASK_PICKLE)
-        items = loads_mem(p + 1, len - 1);
+        items = loads_rescued("rescue_items", p + 1, len - 1, first,
+                              &rescued);
     else if (p[0] == (TASK_PICKLE | TASK_OOB))
         /* The buffers' objects are built on the memory the task was
          * assembled in (or on one copy of it when read in the ring). */
-        items = loads_oob(pm_writer_take_input(out), p, len, 1, 0, NULL);
+        items = loads_oob(pm_writer_take_input(out), p, len, 1,
+                          "rescue_items", first, &rescued);
     else if (p[0] != TASK_INDEX || !self->index_seq)
         goto fatal;
     if (p[0] != TASK_INDEX && !items && PyErr_Occurred())
@@ -2276,14 +2282,14 @@ static int decode_result(MapIter *self, const pm_result *res)
     Py_ssize_t first = (Py_ssize_t)res->task.first;
     int rescued = 0; /* the pickle failed and was loaded item by item */
     PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
-                                               p, res->len, REC_HDR, first,
-                                               &rescued)
+                                               p, res->len, REC_HDR, "rescue",
+                                               first, &rescued)
                     : p[0] == REC_COMPACT
                         ? dec_record(p + REC_HDR, res->len - REC_HDR, NULL)
                     : kind == REC_COMPACT
                         ? dec_routed(p, res->len, REC_HDR, rt)
-                        : loads_result(p + REC_HDR, res->len - REC_HDR,
-                                       first, &rescued);
+                        : loads_rescued("rescue", p + REC_HDR,
+                                        res->len - REC_HDR, first, &rescued);
     if (!obj)
         return -1;
     if (rescued)

@@ -20,7 +20,7 @@ import io
 import pickle
 import types
 
-__all__ = ["rescue", "load", "reaches_marker", "unbuilt_items", "describe",
+__all__ = ["rescue", "rescue_items", "load", "reaches_marker", "unbuilt_items", "describe",
            "result_error", "exception_error"]
 
 
@@ -217,3 +217,24 @@ def rescue(data, buffers, first):
                      "ResultPicklingError", "", "", 0)
         results[j] = None
     return results, errors
+
+
+def rescue_items(data, buffers, first):
+    """In a worker: a task's pickled items that ``pickle.loads`` failed on
+    (a class the caller made after the worker was forked...), loaded again
+    item by item.  Each item that cannot be rebuilt is replaced by an
+    ``_Unsent`` marker carrying an :class:`ItemPicklingError` naming it,
+    which the worker raises in the item's place (so it follows
+    `exception`); the other items run as usual."""
+    from ._errors import ItemPicklingError, _Unsent
+    items = load(data, buffers)
+    if not isinstance(items, list):
+        raise pickle.UnpicklingError("parmapper: bad task record")
+    for j, marker in unbuilt_items(items).items():
+        value = items[j]
+        items[j] = _Unsent(ItemPicklingError(
+            "item {}: the item (type {}) cannot be rebuilt in the worker: "
+            "{}".format(first + j, marker.what.rpartition(".")[2]
+                        if value is marker else type(value).__qualname__,
+                        describe(marker))))
+    return items

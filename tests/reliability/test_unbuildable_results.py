@@ -62,3 +62,58 @@ def test_twoargs_exception_result_raise_mode(run_facts):
     assert f["out"] == [0, 1]
     assert f["err"]["type"] == "ResultPicklingError"
     assert f["err"]["seq_index"] == 2
+
+
+# The same kind in the other direction: an item the caller pickles but the
+# worker cannot rebuild (its class was made after the workers were forked).
+LATE_ITEMS = r'''
+import parmapper
+
+def gen():
+    for i in range(10):
+        if i in (5, 7):
+            cls = globals().get("Late") or type("Late", (), {"__module__": "__main__"})
+            globals()["Late"] = cls
+            o = cls()
+            o.v = i
+            yield o
+        else:
+            yield i
+
+def f(x):
+    return x * 10
+
+out = []
+try:
+    for r in parmapper.parmap(f, gen(), **P):
+        out.append(r)
+    err = None
+except Exception as e:
+    err = e
+emit(out=[exc_facts(r) if isinstance(r, BaseException) else r for r in out],
+     err=exc_facts(err))
+'''
+
+
+@pytest.mark.parametrize("opts", [
+    dict(N=2, chunksize=1), dict(N=2, chunksize=4), dict(N=2, Nt=2, chunksize=3),
+    dict(N=2),
+], ids=["chunk1", "chunk4", "Nt2-chunk3", "adaptive"])
+def test_item_the_worker_cannot_rebuild(run_facts, opts):
+    f = run_facts(LATE_ITEMS, params=dict(opts, exception="return"))
+    assert f["err"] is None
+    out = f["out"]
+    assert [v for i, v in enumerate(out) if i not in (5, 7)] == \
+        [i * 10 for i in range(10) if i not in (5, 7)]
+    for i in (5, 7):
+        assert out[i]["type"] == "ItemPicklingError"
+        assert out[i]["seq_index"] == i
+        assert "cannot be rebuilt in the worker" in out[i]["str"]
+        assert "Late" in out[i]["str"] and "AttributeError" in out[i]["str"]
+
+
+def test_item_the_worker_cannot_rebuild_raise_mode(run_facts):
+    f = run_facts(LATE_ITEMS, params=dict(N=2, chunksize=2))
+    assert f["out"] == [0, 10, 20, 30, 40]
+    assert f["err"]["type"] == "ItemPicklingError"
+    assert f["err"]["seq_index"] == 5
