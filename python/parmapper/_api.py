@@ -95,7 +95,12 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         runs (with ``N > 1`` the worker prints it and dies, and the map
         raises :class:`WorkerDiedError` naming the item).  An item of the
         wrong shape for star/kwstar always raises a TypeError
-        (:class:`ItemShapeError`) naming its index.
+        (:class:`ItemShapeError`) naming its index.  A BaseException that
+        is not an Exception (KeyboardInterrupt, SystemExit, GeneratorExit...)
+        is raised in the caller with 'raise' and 'return' alike, after the
+        results before it, as from a serial loop.  A result that cannot be
+        unpickled in the caller is a :class:`ResultPicklingError` for its
+        item alone.
     retries : int, default 0
         Items lost to a worker that dies (crash, kill, OOM) are run again on
         a fresh worker up to this many times before :class:`WorkerDiedError`
