@@ -58,6 +58,7 @@ PATHS = {
     "procs-chunk3": dict(N=2, chunksize=3),
     "procs-threads": dict(N=2, Nt=2),
     "procs-generator": dict(N=2, chunksize=4, gen=True),
+    "one-proc-retries": dict(N=1, retries=1),
 }
 
 
