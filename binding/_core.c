@@ -57,6 +57,10 @@
 /* Kinds of error entries. */
 #define ERR_CALL 0  /* raised by the user's function: follows `exception` */
 #define ERR_SHAPE 1 /* item of the wrong shape for star/kwstar: always raised */
+#define ERR_BASE 2  /* a BaseException that is not an Exception (KeyboardInterrupt,
+                       SystemExit, GeneratorExit...): always raised, as a
+                       serial loop and concurrent.futures do; the rest of its
+                       task is not run */
 
 enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
 
@@ -379,6 +383,65 @@ static PyObject *loads_mem(const void *p, size_t n)
     return r;
 }
 
+/*
+ * The caller could not unpickle a worker's result record (the exception is
+ * set): loads it again with parmapper._salvage.rescue (`how`), which turns
+ * each item whose result (or error) cannot be rebuilt into an error entry
+ * for that item alone, and returns (results, errors) in the REC_ERRORS
+ * shape.  In a worker, a task's items: _salvage.rescue_items, which puts an
+ * _Unsent marker (ItemPicklingError) in place of each item that cannot be
+ * rebuilt.  Returns NULL with the original exception when the record cannot
+ * be read at all.  Off the per-item path: it runs only after a failure.
+ */
+static PyObject *rescue_loads(const char *how, PyObject *data,
+                              PyObject *bufs, Py_ssize_t first)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception) ||
+        PyErr_ExceptionMatches(PyExc_MemoryError))
+        return NULL;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *mod = PyImport_ImportModule("parmapper._salvage");
+    PyObject *r = mod ? PyObject_CallMethod(mod, how, "OOn", data,
+                                            bufs ? bufs : Py_None, first)
+                      : NULL;
+    Py_XDECREF(mod);
+    if (!r) {
+        PyErr_Clear();
+        PyErr_Restore(et, ev, etb);
+        return NULL;
+    }
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(etb);
+    return r;
+}
+
+/* loads_mem for a result record or a task: rescued item by item when it
+ * fails (*rescued set to 1; see rescue_loads). */
+static PyObject *loads_rescued(const char *how, const void *p, size_t n,
+                               Py_ssize_t first, int *rescued)
+{
+    PyObject *r = loads_mem(p, n);
+    if (r)
+        return r;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *data = PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
+    if (!data) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return NULL; /* MemoryError replaces the unpickler's error */
+    }
+    PyErr_Restore(et, ev, etb);
+    r = rescue_loads(how, data, NULL, first);
+    Py_DECREF(data);
+    if (r)
+        *rescued = 1;
+    return r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Out-of-band buffers (pickle protocol 5): a large contiguous buffer of a   */
 /* result (a numpy array, a bytearray, a PickleBuffer) goes from the        */
@@ -491,7 +554,8 @@ static size_t pad16(size_t off)
  * is copied once first.
  */
 static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
-                           size_t at)
+                           size_t at, const char *rescue,
+                           Py_ssize_t rescue_first, int *rescued)
 {
     PyObject *r = NULL, *mv = NULL, *pick = NULL, *list = NULL;
     if (!alloc) {
@@ -545,6 +609,8 @@ static PyObject *loads_oob(void *alloc, const unsigned char *rec, size_t n,
     }
     PyObject *argv[2] = {pick, list};
     r = PyObject_Vectorcall(pickle_loads, argv, 1, kw_buffers);
+    if (!r && rescue && (r = rescue_loads(rescue, pick, list, rescue_first)))
+        *rescued = 1;
     goto done;
 bad:
     PyErr_SetString(PyExc_RuntimeError, "parmapper: bad out-of-band record");
@@ -1560,6 +1626,26 @@ static int hook_check(void *ctx)
 
 /* --- engine callbacks, worker side --- */
 
+/* Prints the exception being handled, with its traceback, and clears it.
+ * Unlike PyErr_Print this never acts on a SystemExit (which would run the
+ * interpreter's finalization and atexit handlers, inherited from the
+ * caller, inside a worker): a worker only ever ends with _exit. */
+static void print_error(void)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    if (!et)
+        return;
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    PyErr_Display(et, ev, etb);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(etb);
+    PyErr_Clear();
+}
+
 /* Describes the exception being handled as an error entry
  * (exc or None, type name, message, traceback text, kind); clears it. */
 static PyObject *error_entry(Py_ssize_t idx, int kind)
@@ -1782,6 +1868,45 @@ static int write_record_oob(pm_writer *out, unsigned char kind,
     return rc;
 }
 
+/*
+ * fun called fork() and this child came back from it with value r (NULL:
+ * an exception is set).  It is not the worker and must not touch the rings
+ * it shares with the worker: it ends as a program whose main was fun would,
+ * without running the rest of the task or the worker loop: exit status 0
+ * for a return, the code of a SystemExit, 1 after printing any other
+ * exception.  Its own output is flushed; atexit handlers are not run (they
+ * are the caller's, inherited).
+ */
+static void copy_exit(PyObject *r) __attribute__((noreturn));
+static void copy_exit(PyObject *r)
+{
+    int code = 0;
+    if (!r && PyErr_ExceptionMatches(PyExc_SystemExit)) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *c = ev ? PyObject_GetAttrString(ev, "code") : NULL;
+        if (!c || c == Py_None) {
+            code = 0;
+        } else if (PyLong_Check(c)) {
+            code = (int)PyLong_AsLong(c);
+        } else {
+            PySys_FormatStderr("%S\n", c);
+            code = 1;
+        }
+        Py_XDECREF(c);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        PyErr_Clear();
+    } else if (!r) {
+        print_error();
+        code = 1;
+    }
+    flush_std();
+    _exit(code);
+}
+
 /* Runs one task in a worker.  Returns 0, or -1 when the worker must stop
  * (exception='proc', or the results cannot be sent at all). */
 static int work_run(MapIter *self, const pm_task *task, const void *in,
@@ -1793,6 +1918,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     Py_ssize_t first = (Py_ssize_t)task->first;
     const unsigned char *p = in;
     Py_ssize_t n = (Py_ssize_t)task->count;
+    int rescued = 0; /* items that could not be rebuilt here are _Unsent */
 
     if (len < 1)
         goto fatal;
@@ -1801,15 +1927,17 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     else if (p[0] == (TASK_COMPACT | TASK_ROUTES))
         items = dec_routed(p, len, 1, pm_writer_take_routed(out));
     else if (p[0] == TASK_PICKLE)
-        items = loads_mem(p + 1, len - 1);
+        items = loads_rescued("rescue_items", p + 1, len - 1, first,
+                              &rescued);
     else if (p[0] == (TASK_PICKLE | TASK_OOB))
         /* The buffers' objects are built on the memory the task was
          * assembled in (or on one copy of it when read in the ring). */
-        items = loads_oob(pm_writer_take_input(out), p, len, 1);
+        items = loads_oob(pm_writer_take_input(out), p, len, 1,
+                          "rescue_items", first, &rescued);
     else if (p[0] != TASK_INDEX || !self->index_seq)
         goto fatal;
     if (p[0] != TASK_INDEX && !items && PyErr_Occurred())
-        PyErr_Print(); /* a corrupt task: say why before the worker dies */
+        print_error(); /* a corrupt task: say why before the worker dies */
     if (p[0] != TASK_INDEX &&
         (!items || !PyList_Check(items) || PyList_GET_SIZE(items) != n))
         goto fatal;
@@ -1834,6 +1962,8 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
             r = NULL;
         } else {
             r = caller_call(self->caller, first + j, item, &shape);
+            if (pm_forked_copy())
+                copy_exit(r); /* fun forked and this is the child */
         }
         if (!items)
             Py_XDECREF(item);
@@ -1842,24 +1972,42 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
                 /* The original's debugging mode: the exception propagates
                  * in the worker, which prints it and dies; the parent names
                  * the item. */
-                PyErr_Print();
+                print_error();
                 goto fatal;
             }
-            PyObject *entry = error_entry(first + j, shape ? ERR_SHAPE : ERR_CALL);
+            /* A BaseException that is not an Exception stops its task
+             * where it was raised, as it stops a serial loop; the caller
+             * raises it when it reaches this item, so the items after it
+             * in the task (given the same entry) are never handed out. */
+            int base = !shape && !PyErr_ExceptionMatches(PyExc_Exception);
+            PyObject *entry = error_entry(first + j, shape ? ERR_SHAPE
+                                                     : base ? ERR_BASE
+                                                            : ERR_CALL);
             if (!entry)
                 goto fatal;
             if (!errors && !(errors = PyDict_New())) {
                 Py_DECREF(entry);
                 goto fatal;
             }
-            PyObject *pj = PyLong_FromSsize_t(j);
-            int rc = pj ? PyDict_SetItem(errors, pj, entry) : -1;
-            Py_XDECREF(pj);
+            int rc = 0;
+            for (Py_ssize_t k = j; k < (base ? n : j + 1) && rc == 0; k++) {
+                PyObject *pk = PyLong_FromSsize_t(k);
+                rc = pk ? PyDict_SetItem(errors, pk, entry) : -1;
+                Py_XDECREF(pk);
+                if (k > j && rc == 0) {
+                    Py_INCREF(Py_None);
+                    PyList_SET_ITEM(results, k, Py_None);
+                }
+            }
             Py_DECREF(entry);
             if (rc < 0)
                 goto fatal;
             r = Py_None;
             Py_INCREF(r);
+            if (base) {
+                PyList_SET_ITEM(results, j, r);
+                break;
+            }
         }
         PyList_SET_ITEM(results, j, r);
     }
@@ -1909,7 +2057,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     goto done;
 fatal:
     if (PyErr_Occurred())
-        PyErr_Print();
+        print_error();
 done:
     Py_XDECREF(items);
     Py_XDECREF(results);
@@ -2202,15 +2350,21 @@ static int decode_result(MapIter *self, const pm_result *res)
         }
     }
     int kind = p[0] & ~(REC_OOB | REC_ROUTES);
+    Py_ssize_t first = (Py_ssize_t)res->task.first;
+    int rescued = 0; /* the pickle failed and was loaded item by item */
     PyObject *obj = p[0] & REC_OOB ? loads_oob(pm_map_take_result(self->map),
-                                               p, res->len, REC_HDR)
+                                               p, res->len, REC_HDR, "rescue",
+                                               first, &rescued)
                     : p[0] == REC_COMPACT
                         ? dec_record(p + REC_HDR, res->len - REC_HDR, NULL)
                     : kind == REC_COMPACT
                         ? dec_routed(p, res->len, REC_HDR, rt)
-                        : loads_mem(p + REC_HDR, res->len - REC_HDR);
+                        : loads_rescued("rescue", p + REC_HDR,
+                                        res->len - REC_HDR, first, &rescued);
     if (!obj)
         return -1;
+    if (rescued)
+        kind = REC_ERRORS;
     PyObject *results = obj, *errors = NULL;
     if (kind == REC_ERRORS) {
         if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {

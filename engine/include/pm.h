@@ -159,6 +159,14 @@ typedef int (*pm_work_fn)(void *ctx, const pm_task *task, const void *in,
  * should then return the code from its work function). */
 PM_EXTERN int pm_write(pm_writer *w, const void *data, size_t len);
 
+/* In a work function: nonzero when this process is not the worker but a
+ * copy of it that fork() made inside the work (the function forked and the
+ * child went on).  Such a copy shares the worker's rings and must not touch
+ * them: pm_write() and the worker's loop end it (worker_exit hook, exit
+ * status 0) before they do; a work function that runs several items calls
+ * this after each to stop the copy from running the next ones.  One load. */
+PM_EXTERN int pm_forked_copy(void);
+
 /* In a work function: takes over the memory the task's input bytes were
  * assembled in (a task larger than what the ring holds at once, or one
  * that wrapped around its end), so that objects built on the input can

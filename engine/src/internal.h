@@ -196,6 +196,13 @@ struct pm_map {
  * -errno of fork(). */
 int pm__spawn(pm_map *m, int w);
 
+/* 1 in a process that fork() made and the engine did not make a worker of:
+ * set by an at-fork child handler (registered on the first spawn), cleared
+ * by the engine in each worker it forks.  A copy of a worker that the work
+ * function forked shares the worker's rings; worker code reads this (one
+ * load) before it touches them and ends such a copy instead. */
+extern volatile int pm__forked_copy;
+
 /* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
  * still running, or when it was not running. */
 int pm__try_reap(pm_map *m, int w);

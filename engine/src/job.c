@@ -149,6 +149,8 @@ static int run_item(pm_job *j, uint64_t index, const void *in, size_t len,
     pm__writer_set_item(out, index);
     uint64_t before = pm__writer_written(out);
     int rc = j->fn(j->fn_ctx, in, len, out);
+    if (pm__forked_copy)
+        return PM_ECALLBACK; /* a copy forked by fn: no further item here */
     if (rc < 0)
         return rc;
     item_trailer t = {pm__writer_written(out) - before, rc, ITEM_MAGIC};

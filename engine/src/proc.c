@@ -1,6 +1,7 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -15,11 +16,29 @@
 
 #include "internal.h"
 
+volatile int pm__forked_copy = 0;
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* Runs in the child of every fork() of a process that has spawned workers,
+ * and of its descendants (at-fork handlers are inherited): async-signal-safe,
+ * one store.  child_setup clears it again in the engine's own workers. */
+static void atfork_child(void)
+{
+    pm__forked_copy = 1;
+}
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
                         int from_main_thread)
 {
+    pm__forked_copy = 0; /* this one is a worker, not a copy */
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
 #ifdef __linux__
@@ -55,6 +74,7 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
 
 int pm__spawn(pm_map *m, int w)
 {
+    pthread_once(&atfork_once, atfork_register);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);

@@ -125,8 +125,25 @@ static void worker_exit(pm_map *m, int code)
     _exit(code);
 }
 
+int pm_forked_copy(void)
+{
+    return pm__forked_copy;
+}
+
+/* The work function forked and the child came back into the worker's code.
+ * It is not the worker: its rings are the worker's, and it must never touch
+ * them.  It ends as a program whose work is done (worker_exit hook, exit
+ * status 0), without running the worker loop. */
+static void copy_exit(pm_map *m) __attribute__((noreturn, noinline, cold));
+static void copy_exit(pm_map *m)
+{
+    worker_exit(m, 0);
+}
+
 int pm_write(pm_writer *w, const void *data, size_t len)
 {
+    if (pm__forked_copy)
+        copy_exit(w->m);
     const unsigned char *p = data;
     w->written += len;
     while (len > 0) {
@@ -222,6 +239,8 @@ static int serve_one(struct pm_writer *w)
                           memory_order_release);
     rc = w->m->work(w->m->work_ctx, &task, msg + sizeof hdr, len - sizeof hdr,
                     w);
+    if (pm__forked_copy)
+        copy_exit(w->m);
     /* A failing task is still marked as running when the worker exits, so
      * the parent charges the death to it. */
     if (rc < 0)

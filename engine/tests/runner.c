@@ -118,7 +118,8 @@
     X(job_timeout)                                                             \
     X(job_progress)                                                            \
     X(job_run_callback)                                                        \
-    X(job_misuse)
+    X(job_misuse)                                                              \
+    X(job_fn_forks)
 
 #define DECLARE(name) TEST_IMPL(name);
 TESTS(DECLARE)

@@ -5,6 +5,7 @@
  */
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "task.h"
@@ -709,4 +710,86 @@ TEST_IMPL(job_misuse)
     ASSERT_NO_CHILDREN();
     free(f.buf);
     recset_free(&rs);
+}
+
+/* --- the work function forks --------------------------------------------- */
+
+/* Shared with the workers: runs per record and the copies' exit statuses. */
+typedef struct fork_log {
+    _Atomic uint32_t runs[200];
+    _Atomic int status[200];
+} fork_log;
+
+/* Every 37th record forks; the child (a copy of the worker) writes a wrong
+ * result and returns, as if it were the worker.  The copy must be ended
+ * before it touches the rings: its result never arrives, it runs no other
+ * record, and it exits with status 0. */
+static int forking_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    fork_log *lg = ctx;
+    uint64_t i = index_of(in, len);
+    if (i >= 200)
+        return 1;
+    atomic_fetch_add(&lg->runs[i], 1);
+    if (i % 37 == 36) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            uint64_t wrong = UINT64_MAX;
+            pm_write(out, &wrong, sizeof wrong);
+            return 0;
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        atomic_store(&lg->status[i], WIFEXITED(st) ? WEXITSTATUS(st) : 1000);
+    }
+    uint64_t v = i * 3;
+    return pm_write(out, &v, sizeof v);
+}
+
+TEST_IMPL(job_fn_forks)
+{
+    fork_log *lg = mmap(NULL, sizeof *lg, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(lg != MAP_FAILED);
+    uint64_t keys[200];
+    pm_record recs[200];
+    for (size_t i = 0; i < 200; i++) {
+        keys[i] = i;
+        recs[i].data = &keys[i];
+        recs[i].len = sizeof keys[i];
+    }
+    for (int threads = 1; threads <= 2; threads++) {
+        memset(lg, 0, sizeof *lg);
+        memset(lg->status, 0xff, sizeof lg->status);
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        o.nthreads = threads;
+        o.chunk = 10;
+        pm_job *job;
+        ASSERT_OK(pm_job_create(&job, &o, forking_fn, lg));
+        ASSERT_OK(pm_job_feed_array(job, recs, 200));
+        pm_item it;
+        size_t n = 0;
+        int rc;
+        while ((rc = pm_job_next(job, &it)) > 0) {
+            ASSERT_EQ(it.status, PM_ITEM_OK);
+            ASSERT_UEQ(it.index, n);
+            uint64_t v;
+            ASSERT_UEQ(it.len, sizeof v);
+            memcpy(&v, it.data, sizeof v);
+            ASSERT_UEQ(v, it.index * 3);
+            n++;
+        }
+        ASSERT_OK(rc);
+        ASSERT_UEQ(n, 200);
+        ASSERT_OK(pm_job_destroy(job));
+        for (size_t i = 0; i < 200; i++) {
+            ASSERT_UEQ(atomic_load(&lg->runs[i]), 1);
+            if (i % 37 == 36)
+                ASSERT_EQ(atomic_load(&lg->status[i]), 0);
+        }
+    }
+    ASSERT_NO_CHILDREN();
+    munmap(lg, sizeof *lg);
 }

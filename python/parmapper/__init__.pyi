@@ -145,4 +145,5 @@ class ItemShapeError(TypeError):
     seq_index: int
 
 class ItemPicklingError(ParmapperError, pickle.PicklingError): ...
-class ResultPicklingError(ParmapperError, pickle.PicklingError): ...
+class ResultPicklingError(ParmapperError, pickle.PicklingError):
+    type_name: Optional[str]

@@ -104,7 +104,12 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         runs (with ``N > 1`` the worker prints it and dies, and the map
         raises :class:`WorkerDiedError` naming the item).  An item of the
         wrong shape for star/kwstar always raises a TypeError
-        (:class:`ItemShapeError`) naming its index.
+        (:class:`ItemShapeError`) naming its index.  A BaseException that
+        is not an Exception (KeyboardInterrupt, SystemExit, GeneratorExit...)
+        is raised in the caller with 'raise' and 'return' alike, after the
+        results before it, as from a serial loop.  A result that cannot be
+        unpickled in the caller is a :class:`ResultPicklingError` for its
+        item alone.
     retries : int, default 0
         Items lost to a worker that dies (crash, kill, OOM) are run again on
         a fresh worker up to this many times before :class:`WorkerDiedError`
@@ -304,18 +309,24 @@ def _serial(caller, seq, mode):
             r = caller(i, item)
         except ItemShapeError:
             raise
-        except Exception as e:
+        except BaseException as e:
             try:
                 e.seq_index = i
             except Exception:  # an exception class with __slots__
                 pass
-            if mode != "return":
+            # A BaseException that is not an Exception (KeyboardInterrupt,
+            # SystemExit...) always propagates, whatever the mode.
+            if mode != "return" or not isinstance(e, Exception):
                 raise
             r = e
         yield r
 
 
 def _run_chunk(caller, first, items):
+    """Runs a chunk in a thread: ``[(kind, value)]``, kind 0 a result, 1 an
+    ItemShapeError, 2 an Exception, 3 a BaseException that is not an
+    Exception, which ends the chunk there (as it would end a serial loop);
+    the results before it are kept, to be delivered before it is raised."""
     out = []
     for j, x in enumerate(items):
         try:
@@ -324,6 +335,9 @@ def _run_chunk(caller, first, items):
             out.append((1, e))
         except Exception as e:
             out.append((2, e))
+        except BaseException as e:
+            out.append((3, e))
+            break
     return out
 
 
@@ -374,7 +388,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                         val.seq_index = fut.first + j
                     except Exception:
                         pass
-                    if kind == 1 or mode != "return":
+                    if kind != 2 or mode != "return":
                         raise val
                 yield val
     finally:

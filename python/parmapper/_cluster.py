@@ -26,7 +26,8 @@ from ._progress import progress_iter, wants_progress
 
 __all__ = ["executor_map"]
 
-_OK, _SHAPE, _CALL = 0, 1, 2
+_OK, _SHAPE, _CALL, _BASE = 0, 1, 2, 3
+_PACKED = "parmapper.packed"  # _run_chunk's result, pickled by parmapper
 
 
 def _portable(exc, tb):
@@ -71,8 +72,61 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
                     pass
                 raise
             kind, exc, tb = _CALL, e, traceback.format_exc()
+        except BaseException as e:
+            # Not an Exception (KeyboardInterrupt, SystemExit...): it ends
+            # the chunk here, as it would end a serial loop, and the caller
+            # raises it after the results before it, whatever the mode.
+            if mode == "proc":
+                try:
+                    e.seq_index = i
+                except Exception:
+                    pass
+                raise
+            errors[j] = (_BASE, _portable(e, None), traceback.format_exc())
+            results.append(None)
+            break
         errors[j] = (kind, _portable(exc, tb), tb)
         results.append(None)
+    # Pickled here, so that a result the caller cannot rebuild fails only
+    # its item (_unpack) instead of the chunk, or the whole process pool;
+    # what plain pickle refuses goes the executor's way (dask: cloudpickle).
+    try:
+        return (_PACKED, pickle.dumps((results, errors),
+                                      protocol=pickle.HIGHEST_PROTOCOL), None)
+    except Exception:
+        return results, errors
+
+
+def _unpack(returned, first):
+    """``(results, errors)`` from what _run_chunk returned; a result (or
+    an exception) that cannot be unpickled here becomes an error for its
+    item alone: ResultPicklingError (or RemoteError) with the type's name
+    and the unpickler's message."""
+    if len(returned) == 2:
+        return returned
+    blob = returned[1]
+    try:
+        return pickle.loads(blob)
+    except Exception as e:
+        from . import _salvage
+        try:
+            results, errors = _salvage.load(blob)
+        except Exception:
+            raise e from None
+    errors = dict(errors)
+    for j, (kind, exc, tb) in list(errors.items()):
+        marker = _salvage.reaches_marker(exc)
+        if marker is not None:
+            # The worker's message is the last line of its traceback.
+            last = (tb or "").strip().splitlines()[-1:] or [""]
+            msg = last[0].partition(": ")[2]
+            errors[j] = (kind, _salvage.exception_error(
+                marker.what.rpartition(".")[2], msg, marker), tb)
+    for j, marker in _salvage.unbuilt_items(results).items():
+        if j not in errors:
+            errors[j] = (_CALL, _salvage.result_error(first + j, results[j],
+                                                      marker), None)
+            results[j] = None
     return results, errors
 
 
@@ -129,7 +183,7 @@ def _raise_or_return(kind, exc, tb, index, mode):
         pass
     if tb and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(tb)
-    if kind == _SHAPE or mode != "return":
+    if kind != _CALL or mode != "return":
         raise exc
     return exc
 
@@ -193,7 +247,7 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                                   return_when=cf.FIRST_COMPLETED)
                 fut = next(iter(done))
             start = pending.pop(fut)
-            values, errors = fut.result()
+            values, errors = _unpack(fut.result(), start)
             for j, value in enumerate(values):
                 if errors and j in errors:
                     kind, exc, tb = errors[j]

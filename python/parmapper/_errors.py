@@ -75,7 +75,17 @@ class ItemPicklingError(ParmapperError, pickle.PicklingError):
 
 
 class ResultPicklingError(ParmapperError, pickle.PicklingError):
-    """A result could not be pickled to send it back from a worker."""
+    """A result could not be pickled to send it back from a worker, or could
+    not be rebuilt (unpickled) in the caller.
+
+    Attributes
+    ----------
+    type_name : str or None
+        When it could not be rebuilt: the class or callable that failed
+        (``module.name``); the message has the unpickler's error.
+    """
+
+    type_name = None
 
 
 class _Unsent:
