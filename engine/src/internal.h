@@ -199,8 +199,9 @@ struct pm_map {
 
 /* proc.c */
 
-/* Forks worker w.  In the child: runs the after_fork_child hook, arranges to
- * die with the parent, ignores SIGINT, unmaps the other workers' memory and
+/* Forks worker w, letting only the mappings it needs into the fork
+ * (m->dontfork).  In the child: unmaps the other workers' memory, runs the
+ * after_fork_child hook, arranges to die with the parent, ignores SIGINT and
  * runs pm__worker_main(); it never returns.  Returns 0 in the parent, or the
  * -errno of fork(). */
 int pm__spawn(pm_map *m, int w);

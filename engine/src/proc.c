@@ -21,6 +21,17 @@
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
                         int from_main_thread)
 {
+    /* Isolation: a worker keeps only its own rings (and the parent's bell),
+     * so a wild write can damage nothing but its own slots.  With dontfork
+     * the others were not inherited at all; unmapping their (empty) ranges
+     * anyway, before anything can map memory there, tells tools that track
+     * mappings (valgrind, whose leak scan would fault on every page). */
+    for (int i = 0; i < m->opt.nproc; i++) {
+        if (i != w && m->workers[i].shm) {
+            munmap(m->workers[i].shm, m->workers[i].shm_len);
+            m->workers[i].shm = NULL;
+        }
+    }
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
 #ifdef __linux__
@@ -42,16 +53,6 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     sa.sa_flags = 0;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
-    /* Isolation: a worker keeps only its own rings (and the parent's bell),
-     * so a wild write can damage nothing but its own slots.  With dontfork
-     * the others were not inherited at all (and their addresses may be
-     * reused by now: the after_fork_child hook may have mapped memory). */
-    for (int i = 0; i < m->opt.nproc && !m->dontfork; i++) {
-        if (i != w && m->workers[i].shm) {
-            munmap(m->workers[i].shm, m->workers[i].shm_len);
-            m->workers[i].shm = NULL;
-        }
-    }
     pthread_sigmask(SIG_SETMASK, oldmask, NULL);
     pm__worker_main(m, w);
 }
