@@ -16,6 +16,23 @@
 
 #include "internal.h"
 
+/* Lets the mappings worker w needs into the next fork (or keeps them out
+ * again), when the map keeps its mappings out of forks. */
+static void let_fork(pm_map *m, int w, int let)
+{
+#ifdef MADV_DONTFORK
+    int advice = let ? MADV_DOFORK : MADV_DONTFORK;
+    if (!m->dontfork)
+        return;
+    madvise(m->ctl, (sizeof(pm_ctl) + 63u) & ~(size_t)63u, advice);
+    madvise(m->workers[w].shm, m->workers[w].shm_len, advice);
+#else
+    (void)m;
+    (void)w;
+    (void)let;
+#endif
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
@@ -32,6 +49,9 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
             m->workers[i].shm = NULL;
         }
     }
+    /* Its own mappings are its alone: not inherited by its children (a
+     * fork() in the work function, the workers of a map it starts). */
+    let_fork(m, w, 0);
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
 #ifdef __linux__
@@ -55,23 +75,6 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     sigaction(SIGINT, &sa, NULL);
     pthread_sigmask(SIG_SETMASK, oldmask, NULL);
     pm__worker_main(m, w);
-}
-
-/* Lets the mappings worker w needs into the next fork (or keeps them out
- * again), when the map keeps its mappings out of forks. */
-static void let_fork(pm_map *m, int w, int let)
-{
-#ifdef MADV_DONTFORK
-    int advice = let ? MADV_DOFORK : MADV_DONTFORK;
-    if (!m->dontfork)
-        return;
-    madvise(m->ctl, (sizeof(pm_ctl) + 63u) & ~(size_t)63u, advice);
-    madvise(m->workers[w].shm, m->workers[w].shm_len, advice);
-#else
-    (void)m;
-    (void)w;
-    (void)let;
-#endif
 }
 
 /* Held from letting a worker's mappings into a fork until they are kept

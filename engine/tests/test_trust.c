@@ -343,7 +343,8 @@ static int mapped(const void *p, size_t len)
 pm_map *trust_map_b;
 
 /* Bit 0: this worker's own rings and the parent's bell are mapped; bit 1:
- * none of map A's mappings is (the context: map A). */
+ * none of map A's mappings is (the context: map A); bit 2: a fork() of the
+ * worker (in the work function) has neither its rings nor the bell. */
 static int reach_work(void *ctx, const pm_task *task, const void *in,
                       size_t len, pm_writer *out)
 {
@@ -360,6 +361,16 @@ static int reach_work(void *ctx, const pm_task *task, const void *in,
         any |= mapped(a->workers[i].shm, a->workers[i].shm_len);
     if (!any)
         bits |= 2;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int has = mapped(b->workers[w].shm, b->workers[w].shm_len) ||
+                  mapped(b->ctl, sizeof(pm_ctl));
+        _exit(has ? 1 : 0);
+    }
+    int st = -1;
+    if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) &&
+        WEXITSTATUS(st) == 0)
+        bits |= 4;
     return pm_write(out, &bits, sizeof bits);
 }
 
@@ -408,8 +419,9 @@ TEST_IMPL(map_rings_reach_only_own_workers)
     ASSERT_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0,
                "a plain fork inherited map A's rings (status %#x)", st);
 
-    /* The workers of map B have their own and none of A's.  (Replacement
-     * workers, forked later, get theirs too: the *_retries cases above.) */
+    /* The workers of map B have their own and none of A's, and a fork of
+     * theirs has none.  (Replacement workers, forked later, get theirs
+     * too: the *_retries cases above.) */
     int left = 3;
     pm_options ob;
     pm_options_init(&ob);
@@ -421,9 +433,11 @@ TEST_IMPL(map_rings_reach_only_own_workers)
         uint64_t bits;
         ASSERT_UEQ(res.len, sizeof bits);
         memcpy(&bits, res.data, sizeof bits);
-        ASSERT_MSG(bits == 3, "worker of map B: own rings %s, map A's %s",
+        ASSERT_MSG(bits == 7,
+                   "worker of map B: own rings %s, map A's %s, its fork's %s",
                    bits & 1 ? "mapped" : "MISSING",
-                   bits & 2 ? "absent" : "MAPPED");
+                   bits & 2 ? "absent" : "MAPPED",
+                   bits & 4 ? "absent" : "MAPPED");
         k++;
     }
     ASSERT_RC(rc, 0);

@@ -189,7 +189,8 @@ def test_worker_that_overwrites_its_ring_geometry_changes_nothing(
 def test_rings_reach_only_their_own_workers(run_facts):
     """A map's shared memory is in its own workers only: not in a plain
     fork of the caller, not in the workers of another map running at the
-    same time (and a replaced worker gets its own again)."""
+    same time, not in a fork() done inside fun (and a replaced worker gets
+    its own again: the retries cases above)."""
     f = run_facts(r'''
 import parmapper
 
@@ -205,7 +206,17 @@ if pid == 0:
 _, st = os.waitpid(pid, 0)
 
 def in_worker(x):
-    return shared()
+    # A fork() inside fun: the copy of the worker has no ring at all.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, repr(shared()).encode())
+        os._exit(0)
+    os.close(w)
+    child = eval(os.read(r, 65536).decode())
+    os.close(r)
+    os.waitpid(pid, 0)
+    return shared(), child
 
 inner = list(parmapper.parmap(in_worker, range(4), N=2, chunksize=1))
 it.close()
@@ -213,9 +224,11 @@ emit(mine=mine, fork_status=st, inner=inner)
 ''')
     assert len(f["mine"]) == 3, f["mine"]
     assert f["fork_status"] == 0, "a plain fork inherited the map's rings"
-    for maps in f["inner"]:
+    for maps, forked in f["inner"]:
         # Its own map's bell and its own rings, none of map A's.
         assert len(maps) == 2 and not set(maps) & set(f["mine"]), (maps, f["mine"])
+        # A fork() inside fun gets none of them.
+        assert forked == [], forked
 
 
 def test_worker_reaped_elsewhere_is_status_unknown(run_facts):
