@@ -2173,17 +2173,31 @@ static void raise_engine_error(MapIter *self, int rc)
                             "parmapper: callback failed without an exception");
         return;
     }
-    if (rc == PM_EWORKERDIED) {
+    /* A worker that broke its rings (pm_map_death names it): killed, and
+     * reported like a death, as a ParmapperError. */
+    int corrupt = rc == PM_ECORRUPT && pm_map_death(self->map);
+    if (rc == PM_EWORKERDIED || corrupt) {
         const pm_death *d = pm_map_death(self->map);
-        PyObject *cls = errors_attr("WorkerDiedError");
-        if (!cls || !d)
+        PyObject *cls = errors_attr(corrupt ? "ParmapperError" : "WorkerDiedError");
+        if (!cls || !d) {
+            Py_XDECREF(cls);
             return;
+        }
         PyObject *indices = NULL;
         PyObject *items = format_range_list(d, &indices);
         PyObject *how;
-        if (d->signal) {
+        if (corrupt) {
+            how = PyUnicode_FromString(
+                "wrote a malformed record into its ring (a wild write in "
+                "the worker, e.g. by a C extension or ctypes, over the "
+                "engine's shared memory) and was killed,");
+        } else if (d->signal) {
             how = PyUnicode_FromFormat("was killed by signal %d (%s)",
                                        d->signal, signal_name(d->signal));
+        } else if (d->exit_code == PM_EXIT_UNKNOWN) {
+            how = PyUnicode_FromString(
+                "ended with status unknown (reaped elsewhere: SIGCHLD is "
+                "ignored or the program waits for any child)");
         } else {
             how = PyUnicode_FromFormat("exited with code %d", d->exit_code);
         }
@@ -2191,12 +2205,14 @@ static void raise_engine_error(MapIter *self, int rc)
             d->nlost ? PyUnicode_FromFormat("with item%s %S in flight on it (lost)",
                                             (d->nlost == 1 && d->lost[0].count == 1) ? "" : "s",
                                             items)
-                     : PyUnicode_FromString("with no item in flight, and no "
-                                            "worker is left to finish the map");
+                     : PyUnicode_FromString(corrupt ? "with no item in flight"
+                                                    : "with no item in flight, and no "
+                                                      "worker is left to finish the map");
         char retried[96] = "";
         if (self->opt.retries > 0)
             snprintf(retried, sizeof retried,
-                     " (retries=%d used up: the item kept killing its worker)",
+                     corrupt ? " (retries=%d used up)"
+                             : " (retries=%d used up: the item kept killing its worker)",
                      self->opt.retries);
         const char *hint =
             self->opt.retries > 0 ? retried :
@@ -2213,7 +2229,7 @@ static void raise_engine_error(MapIter *self, int rc)
             PyObject *v;
             v = PyLong_FromLong(d->pid);
             if (v) { PyObject_SetAttrString(exc, "pid", v); Py_DECREF(v); }
-            if (d->signal) { v = Py_None; Py_INCREF(v); }
+            if (d->signal || d->exit_code == PM_EXIT_UNKNOWN) { v = Py_None; Py_INCREF(v); }
             else v = PyLong_FromLong(d->exit_code);
             if (v) { PyObject_SetAttrString(exc, "exitcode", v); Py_DECREF(v); }
             v = d->signal ? PyLong_FromLong(d->signal) : (Py_INCREF(Py_None), Py_None);

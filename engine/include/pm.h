@@ -69,6 +69,12 @@ typedef struct pm_task {
  * must split a larger chunk into several tasks. */
 #define PM_TASK_MAX_COUNT UINT32_MAX
 
+/* exit_code of a worker whose end the engine could not learn: the caller
+ * reaped it (a waitpid(-1) of its own) or let the kernel reap it (SIGCHLD
+ * set to SIG_IGN), so its wait status was gone.  signal is 0 then: "status
+ * unknown (reaped elsewhere)", not an exit or a signal. */
+#define PM_EXIT_UNKNOWN (-2)
+
 /* Status of a delivered result. */
 enum {
     PM_RESULT_OK = 0,       /* data/len hold what the work function wrote */
@@ -89,15 +95,17 @@ typedef struct pm_result {
     const void *data; /* the bytes the worker wrote */
     size_t len;
     int signal;       /* PM_RESULT_DIED: the signal that killed the worker,
-                         or 0 when it exited */
-    int exit_code;    /* PM_RESULT_DIED: its exit status, or -1 */
+                         or 0 when it exited (or its status is unknown) */
+    int exit_code;    /* PM_RESULT_DIED: its exit status, -1 when killed,
+                         PM_EXIT_UNKNOWN when reaped elsewhere */
 } pm_result;
 
 /* What the engine knows about a worker that died. */
 typedef struct pm_death {
     pid_t pid;
     int worker;        /* 0 .. nproc-1 */
-    int exit_code;     /* exit status, or -1 when killed by a signal */
+    int exit_code;     /* exit status, -1 when killed by a signal, or
+                          PM_EXIT_UNKNOWN when reaped elsewhere */
     int signal;        /* the signal that killed it, or 0 */
     size_t nlost;      /* tasks that were in flight on it, oldest first */
     const pm_task *lost;
@@ -252,7 +260,9 @@ typedef struct pm_options {
     int window;         /* tasks in flight per thread (0: default) */
     size_t ring_bytes;  /* bytes per ring, a power of two (0: default) */
     int retries;        /* times a task lost to a dying worker is run again
-                           on a fresh worker before PM_EWORKERDIED (0: never) */
+                           on a fresh worker before PM_EWORKERDIED (0: never);
+                           also for a worker killed for writing a malformed
+                           record into its rings (before PM_ECORRUPT) */
     int64_t timeout_ms; /* a task running longer is abandoned: its worker is
                            killed and replaced, the task is delivered with
                            PM_RESULT_TIMEDOUT (0: no limit) */
@@ -308,7 +318,9 @@ PM_EXTERN int pm_map_start(pm_map *m);
  * are kept), and tasks past opt.timeout_ms come back as PM_RESULT_TIMEDOUT.  Returns
  * 0 when every task has been delivered, or a negative code: the produce
  * function's or the check hook's value, PM_EWORKERDIED (see pm_map_death),
- * PM_ECORRUPT, or a -errno.  After an error every later call returns the
+ * PM_ECORRUPT (a worker broke its rings: it is killed, and named by
+ * pm_map_death; with opt.retries left it is replaced instead, like a dead
+ * worker, its oldest task charged with an attempt), or a -errno.  After an error every later call returns the
  * same error; the caller should destroy the map.
  */
 PM_EXTERN int pm_map_next(pm_map *m, pm_result *res);
@@ -338,8 +350,11 @@ PM_EXTERN void *pm_map_take_routed(pm_map *m);
  * when the map has failed. */
 PM_EXTERN int pm_map_resume(pm_map *m);
 
-/* After PM_EWORKERDIED: what died and which tasks were lost; NULL otherwise.
- * Valid until pm_map_destroy(). */
+/* After PM_EWORKERDIED: what died and which tasks were lost.  After a
+ * PM_ECORRUPT that a worker caused (a malformed record or an impossible
+ * counter in its rings): that worker, which the engine killed (its
+ * signal/exit_code say how it ended), and the tasks that were in flight on
+ * it.  NULL otherwise.  Valid until pm_map_destroy(). */
 PM_EXTERN const pm_death *pm_map_death(const pm_map *m);
 
 /* Process ids of the workers (0 for a slot not started or already reaped),
@@ -421,8 +436,9 @@ typedef struct pm_item {
     int status;       /* PM_ITEM_* */
     int code;         /* PM_ITEM_FAILED: the work function's return value */
     int signal;       /* PM_ITEM_CRASHED: the signal that killed the worker,
-                         or 0 when it exited */
-    int exit_code;    /* PM_ITEM_CRASHED: its exit status, or -1 */
+                         or 0 when it exited (or its status is unknown) */
+    int exit_code;    /* PM_ITEM_CRASHED: its exit status, -1 when killed,
+                         PM_EXIT_UNKNOWN when reaped elsewhere */
     const void *data; /* the result written by the work function */
     size_t len;
 } pm_item;

@@ -127,10 +127,14 @@ typedef struct pm_slot {
  * task of its left undone; started again only if the input is re-opened. */
 enum { PM_W_IDLE = 0, PM_W_RUNNING, PM_W_REAPED, PM_W_DONE };
 
+/* pm_worker.status of a worker reaped by someone else (SIGCHLD ignored, a
+ * waitpid(-1) of the caller's): no wait status is -1. */
+#define PM_WAIT_UNKNOWN (-1)
+
 typedef struct pm_worker {
     pid_t pid;
     int state;
-    int status; /* raw wait status once reaped */
+    int status; /* raw wait status once reaped, or PM_WAIT_UNKNOWN */
     void *shm;
     size_t shm_len;
     pm_wctl *wctl;
@@ -185,13 +189,19 @@ struct pm_map {
 
     pm_spin spin;
     pm_death death;
+    int death_corrupt;    /* m->death names the worker that broke its rings
+                             (PM_ECORRUPT) */
+    int dontfork;         /* every shared mapping is MADV_DONTFORK: a fork
+                             inherits none but the ones pm__spawn lets
+                             through for its worker */
     pm_task *lost;
 };
 
 /* proc.c */
 
-/* Forks worker w.  In the child: runs the after_fork_child hook, arranges to
- * die with the parent, ignores SIGINT, unmaps the other workers' memory and
+/* Forks worker w, letting only the mappings it needs into the fork
+ * (m->dontfork).  In the child: unmaps the other workers' memory, runs the
+ * after_fork_child hook, arranges to die with the parent, ignores SIGINT and
  * runs pm__worker_main(); it never returns.  Returns 0 in the parent, or the
  * -errno of fork(). */
 int pm__spawn(pm_map *m, int w);
@@ -215,7 +225,8 @@ void pm__kill_reap(pm_map *m, int w);
 void pm__stop_all(pm_map *m, int grace_ms);
 
 /* How a process ended, from its wait status: the signal that killed it (0
- * if none) and its exit status (-1 when killed). */
+ * if none) and its exit status (-1 when killed; PM_EXIT_UNKNOWN, signal 0,
+ * for PM_WAIT_UNKNOWN). */
 void pm__decode_status(int st, int *signal, int *exit_code);
 
 /* Fills m->death for worker w from its wait status and the tasks of its

@@ -41,6 +41,19 @@ static void *map_shared(size_t len)
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* Keeps mapping p out of every fork (pm__spawn lets it through for the
+ * workers that need it).  Returns 1 when the kernel took it. */
+static int no_fork(void *p, size_t len)
+{
+#ifdef MADV_DONTFORK
+    return madvise(p, len, MADV_DONTFORK) == 0;
+#else
+    (void)p;
+    (void)len;
+    return 0;
+#endif
+}
+
 static uint64_t pow2_at_least(uint64_t x)
 {
     uint64_t p = 1;
@@ -105,6 +118,9 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         err = -errno;
         goto fail;
     }
+    /* Isolation: the rings of this map reach its own workers only, not the
+     * caller's other children nor the workers of its other maps. */
+    m->dontfork = no_fork(m->ctl, ALIGN64(sizeof(pm_ctl)));
     for (int w = 0; w < m->opt.nproc; w++) {
         pm_worker *wk = &m->workers[w];
         wk->shm_len = ALIGN64(sizeof(pm_wctl)) +
@@ -114,6 +130,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
             err = -errno;
             goto fail;
         }
+        m->dontfork &= no_fork(wk->shm, wk->shm_len);
         wk->wctl = wk->shm;
         for (int t = 0; t < m->opt.nthreads; t++) {
             pm_slot *s = &m->slots[w * m->opt.nthreads + t];
@@ -125,8 +142,8 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                 (pm_ring *)((unsigned char *)s->task_ring + ring_bytes(m));
             pm__ring_init(s->task_ring, m->opt.ring_bytes);
             pm__ring_init(s->result_ring, m->opt.ring_bytes);
-            pm__tx_init(&s->tx, s->task_ring);
-            pm__rx_init(&s->rx, s->result_ring);
+            pm__tx_init(&s->tx, s->task_ring, m->opt.ring_bytes);
+            pm__rx_init(&s->rx, s->result_ring, m->opt.ring_bytes);
             s->fifo = calloc((size_t)m->opt.window, sizeof *s->fifo);
             if (!s->fifo) {
                 err = -ENOMEM;
@@ -395,6 +412,7 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
 }
 
 static int restart_done(pm_map *m);
+static int corrupt(pm_map *m, pm_slot *s, int *progress);
 
 static int dispatch(pm_map *m, int *progress)
 {
@@ -402,8 +420,15 @@ static int dispatch(pm_map *m, int *progress)
         pm_slot *s = &m->slots[i];
         if (!worker_alive(m, s->worker))
             continue;
-        if (s->pend_active)
+        if (s->pend_active) {
             *progress |= flush_pending(m, s);
+            if (s->tx.bad) { /* the worker published an impossible tail */
+                int rc = corrupt(m, s, progress);
+                if (rc < 0)
+                    return rc;
+                continue;
+            }
+        }
         if (s->resend < s->fifo_n) {
             int rc = resend_some(m, s, progress);
             if (rc < 0)
@@ -530,6 +555,8 @@ static int deliver_abandoned(pm_map *m, pm_slot *s, pm_inflight *e,
     return 1;
 }
 
+static void release_routed(pm_map *m, void **owner);
+
 /*
  * Delivers the next result of slot si.  Returns 1 with *res filled (a
  * fragment read in place stays in the ring until the next call), 0 when it
@@ -562,12 +589,16 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     pm_frag f;
     int in_ring = 0;
     int rc = read_msg(m, s, &msg, &len, &f, &in_ring, progress);
+    if (rc == PM_ECORRUPT)
+        return corrupt(m, s, progress);
     if (rc <= 0)
         return rc;
     if (!in_ring)
         m->routed = pm__asm_take_owner(&s->asm);
-    if (!msg_answers(msg, len, &e->task))
-        return PM_ECORRUPT;
+    if (!msg_answers(msg, len, &e->task)) {
+        release_routed(m, &m->routed);
+        return corrupt(m, s, progress);
+    }
     if (in_ring) {
         m->held = f;
         m->held_slot = si;
@@ -608,6 +639,36 @@ static int lost(pm_map *m, int si)
 {
     pm__record_death(m, m->slots[si].worker);
     return PM_EWORKERDIED;
+}
+
+static int handle_dead(pm_map *m, int w, int killed);
+
+/*
+ * Slot s's worker broke the ring protocol: a malformed record, an impossible
+ * counter, a result that answers no task.  Whatever it still wrote is not
+ * trusted: it is killed, and its oldest task in flight on s is charged with
+ * one attempt.  With retries left, a fresh worker is started that is sent
+ * its tasks again (returns 0, *progress set); otherwise the map fails with
+ * PM_ECORRUPT and pm_map_death() names the worker and the tasks in flight.
+ */
+static int corrupt(pm_map *m, pm_slot *s, int *progress)
+{
+    int w = s->worker;
+    int was_running = worker_alive(m, w);
+    pm__kill_reap(m, w);
+    pm_inflight *e = NULL;
+    for (uint32_t i = 0; i < s->fifo_n && !e; i++)
+        if (pm__fifo_at(m, s, i)->state == PM_T_SENT)
+            e = pm__fifo_at(m, s, i);
+    if (was_running && m->keep && e &&
+        ++e->attempts <= (uint32_t)m->opt.retries) {
+        int rc = handle_dead(m, w, 1);
+        *progress = 1;
+        return rc < 0 ? rc : 0;
+    }
+    pm__record_death(m, w);
+    m->death_corrupt = 1;
+    return PM_ECORRUPT;
 }
 
 static int deliver(pm_map *m, pm_result *res, int *progress)
@@ -656,8 +717,8 @@ static void reset_worker_shm(pm_map *m, int w)
         atomic_store(&s->ctl->run_start_ns, 0);
         pm__ring_init(s->task_ring, m->opt.ring_bytes);
         pm__ring_init(s->result_ring, m->opt.ring_bytes);
-        pm__tx_init(&s->tx, s->task_ring);
-        pm__rx_init(&s->rx, s->result_ring);
+        pm__tx_init(&s->tx, s->task_ring, m->opt.ring_bytes);
+        pm__rx_init(&s->rx, s->result_ring, m->opt.ring_bytes);
         s->pend_active = 0;
         s->pend_len = s->pend_off = 0;
         pend_release(m, s);
@@ -1089,7 +1150,10 @@ int pm_map_resume(pm_map *m)
 
 const pm_death *pm_map_death(const pm_map *m)
 {
-    return m->error == PM_EWORKERDIED ? &m->death : NULL;
+    return m->error == PM_EWORKERDIED ||
+                   (m->error == PM_ECORRUPT && m->death_corrupt)
+               ? &m->death
+               : NULL;
 }
 
 const pid_t *pm_map_pids(const pm_map *m, int *n)
@@ -1109,12 +1173,16 @@ int pm_map_destroy(pm_map *m)
         const char *g = getenv("PM_STOP_GRACE_MS");
         pm__stop_all(m, g ? atoi(g) : STOP_GRACE_MS);
     }
-    if (m->workers) {
+    /* In another process (a fork of the creator's) the mappings are not
+     * there when they were kept out of forks: its addresses may hold
+     * something else by now. */
+    int mapped = mine || !m->dontfork;
+    if (m->workers && mapped) {
         for (int w = 0; w < m->opt.nproc; w++)
             if (m->workers[w].shm)
                 munmap(m->workers[w].shm, m->workers[w].shm_len);
     }
-    if (m->ctl)
+    if (m->ctl && mapped)
         munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
     free(m->held_copy);
     /* Owners are the creator's to release; a forked child only frees. */

@@ -33,12 +33,43 @@ static void atfork_register(void)
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
+/* Lets the mappings worker w needs into the next fork (or keeps them out
+ * again), when the map keeps its mappings out of forks. */
+static void let_fork(pm_map *m, int w, int let)
+{
+#ifdef MADV_DONTFORK
+    int advice = let ? MADV_DOFORK : MADV_DONTFORK;
+    if (!m->dontfork)
+        return;
+    madvise(m->ctl, (sizeof(pm_ctl) + 63u) & ~(size_t)63u, advice);
+    madvise(m->workers[w].shm, m->workers[w].shm_len, advice);
+#else
+    (void)m;
+    (void)w;
+    (void)let;
+#endif
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
                         int from_main_thread)
 {
     pm__forked_copy = 0; /* this one is a worker, not a copy */
+    /* Isolation: a worker keeps only its own rings (and the parent's bell),
+     * so a wild write can damage nothing but its own slots.  With dontfork
+     * the others were not inherited at all; unmapping their (empty) ranges
+     * anyway, before anything can map memory there, tells tools that track
+     * mappings (valgrind, whose leak scan would fault on every page). */
+    for (int i = 0; i < m->opt.nproc; i++) {
+        if (i != w && m->workers[i].shm) {
+            munmap(m->workers[i].shm, m->workers[i].shm_len);
+            m->workers[i].shm = NULL;
+        }
+    }
+    /* Its own mappings are its alone: not inherited by its children (a
+     * fork() in the work function, the workers of a map it starts). */
+    let_fork(m, w, 0);
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
 #ifdef __linux__
@@ -60,17 +91,14 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     sa.sa_flags = 0;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
-    /* Isolation: a worker keeps only its own rings (and the parent's bell),
-     * so a wild write can damage nothing but its own slots. */
-    for (int i = 0; i < m->opt.nproc; i++) {
-        if (i != w && m->workers[i].shm) {
-            munmap(m->workers[i].shm, m->workers[i].shm_len);
-            m->workers[i].shm = NULL;
-        }
-    }
     pthread_sigmask(SIG_SETMASK, oldmask, NULL);
     pm__worker_main(m, w);
 }
+
+/* Held from letting a worker's mappings into a fork until they are kept
+ * out again: another map's spawn in another thread would otherwise fork
+ * with them. */
+static pthread_mutex_t spawn_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int pm__spawn(pm_map *m, int w)
 {
@@ -88,10 +116,18 @@ int pm__spawn(pm_map *m, int w)
 #else
     int from_main_thread = 0;
 #endif
+    pthread_mutex_lock(&spawn_lock);
+    let_fork(m, w, 1);
     pid_t pid = fork();
-    if (pid == 0)
-        child_setup(m, w, &old, from_main_thread); /* never returns */
     int err = pid < 0 ? -errno : 0;
+    if (pid == 0) {
+        /* The child is the thread that locked it (a worker may start maps
+         * of its own). */
+        pthread_mutex_unlock(&spawn_lock);
+        child_setup(m, w, &old, from_main_thread); /* never returns */
+    }
+    let_fork(m, w, 0);
+    pthread_mutex_unlock(&spawn_lock);
     if (m->hooks.after_fork_parent)
         m->hooks.after_fork_parent(m->hooks.ctx);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -116,8 +152,9 @@ int pm__try_reap(pm_map *m, int w)
     if (r < 0) {
         if (errno == EINTR)
             return 0;
-        /* ECHILD: someone else reaped it (SIGCHLD ignored); status unknown. */
-        status = 0x7f00;
+        /* ECHILD: someone else reaped it (SIGCHLD ignored, or the caller
+         * waits for any child): how it ended is unknown. */
+        status = PM_WAIT_UNKNOWN;
     }
     wk->status = status;
     wk->state = PM_W_REAPED;
@@ -127,7 +164,10 @@ int pm__try_reap(pm_map *m, int w)
 
 void pm__decode_status(int st, int *signal, int *exit_code)
 {
-    if (WIFSIGNALED(st)) {
+    if (st == PM_WAIT_UNKNOWN) {
+        *signal = 0;
+        *exit_code = PM_EXIT_UNKNOWN;
+    } else if (WIFSIGNALED(st)) {
         *signal = WTERMSIG(st);
         *exit_code = -1;
     } else {
@@ -187,9 +227,10 @@ void pm__kill_reap(pm_map *m, int w)
         return;
     kill(wk->pid, SIGKILL);
     int status = 0;
-    while (waitpid(wk->pid, &status, 0) < 0 && errno == EINTR)
+    pid_t r;
+    while ((r = waitpid(wk->pid, &status, 0)) < 0 && errno == EINTR)
         ;
-    wk->status = status;
+    wk->status = r < 0 ? PM_WAIT_UNKNOWN : status; /* reaped elsewhere */
     wk->state = PM_W_REAPED;
     m->pids[w] = 0;
 }

@@ -12,6 +12,15 @@
  * producer alone writes head, the consumer alone writes tail; each side keeps
  * a private cached copy of the other's counter so that the shared cache
  * lines are read only when the cached value says the ring looks full/empty.
+ *
+ * Trust: the other side of a ring may be a worker whose memory is wild.  So
+ * each side keeps the ring's geometry (capacity, mask, largest fragment, data
+ * address) in its own private pm_ring_tx / pm_ring_rx, set from the caller's
+ * own numbers, and never reads it back from shared memory; every value it
+ * does read there (the other side's counter, a fragment header) is checked
+ * against that private geometry before it is used, so a bad value is
+ * PM_ECORRUPT (or, for a tail, the tx's bad flag), never an access outside
+ * the ring.
  */
 #ifndef PM_RING_H
 #define PM_RING_H
@@ -28,6 +37,8 @@
 typedef struct pm_ring {
     _Alignas(64) _Atomic uint64_t head; /* bytes published by the producer */
     _Alignas(64) _Atomic uint64_t tail; /* bytes released by the consumer */
+    /* Written by pm__ring_init for anyone inspecting the memory (debuggers,
+     * tests); the engine never reads them back: see "Trust" above. */
     _Alignas(64) uint64_t cap;          /* power of two, multiple of 64 */
     uint64_t max_frag;                  /* largest fragment payload */
     _Alignas(64) unsigned char data[];
@@ -36,17 +47,24 @@ typedef struct pm_ring {
 /* Producer side, private to the process that writes. */
 typedef struct pm_ring_tx {
     pm_ring *r;
+    unsigned char *data; /* private copies of the geometry */
+    uint64_t cap, max_frag;
     uint64_t pos;        /* write position: published head + open fragment */
     uint64_t tail_cache; /* last tail read from the ring */
     uint64_t frag_at;    /* position of the open fragment's header */
     uint32_t frag_len;   /* payload bytes in the open fragment */
     int open;            /* a fragment is being written */
     int first;           /* the next fragment starts a message */
+    int bad;             /* the consumer published an impossible tail (past
+                            the write position, or more than cap behind):
+                            the ring is corrupt, it looks full */
 } pm_ring_tx;
 
 /* Consumer side, private to the process that reads. */
 typedef struct pm_ring_rx {
     pm_ring *r;
+    const unsigned char *data; /* private copies of the geometry */
+    uint64_t cap, max_frag;
     uint64_t tail;       /* consumer position (published on consume) */
     uint64_t head_cache; /* last head read from the ring */
 } pm_ring_rx;
@@ -69,8 +87,16 @@ size_t pm__ring_size(size_t cap);
  * a power of two >= 4096. */
 void pm__ring_init(pm_ring *r, size_t cap);
 
-void pm__tx_init(pm_ring_tx *tx, pm_ring *r);
-void pm__rx_init(pm_ring_rx *rx, pm_ring *r);
+/* Largest fragment payload of a ring of capacity cap. */
+static inline uint64_t pm__ring_max_frag(uint64_t cap)
+{
+    return cap / 4 - PM_FRAG_HDR;
+}
+
+/* The two ends of ring r of capacity cap: cap is the caller's own number
+ * (the one r was initialized with), not read from r. */
+void pm__tx_init(pm_ring_tx *tx, pm_ring *r, size_t cap);
+void pm__rx_init(pm_ring_rx *rx, pm_ring *r, size_t cap);
 
 /*
  * Appends up to n bytes to the message being written and returns how many it
@@ -87,13 +113,19 @@ size_t pm__tx_write(pm_ring_tx *tx, const void *p, size_t n);
 int pm__tx_end(pm_ring_tx *tx);
 
 /* Free bytes after the write position.  Cheap: the shared tail is read only
- * when the cached value gives less than want. */
+ * when the cached value gives less than want.  An impossible tail sets
+ * tx->bad and gives no room. */
 static inline uint64_t pm__tx_room(pm_ring_tx *tx, uint64_t want)
 {
-    uint64_t room = tx->r->cap - (tx->pos - tx->tail_cache);
+    uint64_t room = tx->cap - (tx->pos - tx->tail_cache);
     if (room < want) {
-        tx->tail_cache = atomic_load_explicit(&tx->r->tail, memory_order_acquire);
-        room = tx->r->cap - (tx->pos - tx->tail_cache);
+        uint64_t t = atomic_load_explicit(&tx->r->tail, memory_order_acquire);
+        if (tx->pos - t > tx->cap) { /* also catches t > pos */
+            tx->bad = 1;
+            return 0;
+        }
+        tx->tail_cache = t;
+        room = tx->cap - (tx->pos - t);
     }
     return room;
 }
@@ -110,7 +142,9 @@ static inline int pm__rx_ready(pm_ring_rx *rx)
 
 /*
  * Looks at the next fragment without consuming it.  Returns 1 and fills *f,
- * 0 when none is published, or PM_ECORRUPT when the header is malformed.
+ * 0 when none is published, or PM_ECORRUPT when the header is malformed or
+ * the published head is impossible (more than cap ahead of the tail, or a
+ * fragment that ends past it).  *f always lies inside the ring's data.
  */
 int pm__rx_peek(pm_ring_rx *rx, pm_frag *f);
 

@@ -290,8 +290,8 @@ void pm__worker_main(pm_map *m, int w)
         ws[t].wctl = m->workers[w].wctl;
         ws[t].parent = &m->ctl->parent;
         ws[t].spin.budget_ns = PM_SPIN_MIN_NS * 8;
-        pm__rx_init(&ws[t].rx, s->task_ring);
-        pm__tx_init(&ws[t].tx, s->result_ring);
+        pm__rx_init(&ws[t].rx, s->task_ring, m->opt.ring_bytes);
+        pm__tx_init(&ws[t].tx, s->result_ring, m->opt.ring_bytes);
     }
     if (nt == 1) {
         slot_main(&ws[0]);

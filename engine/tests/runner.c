@@ -50,6 +50,19 @@
     X(ring_corrupt_header)                                                     \
     X(ring_spsc_procs)                                                         \
     X(ring_spsc_threads)                                                       \
+    X(ring_geometry_stays_private)                                             \
+    X(ring_bad_counters)                                                       \
+    X(map_worker_scribbles_geometry)                                           \
+    X(map_worker_scribbles_geometry_threads_unordered)                         \
+    X(map_worker_scribbles_result_head)                                        \
+    X(map_worker_scribbles_result_head_unordered)                              \
+    X(map_worker_scribbles_result_head_retries)                                \
+    X(map_worker_scribbles_task_tail)                                          \
+    X(map_worker_scribbles_task_tail_behind)                                   \
+    X(map_worker_scribbles_task_tail_retries)                                  \
+    X(map_rings_reach_only_own_workers)                                        \
+    X(map_worker_reaped_elsewhere)                                             \
+    X(job_worker_reaped_elsewhere)                                             \
     X(bell_futex_timeout)                                                      \
     X(bell_pingpong_threads)                                                   \
     X(bell_pingpong_procs)                                                     \

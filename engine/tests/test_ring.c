@@ -123,8 +123,8 @@ TEST_IMPL(ring_small_roundtrip)
     pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r);
-    pm__rx_init(&rx, r);
+    pm__tx_init(&tx, r, CAP);
+    pm__rx_init(&rx, r, CAP);
     ASSERT_UEQ(r->cap, CAP);
     ASSERT_UEQ(pm__tx_room(&tx, CAP), CAP);
     ASSERT_EQ(pm__rx_ready(&rx), 0);
@@ -160,8 +160,8 @@ TEST_IMPL(ring_empty_message)
     pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r);
-    pm__rx_init(&rx, r);
+    pm__tx_init(&tx, r, CAP);
+    pm__rx_init(&rx, r, CAP);
     rbuf b = {0};
     for (int i = 0; i < 3; i++) {
         /* An empty message, then a one-byte one: both come out intact. */
@@ -192,8 +192,8 @@ TEST_IMPL(ring_wraparound_prng)
     pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r);
-    pm__rx_init(&rx, r);
+    pm__tx_init(&tx, r, CAP);
+    pm__rx_init(&rx, r, CAP);
     const uint64_t N = N_(30000, 3000);
     const uint64_t seed = 77;
     uint64_t sent = 0, got = 0, step = 0;
@@ -288,7 +288,7 @@ TEST_IMPL(ring_large_message_procs)
     pid_t pid = pm_test_fork();
     if (pid == 0) {
         pm_ring_tx tx;
-        pm__tx_init(&tx, r);
+        pm__tx_init(&tx, r, CAP);
         unsigned char *p = malloc(maxlen);
         ASSERT(p != NULL);
         for (int i = 0; i < n; i++) {
@@ -299,7 +299,7 @@ TEST_IMPL(ring_large_message_procs)
         _exit(0);
     }
     pm_ring_rx rx;
-    pm__rx_init(&rx, r);
+    pm__rx_init(&rx, r, CAP);
     rbuf b = {0};
     for (int i = 0; i < n; i++) {
         ring_recv(&rx, &b);
@@ -321,8 +321,8 @@ TEST_IMPL(ring_tx_end_eagain)
     pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r);
-    pm__rx_init(&rx, r);
+    pm__tx_init(&tx, r, CAP);
+    pm__rx_init(&rx, r, CAP);
     ASSERT_UEQ(r->max_frag, CAP / 4 - PM_FRAG_HDR);
     unsigned char src[5000];
     pat_fill(src, sizeof src, 5, 0);
@@ -371,8 +371,8 @@ TEST_IMPL(ring_corrupt_header)
     pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r);
-    pm__rx_init(&rx, r);
+    pm__tx_init(&tx, r, CAP);
+    pm__rx_init(&rx, r, CAP);
     ring_send(&tx, "abcdefghij", 10);
     uint32_t good[2], bad[2];
     memcpy(good, r->data, sizeof good);
@@ -410,7 +410,7 @@ TEST_IMPL(ring_corrupt_header)
     ring_send(&tx, big, sizeof big);
     ring_send(&tx, big, sizeof big);
     ASSERT_UGE(atomic_load(&r->head), 24 + 2 * (8 + 1000));
-    pm__rx_init(&rx, r); /* a consumer that has seen the whole head */
+    pm__rx_init(&rx, r, CAP); /* a consumer that has seen the whole head */
     bad[0] = (uint32_t)r->max_frag + 1;
     bad[1] = good[1];
     memcpy(r->data, bad, sizeof bad);
@@ -439,7 +439,7 @@ static size_t record_len(uint64_t i)
 static void produce_records(pm_ring *r, uint64_t n)
 {
     pm_ring_tx tx;
-    pm__tx_init(&tx, r);
+    pm__tx_init(&tx, r, CAP);
     unsigned char buf[16 + 256];
     for (uint64_t i = 0; i < n; i++) {
         uint32_t len = (uint32_t)record_len(i), nlen = ~len;
@@ -454,7 +454,7 @@ static void produce_records(pm_ring *r, uint64_t n)
 static void consume_records(pm_ring *r, uint64_t n)
 {
     pm_ring_rx rx;
-    pm__rx_init(&rx, r);
+    pm__rx_init(&rx, r, CAP);
     rbuf b = {0};
     for (uint64_t i = 0; i < n; i++) {
         ring_recv(&rx, &b);

@@ -27,9 +27,11 @@ class WorkerDiedError(ParmapperError):
     pid : int
         The worker's process id.
     exitcode : int or None
-        Its exit status, or None when a signal killed it.
+        Its exit status, or None when a signal killed it (or its status is
+        unknown: reaped elsewhere, e.g. SIGCHLD set to SIG_IGN).
     signal : int or None
-        The signal that killed it, or None when it exited.
+        The signal that killed it, or None when it exited (or its status is
+        unknown).
     seq_indices : list of int
         The indices of the items that were in flight on it (lost).
     seq_index : int
