@@ -2338,15 +2338,57 @@ fail:
     return -1;
 }
 
+/*
+ * A result record the caller cannot read (a worker that wrote over its own
+ * memory): ParmapperError naming the items it answers, with seq_index (the
+ * first) and seq_indices.  A MemoryError is left as it is.  Returns -1.
+ */
+static int bad_record(const pm_result *res, const char *what)
+{
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_RuntimeError))
+        return -1;
+    PyErr_Clear();
+    PyObject *cls = errors_attr("ParmapperError");
+    if (!cls)
+        return -1;
+    Py_ssize_t first = (Py_ssize_t)res->task.first;
+    Py_ssize_t n = (Py_ssize_t)res->task.count;
+    PyObject *exc = PyObject_CallFunction(
+        cls, "N",
+        n == 1 ? PyUnicode_FromFormat(
+                     "parmapper: a worker sent a malformed result record (%s) "
+                     "for item %zd; its memory may have been overwritten "
+                     "(a stray write of a C extension?)", what, first)
+               : PyUnicode_FromFormat(
+                     "parmapper: a worker sent a malformed result record (%s) "
+                     "for items %zd to %zd; its memory may have been "
+                     "overwritten (a stray write of a C extension?)",
+                     what, first, first + n - 1));
+    Py_DECREF(cls);
+    if (!exc)
+        return -1;
+    PyObject *pi = PyLong_FromSsize_t(first);
+    PyObject *range = PyObject_CallFunction((PyObject *)&PyRange_Type, "nn",
+                                            first, first + n);
+    PyObject *idx = range ? PySequence_List(range) : NULL;
+    if (!pi || !idx || PyObject_SetAttrString(exc, "seq_index", pi) < 0 ||
+        PyObject_SetAttrString(exc, "seq_indices", idx) < 0)
+        PyErr_Clear();
+    Py_XDECREF(pi);
+    Py_XDECREF(range);
+    Py_XDECREF(idx);
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
 static int decode_result(MapIter *self, const pm_result *res)
 {
     if (res->status == PM_RESULT_TIMEDOUT)
         return decode_timeout(self, res);
     const unsigned char *p = res->data;
-    if (res->len < REC_HDR) {
-        PyErr_SetString(PyExc_RuntimeError, "parmapper: short result record");
-        return -1;
-    }
+    if (res->len < REC_HDR)
+        return bad_record(res, "shorter than its header");
     /* Routed values only where the record has a route table. */
     Routed *rt = p[0] == (REC_COMPACT | REC_ROUTES)
                      ? pm_map_take_routed(self->map) : NULL;
@@ -2378,15 +2420,14 @@ static int decode_result(MapIter *self, const pm_result *res)
                         : loads_rescued("rescue", p + REC_HDR,
                                         res->len - REC_HDR, first, &rescued);
     if (!obj)
-        return -1;
+        return kind == REC_COMPACT ? bad_record(res, "undecodable values") : -1;
     if (rescued)
         kind = REC_ERRORS;
     PyObject *results = obj, *errors = NULL;
     if (kind == REC_ERRORS) {
         if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {
             Py_DECREF(obj);
-            PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
-            return -1;
+            return bad_record(res, "not a (results, errors) pair");
         }
         results = PyTuple_GET_ITEM(obj, 0);
         errors = PyTuple_GET_ITEM(obj, 1);
@@ -2398,8 +2439,7 @@ static int decode_result(MapIter *self, const pm_result *res)
         PyList_GET_SIZE(results) != (Py_ssize_t)res->task.count) {
         Py_DECREF(results);
         Py_XDECREF(errors);
-        PyErr_SetString(PyExc_RuntimeError, "parmapper: bad result record");
-        return -1;
+        return bad_record(res, "not one result per item");
     }
     Py_XSETREF(self->chunk, results);
     Py_XSETREF(self->chunk_errors, errors);
