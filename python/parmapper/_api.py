@@ -25,19 +25,50 @@ _MAX_TIMEOUT = 1e9
 _AUTO_CHUNK_MAX = 1 << 20
 
 
-def _count(name, value, default):
+def _count(name, value, default, who="parmap"):
     """Validates a positive whole-number option."""
     if value is None:
         return default
     try:
+        if isinstance(value, bool):  # True is 1 to operator.index
+            raise TypeError
         v = operator.index(value)
     except TypeError:
         raise TypeError(
-            "parmap: {} must be a whole number >= 1, got {!r}".format(name, value)
+            "{}: {} must be a whole number >= 1, got {!r}".format(who, name, value)
         ) from None
     if v < 1:
-        raise ValueError("parmap: {} must be >= 1, got {}".format(name, v))
+        raise ValueError("{}: {} must be >= 1, got {}".format(who, name, v))
     return v
+
+
+def _flag(name, value, allowed=(True, False)):
+    """Validates a bool option (`star` also takes None): 1, 'no' or an array
+    are refused, not read by truth value."""
+    if value is None and None in allowed or isinstance(value, bool):
+        return value
+    t = type(value)
+    if t.__module__ == "numpy" and t.__name__ in ("bool", "bool_"):
+        return bool(value)
+    raise TypeError("parmap: {} must be {}, got {!r}".format(
+        name, " or ".join(repr(a) for a in allowed), value))
+
+
+def _total(total):
+    """Validates `total`: None or a whole number >= 0."""
+    if total is None:
+        return None
+    try:
+        if isinstance(total, bool):
+            raise TypeError
+        total = operator.index(total)
+    except TypeError:
+        raise TypeError("parmap: total must be None or a whole number >= 0 "
+                        "(the number of items), got {!r}".format(total)) from None
+    if total < 0:
+        raise ValueError("parmap: total must be >= 0 (the number of items), "
+                         "got {}".format(total))
+    return total
 
 
 def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
@@ -176,6 +207,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     adaptive = chunksize is None
     if not adaptive:
         try:
+            if isinstance(chunksize, bool):
+                raise TypeError
             chunksize = operator.index(chunksize)
         except TypeError:
             raise TypeError("parmap: chunksize must be None (adaptive), a whole "
@@ -187,6 +220,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         raise ValueError("parmap: chunksize must be at most {} (items in one "
                          "task), got {}".format(_core.TASK_MAX_ITEMS, chunksize))
     try:
+        if isinstance(retries, bool):
+            raise TypeError
         retries = operator.index(retries)
     except TypeError:
         raise TypeError("parmap: retries must be a whole number >= 0, got "
@@ -206,7 +241,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     use_procs = user_N > 1 or retries > 0 or timeout is not None
     if exception is None:
         exception = "raise" if use_procs or executor is not None else "proc"
-    if exception not in _MODES:
+    if not isinstance(exception, str) or exception not in _MODES:
         raise ValueError("parmap: exception must be 'raise', 'return' or 'proc',"
                          " got {!r}".format(exception))
     if not isinstance(args, (tuple, list)):
@@ -220,11 +255,11 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             if not isinstance(k, str):
                 raise TypeError("parmap: kwargs keys must be strings, got "
                                 "{!r}".format(k))
-    if star is not None:
-        star = bool(star)
-    kwstar = bool(kwstar)
-    if total is not None:
-        total = operator.index(total)
+    star = _flag("star", star, (True, False, None))
+    kwstar = _flag("kwstar", kwstar)
+    ordered = _flag("ordered", ordered)
+    daemon = _flag("daemon", daemon)
+    total = _total(total)
 
     # len() is a hint (progress, worker count, chunk sizes), never a bound on
     # what is read, except for the indexed inputs whose lengths are true.  A

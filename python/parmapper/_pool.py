@@ -13,7 +13,7 @@ asked for, not at the call.
 import threading
 import weakref
 
-from ._api import CPU_COUNT, parmap
+from ._api import CPU_COUNT, _count, parmap
 
 __all__ = ["Pool", "AsyncResult"]
 
@@ -162,17 +162,31 @@ class Pool:
             if N is not None:
                 raise TypeError("Pool: give N or processes, not both")
             N = processes
-        if N is not None and N < 1:
-            raise ValueError("Number of processes must be at least 1")
+        N = _count("N" if processes is None else "processes", N, None,
+                   who="Pool")
+        Nt = _count("Nt", Nt, 1, who="Pool")
         if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+            raise TypeError("Pool: initializer must be a callable, got "
+                            "{!r}".format(initializer))
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError("Pool: initargs must be a tuple, got {!r}".format(
+                initargs)) from None
+        if maxtasksperchild is not None:
+            _count("maxtasksperchild", maxtasksperchild, None, who="Pool")
         for bad in ("fun", "seq"):
             if bad in defaults:
                 raise TypeError("Pool: {!r} is not an option".format(bad))
+        # The default options are checked now, as parmap checks them at a
+        # call (by name, with what was given): a map over no items starts
+        # nothing.  An executor is only checked when used.
+        parmap(abs, (), **{k: v for k, v in defaults.items()
+                           if k != "executor"})
         self._N = N if N is not None else CPU_COUNT
         self._Nt = Nt
         self._initializer = initializer
-        self._initargs = tuple(initargs)
+        self._initargs = initargs
         self._defaults = defaults
         self._state = _RUN
         self._open = weakref.WeakSet()   # iterators handed out, still running

@@ -232,15 +232,17 @@ def wants_progress(progress):
 
 def check_progress(progress):
     """Raises TypeError now, at the call, for a `progress` that cannot work."""
-    if progress is None or isinstance(progress, (bool, int, str)):
+    if progress is None or isinstance(progress, (bool, str)):
         return
-    if (_is_bar_class(progress) or callable(progress)
+    if isinstance(progress, int) and progress in (0, 1):  # as False, True
+        return
+    if not isinstance(progress, int) and (_is_bar_class(progress) or callable(progress)
             or (hasattr(progress, "update") and hasattr(progress, "close"))):
         return
     raise TypeError(
         "parmap: progress must be a bool, a label (str), a tqdm class or "
         "instance, or a callable taking the number of completed items; got "
-        "{!r}".format(type(progress).__name__))
+        "{!r}".format(progress))
 
 
 def progress_iter(results, progress, total):
