@@ -99,6 +99,20 @@ static PyObject *errors_attr(const char *name)
     return PyObject_GetAttrString(errors_module, name);
 }
 
+/* parmapper._worker's `name` (new reference), or NULL with an exception:
+ * what a worker sets up for the user's code and how it reports, in Python.
+ * Imported by the caller before any fork, so a worker only looks it up. */
+static PyObject *worker_module = NULL;
+static PyObject *worker_attr(const char *name)
+{
+    if (!worker_module) {
+        worker_module = PyImport_ImportModule("parmapper._worker");
+        if (!worker_module)
+            return NULL;
+    }
+    return PyObject_GetAttrString(worker_module, name);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Caller: the star/kwstar table.                                           */
 
@@ -1534,7 +1548,6 @@ static void worker_malloc_policy(void)
 static void hook_after_fork_child(void *ctx, int worker)
 {
     MapIter *self = ctx;
-    (void)worker;
     PyOS_AfterFork_Child();
     worker_malloc_policy();
     /* Everything inherited goes to the permanent generation: a collection
@@ -1546,6 +1559,14 @@ static void hook_after_fork_child(void *ctx, int worker)
     if (!r)
         PyErr_Clear();
     Py_XDECREF(r);
+    /* numpy's global random state re-seeded, the worker named for
+     * multiprocessing and logging (parmapper._worker.after_fork). */
+    PyObject *setup = worker_attr("after_fork");
+    r = setup ? PyObject_CallFunction(setup, "i", worker) : NULL;
+    if (!r)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    Py_XDECREF(setup);
     in_worker = self->daemon ? 1 : 2;
     worker_interp = PyThreadState_Get()->interp;
     /* The GIL is never held while the worker waits for a task (worker_wait

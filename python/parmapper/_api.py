@@ -2,10 +2,11 @@
 import collections
 import operator
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 
-from . import _core
+from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
@@ -312,6 +313,11 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                 raise ValueError("parmap: {} must be at most {} with worker "
                                  "processes, got {}".format(
                                      name, _core.MAX_WORKERS, v))
+        # Log records name their process through multiprocessing, which a
+        # worker can only set when it is loaded: load it here once (~10 ms)
+        # rather than in every worker.
+        if "logging" in sys.modules and "multiprocessing" not in sys.modules:
+            import multiprocessing.process  # noqa: F401
         nproc = user_N
         if n is not None:
             nproc = max(1, min(nproc, n if adaptive else -(-n // chunksize)))

@@ -1,0 +1,79 @@
+"""A worker's own random state and name (issue 15, items 4 and 5)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import parmapper
+
+np = pytest.importorskip("numpy")
+
+
+def test_numpy_global_state_differs_between_workers():
+    """After the caller has used numpy.random, each worker draws its own
+    stream: four workers, four different values, and new ones next call."""
+    np.random.random()
+    first = list(parmapper.parmap(lambda i: np.random.random(), range(4),
+                                  N=4, chunksize=1))
+    second = list(parmapper.parmap(lambda i: np.random.random(), range(4),
+                                   N=4, chunksize=1))
+    assert len(set(first)) == 4, first
+    assert not set(first) & set(second), (first, second)
+
+
+def test_numpy_seeded_caller_still_reproducible_with_seedsequence():
+    """The documented way to reproducible streams: a SeedSequence spawned
+    per item, passed as an argument."""
+    def draw(seed):
+        return np.random.default_rng(seed).random()
+    seeds = np.random.SeedSequence(12345).spawn(4)
+    a = list(parmapper.parmap(draw, seeds, N=2))
+    b = list(parmapper.parmap(draw, np.random.SeedSequence(12345).spawn(4), N=1))
+    assert a == b and len(set(a)) == 4
+
+
+def test_python_random_still_differs():
+    import random
+    vals = list(parmapper.parmap(lambda i: random.random(), range(4), N=4,
+                                 chunksize=1))
+    assert len(set(vals)) == 4
+
+
+def test_worker_named_for_multiprocessing():
+    import multiprocessing as mp
+    me = os.getpid()
+    got = list(parmapper.parmap(
+        lambda i: (mp.current_process().name, mp.parent_process().pid,
+                   mp.parent_process().name, mp.parent_process().is_alive(),
+                   os.getpid()),
+        range(3), N=3, chunksize=1))
+    assert sorted(g[0] for g in got) == ["ParmapWorker-1", "ParmapWorker-2",
+                                          "ParmapWorker-3"]
+    for name, ppid, pname, alive, pid in got:
+        assert ppid == me and pid != me and alive
+        assert pname == mp.current_process().name == "MainProcess"
+    # The caller is untouched.
+    assert mp.current_process().name == "MainProcess"
+    assert mp.parent_process() is None
+
+
+def test_log_records_name_workers():
+    """%(processName)s tells workers from the caller, in a program that
+    imported logging but not multiprocessing."""
+    code = textwrap.dedent("""
+        import logging, sys
+        import parmapper
+        assert "multiprocessing" not in sys.modules
+        def rec(i):
+            return logging.LogRecord("x", 20, "f", 1, "m", None, None).processName
+        out = list(parmapper.parmap(rec, range(2), N=2, chunksize=1))
+        print(sorted(out), rec(0))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["['ParmapWorker-1',", "'ParmapWorker-2']",
+                                "MainProcess"]
