@@ -1667,6 +1667,27 @@ static void print_error(void)
     PyErr_Clear();
 }
 
+/* Names the item in the exception being handled, which stays set: its
+ * index and, when short, its repr, as a note the user reads with the
+ * traceback (parmapper._worker.note_item).  Only on an item's failure. */
+static void note_failed_item(MapIter *self, Py_ssize_t idx, PyObject *item)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    PyObject *f = ev && item ? worker_attr("note_item") : NULL;
+    PyObject *r = f ? PyObject_CallFunction(f, "OnOi", ev, idx, item,
+                                            self->caller->star >= 0)
+                    : NULL;
+    if (!r)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    Py_XDECREF(f);
+    PyErr_Restore(et, ev, etb);
+}
+
 /* Describes the exception being handled as an error entry
  * (exc or None, type name, message, traceback text, kind); clears it. */
 static PyObject *error_entry(Py_ssize_t idx, int kind)
@@ -1685,22 +1706,15 @@ static PyObject *error_entry(Py_ssize_t idx, int kind)
         PyErr_Clear();
         msg = PyUnicode_FromString("<exception str() failed>");
     }
-    /* The worker's traceback, as text: tracebacks cannot be pickled. */
-    PyObject *tbmod = PyImport_ImportModule("traceback");
-    if (tbmod && ev) {
-        PyObject *lines = PyObject_CallMethod(tbmod, "format_exception",
-                                              "OOO", et, ev,
-                                              etb ? etb : Py_None);
-        if (lines) {
-            PyObject *empty = PyUnicode_FromString("");
-            if (empty) {
-                tb = PyUnicode_Join(empty, lines);
-                Py_DECREF(empty);
-            }
-            Py_DECREF(lines);
-        }
+    /* The worker's traceback, as text: tracebacks cannot be pickled.  With
+     * its notes (the item's, note_failed_item) also before Python 3.11. */
+    PyObject *fmt = ev ? worker_attr("format_error") : NULL;
+    if (fmt) {
+        tb = PyObject_CallOneArg(fmt, ev);
+        Py_DECREF(fmt);
+        if (tb && !PyUnicode_Check(tb))
+            Py_CLEAR(tb);
     }
-    Py_XDECREF(tbmod);
     if (!tb) {
         PyErr_Clear();
         tb = PyUnicode_FromString("");
@@ -1986,6 +2000,8 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
             if (pm_forked_copy())
                 copy_exit(r); /* fun forked and this is the child */
         }
+        if (!r && !shape && !unsent)
+            note_failed_item(self, first + j, item);
         if (!items)
             Py_XDECREF(item);
         if (!r) {

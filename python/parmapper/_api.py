@@ -10,6 +10,7 @@ from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
+from ._worker import note_item
 
 __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 
@@ -303,10 +304,10 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     caller = _core.Caller(fun, tuple(args), kwargs, star, kwstar)
     if not use_procs:
         if Nt == 1:
-            results = _serial(caller, seq, exception)
+            results = _serial(caller, seq, exception, star is not None)
         else:
             results = _threaded(caller, seq, Nt, Nt if adaptive else chunksize,
-                                ordered, exception)
+                                ordered, exception, star is not None)
     else:
         for name, v in (("N", user_N), ("Nt", Nt)):
             if v > _core.MAX_WORKERS:
@@ -344,17 +345,14 @@ def _indexable(seq):
     return t.__name__ == "ndarray" and t.__module__ == "numpy"
 
 
-def _serial(caller, seq, mode):
+def _serial(caller, seq, mode, has_item=True):
     for i, item in enumerate(seq):
         try:
             r = caller(i, item)
         except ItemShapeError:
             raise
         except BaseException as e:
-            try:
-                e.seq_index = i
-            except Exception:  # an exception class with __slots__
-                pass
+            note_item(e, i, item, has_item)
             # A BaseException that is not an Exception (KeyboardInterrupt,
             # SystemExit...) always propagates, whatever the mode.
             if mode != "return" or not isinstance(e, Exception):
@@ -363,7 +361,7 @@ def _serial(caller, seq, mode):
         yield r
 
 
-def _run_chunk(caller, first, items):
+def _run_chunk(caller, first, items, has_item=True):
     """Runs a chunk in a thread: ``[(kind, value)]``, kind 0 a result, 1 an
     ItemShapeError, 2 an Exception, 3 a BaseException that is not an
     Exception, which ends the chunk there (as it would end a serial loop);
@@ -375,8 +373,10 @@ def _run_chunk(caller, first, items):
         except ItemShapeError as e:
             out.append((1, e))
         except Exception as e:
+            note_item(e, first + j, x, has_item)
             out.append((2, e))
         except BaseException as e:
+            note_item(e, first + j, x, has_item)
             out.append((3, e))
             break
     return out
@@ -390,7 +390,7 @@ def _ready(pending, ordered):
     return any(f.done() for f in pending)
 
 
-def _threaded(caller, seq, Nt, chunksize, ordered, mode):
+def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
     """N == 1, Nt > 1: a bounded thread pool in the caller's process."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -405,7 +405,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                 items = src.take(chunksize)
                 if not items:
                     break
-                fut = ex.submit(_run_chunk, caller, first, items)
+                fut = ex.submit(_run_chunk, caller, first, items, has_item)
                 fut.first = first
                 first += len(items)
                 if ordered:

@@ -17,7 +17,6 @@ import collections
 import math
 import os
 import pickle
-import traceback
 import warnings
 
 from ._errors import RemoteError, RemoteTraceback
@@ -53,6 +52,7 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
     """
     from . import _core  # imported on the worker, where this runs
     from ._core import ItemShapeError
+    from ._worker import format_error, note_item
 
     caller = _core.Caller(fun, tuple(args), kwargs, star, kwstar)
     results = []
@@ -65,24 +65,18 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
         except ItemShapeError as e:
             kind, exc, tb = _SHAPE, e, None
         except Exception as e:
+            note_item(e, i, item, star is not None)
             if mode == "proc":
-                try:
-                    e.seq_index = i
-                except Exception:
-                    pass
                 raise
-            kind, exc, tb = _CALL, e, traceback.format_exc()
+            kind, exc, tb = _CALL, e, format_error(e)
         except BaseException as e:
             # Not an Exception (KeyboardInterrupt, SystemExit...): it ends
             # the chunk here, as it would end a serial loop, and the caller
             # raises it after the results before it, whatever the mode.
+            note_item(e, i, item, star is not None)
             if mode == "proc":
-                try:
-                    e.seq_index = i
-                except Exception:
-                    pass
                 raise
-            errors[j] = (_BASE, _portable(e, None), traceback.format_exc())
+            errors[j] = (_BASE, _portable(e, None), format_error(e))
             results.append(None)
             break
         errors[j] = (kind, _portable(exc, tb), tb)
@@ -117,8 +111,10 @@ def _unpack(returned, first):
     for j, (kind, exc, tb) in list(errors.items()):
         marker = _salvage.reaches_marker(exc)
         if marker is not None:
-            # The worker's message is the last line of its traceback.
-            last = (tb or "").strip().splitlines()[-1:] or [""]
+            # The worker's message is the last line of its traceback, before
+            # the note naming the item (_worker.note_item).
+            last = [ln for ln in (tb or "").strip().splitlines()
+                    if not ln.startswith("parmap: raised by item ")][-1:] or [""]
             msg = last[0].partition(": ")[2]
             errors[j] = (kind, _salvage.exception_error(
                 marker.what.rpartition(".")[2], msg, marker), tb)

@@ -40,10 +40,11 @@ __all__ = ["progress_iter", "make_bar", "check_progress", "wants_progress",
 
 
 def _fmt_time(seconds):
-    """``m:ss`` or ``h:mm:ss``; ``?`` when unknown."""
+    """``mm:ss`` or ``h:mm:ss`` of the whole seconds elapsed (truncated, as
+    a clock and tqdm show them: 0.57 s is 00:00); ``?`` when unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = int(max(0.0, seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     if h:
