@@ -1089,6 +1089,9 @@ typedef struct {
     Py_ssize_t next_index; /* index of the next item pulled from the input */
     PyThreadState *save;   /* the parent's thread state while it waits */
     PyObject *timeout_obj; /* the timeout in seconds, for messages */
+    PyObject *proc_log;    /* exception='proc' with workers: where a dying
+                              worker leaves its traceback for the caller's
+                              WorkerDiedError (parmapper._worker.ProcLog) */
     PyObject *index_seq;   /* the input, when the workers index it (a list
                               is replaced by a tuple of its items when the
                               map starts: every worker, replacements too,
@@ -1667,6 +1670,35 @@ static void print_error(void)
     PyErr_Clear();
 }
 
+/* exception='proc': the worker writes the exception being handled, with
+ * its traceback, to its own sys.stderr (what a notebook shows, unlike a
+ * process's excepthook) and leaves the text for the caller's
+ * WorkerDiedError (parmapper._worker.proc_error); clears it. */
+static void proc_error(MapIter *self)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    PyObject *f = ev ? worker_attr("proc_error") : NULL;
+    PyObject *r = f ? PyObject_CallFunctionObjArgs(
+                          f, ev, self->proc_log ? self->proc_log : Py_None,
+                          NULL)
+                    : NULL;
+    Py_XDECREF(f);
+    if (r) {
+        Py_DECREF(r);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return;
+    }
+    PyErr_Clear();
+    PyErr_Restore(et, ev, etb);
+    print_error();
+}
+
 /* Names the item in the exception being handled, which stays set: its
  * index and, when short, its repr, as a note the user reads with the
  * traceback (parmapper._worker.note_item).  Only on an item's failure. */
@@ -2009,7 +2041,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
                 /* The original's debugging mode: the exception propagates
                  * in the worker, which prints it and dies; the parent names
                  * the item. */
-                print_error();
+                proc_error(self);
                 goto fatal;
             }
             /* A BaseException that is not an Exception stops its task
@@ -2255,13 +2287,23 @@ static void raise_engine_error(MapIter *self, int rc)
             self->opt.retries > 0 ? retried :
             (self->mode == MODE_PROC && d->exit_code == 70)
                 ? " (exception='proc': the exception propagated inside the "
-                  "worker; its traceback is printed above)"
+                  "worker, which printed its traceback to its stderr)"
                 : "";
         PyObject *msg = (how && what)
             ? PyUnicode_FromFormat("parmap worker process %d %S %S%s",
                                    (int)d->pid, how, what, hint)
             : NULL;
         PyObject *exc = msg ? PyObject_CallOneArg(cls, msg) : NULL;
+        if (exc && self->proc_log && self->mode == MODE_PROC &&
+            d->exit_code == 70) {
+            /* The traceback the worker printed, carried by the error too
+             * (parmapper._worker.ProcLog.attach). */
+            PyObject *r = PyObject_CallMethod(self->proc_log, "attach", "Oi",
+                                              exc, (int)d->pid);
+            if (!r)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
         if (exc) {
             PyObject *v;
             v = PyLong_FromLong(d->pid);
@@ -2671,16 +2713,16 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
                              "chunksize", "ordered", "mode", "daemon",
                              "window", "ring_bytes", "retries", "timeout",
-                             "index", "length", NULL};
-    PyObject *caller, *seq, *timeout = Py_None;
+                             "index", "length", "proc_log", NULL};
+    PyObject *caller, *seq, *timeout = Py_None, *proc_log = Py_None;
     int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
     int index = 0;
     Py_ssize_t chunksize, ring = 0, length = -1;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpn", kwlist, &CallerType,
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnO", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
                                      &window, &ring, &retries, &timeout,
-                                     &index, &length))
+                                     &index, &length, &proc_log))
         return -1;
     if (index && length < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: index dispatch needs the length");
@@ -2716,6 +2758,9 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
         self->opt.timeout_ms = 1;
     Py_INCREF(timeout);
     Py_XSETREF(self->timeout_obj, timeout);
+    if (proc_log != Py_None)
+        Py_INCREF(proc_log);
+    Py_XSETREF(self->proc_log, proc_log == Py_None ? NULL : proc_log);
     self->chunksize = chunksize;
     self->adaptive = chunksize == 0;
     self->length = length;
@@ -2744,6 +2789,7 @@ static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
     Py_VISIT(self->chunk_errors);
     Py_VISIT(self->index_seq);
     Py_VISIT(self->input_exc);
+    Py_VISIT(self->proc_log);
     return 0;
 }
 
@@ -2756,6 +2802,7 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->timeout_obj);
     Py_CLEAR(self->index_seq);
     Py_CLEAR(self->input_exc);
+    Py_CLEAR(self->proc_log);
     return 0;
 }
 

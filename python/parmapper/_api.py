@@ -330,7 +330,10 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                                     bool(ordered), _MODES[exception],
                                     bool(daemon), retries=retries,
                                     timeout=timeout, index=indexed,
-                                    length=-1 if n is None else n)
+                                    length=-1 if n is None else n,
+                                    proc_log=(_worker.ProcLog()
+                                              if exception == "proc"
+                                              else None))
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results

@@ -36,8 +36,13 @@ class WorkerDiedError(ParmapperError):
         The indices of the items that were in flight on it (lost).
     seq_index : int
         The first of those, when there is one.
+    remote_traceback : str or None
+        With ``exception='proc'``: the traceback the worker died with (it
+        printed it to its own stderr), also attached as the ``__cause__``
+        (a :class:`RemoteTraceback`); None otherwise.
     """
 
+    remote_traceback = None
     pid = None
     exitcode = None
     signal = None

@@ -143,3 +143,98 @@ def format_error(exc):
         if isinstance(notes, list):
             text += "".join(str(n) + "\n" for n in notes)
     return text
+
+
+def proc_error(exc, log):
+    """exception='proc' in a worker: `exc` propagated out of `fun`.  Its
+    traceback is written to this process's own ``sys.stderr`` (in a notebook
+    the kernel forwards it to the cell; an excepthook may refuse a forked
+    process) and appended to `log` (a :class:`ProcLog` or None) for the
+    caller's WorkerDiedError.  The worker exits next."""
+    text = format_error(exc)
+    try:
+        if log is not None:
+            log.write(text)
+    finally:
+        err = sys.stderr
+        if err is None:
+            err = sys.__stderr__
+        if err is not None:
+            err.write(text)
+            err.flush()
+
+
+class ProcLog:
+    """Where the workers of one map with exception='proc' leave the
+    traceback they die with: an unlinked temporary file opened for
+    appending, inherited by every worker fork.  Each worker appends one
+    record (its pid, the length, the text) in one write; the caller reads
+    the dead worker's record back to put the text in its WorkerDiedError.
+    The file is gone with its last descriptor (closed by :meth:`close` or
+    when the map is collected)."""
+
+    _MAX = 1 << 20  # the most traceback text one worker leaves
+
+    def __init__(self):
+        import fcntl
+        import tempfile
+        f = tempfile.TemporaryFile()
+        try:
+            self.fd = os.dup(f.fileno())
+        finally:
+            f.close()
+        fl = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fl | os.O_APPEND)
+
+    def write(self, text):
+        """Appends this process's record (a worker, before it exits)."""
+        data = text.encode("utf-8", "backslashreplace")[-self._MAX:]
+        rec = b"%d %d\n" % (os.getpid(), len(data)) + data
+        # One write: appends of one write() to a regular file do not mix.
+        os.write(self.fd, rec)
+
+    def read(self, pid):
+        """The text worker `pid` left, or None."""
+        if self.fd < 0:
+            return None
+        blob = b""
+        while True:
+            chunk = os.pread(self.fd, 1 << 20, len(blob))
+            if not chunk:
+                break
+            blob += chunk
+        at, found = 0, None
+        while at < len(blob):
+            nl = blob.find(b"\n", at)
+            if nl < 0:
+                break
+            try:
+                p, n = (int(v) for v in blob[at:nl].split())
+            except ValueError:
+                break
+            if p == pid:
+                found = blob[nl + 1:nl + 1 + n]
+            at = nl + 1 + n
+        return None if found is None else found.decode("utf-8", "replace")
+
+    def attach(self, exc, pid):
+        """Puts the traceback worker `pid` left in its WorkerDiedError `exc`:
+        ``exc.remote_traceback`` and a RemoteTraceback as its cause (printed
+        above it, wherever the caller's errors are shown)."""
+        text = self.read(pid)
+        if not text:
+            return
+        from ._errors import RemoteTraceback
+        exc.remote_traceback = text
+        exc.__cause__ = RemoteTraceback(text)
+
+    def close(self):
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
