@@ -136,7 +136,7 @@ def test_readme_cluster_example_runs(capfd):
     code = code.replace("LocalCluster(n_workers=2)",
                         "LocalCluster(n_workers=2, threads_per_worker=1, "
                         "dashboard_address=None)")
-    ns = {}
+    ns = {"__name__": "__main__"}
     try:
         exec(code, ns)
         assert ns["results"] == [x * x for x in range(1000)]

@@ -174,16 +174,16 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     -----
     How each item is turned into a call (`kwvals` win over `kwargs`):
 
-    =====  ======  ===============  ==============  ===================
-    star   kwstar  item             positional      keywords
-    =====  ======  ===============  ==============  ===================
+    =====  ======  ===============  ===============  ===================
+    star   kwstar  item             positional       keywords
+    =====  ======  ===============  ===============  ===================
     False  False   ``val``          ``(val,)+args``  ``kwargs``
-    True   False   ``vals``         ``vals+args``   ``kwargs``
-    None   False   ignored          ``args``        ``kwargs``
-    None   True    ``kwvals``       ``args``        ``kwargs | kwvals``
+    True   False   ``vals``         ``vals+args``    ``kwargs``
+    None   False   ignored          ``args``         ``kwargs``
+    None   True    ``kwvals``       ``args``         ``kwargs | kwvals``
     False  True    ``val,kwvals``   ``(val,)+args``  ``kwargs | kwvals``
-    True   True    ``vals,kwvals``  ``vals+args``   ``kwargs | kwvals``
-    =====  ======  ===============  ==============  ===================
+    True   True    ``vals,kwvals``  ``vals+args``    ``kwargs | kwvals``
+    =====  ======  ===============  ===============  ===================
 
     ``parmap.map`` and ``parmap.imap`` are the same call, and
     ``parmap.close()`` does nothing, so parmap can stand in for a
