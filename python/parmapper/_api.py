@@ -10,7 +10,7 @@ from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
-from ._worker import note_item
+from ._worker import hide_ours, note_item
 
 __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 
@@ -359,7 +359,8 @@ def _serial(caller, seq, mode, has_item=True):
             # A BaseException that is not an Exception (KeyboardInterrupt,
             # SystemExit...) always propagates, whatever the mode.
             if mode != "return" or not isinstance(e, Exception):
-                raise
+                hide_ours(e)
+                raise  # bare: adds no frame of ours
             r = e
         yield r
 
@@ -433,7 +434,11 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
                     except Exception:
                         pass
                     if kind != 2 or mode != "return":
-                        raise val
+                        try:
+                            raise val
+                        except BaseException as e:
+                            hide_ours(e)
+                            raise  # bare: adds no frame of ours
                 yield val
     finally:
         for f in pending:

@@ -22,6 +22,7 @@ import warnings
 from ._errors import RemoteError, RemoteTraceback
 from ._input import ChunkReader
 from ._progress import progress_iter, wants_progress
+from ._worker import hide_ours
 
 __all__ = ["executor_map"]
 
@@ -247,7 +248,12 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
             for j, value in enumerate(values):
                 if errors and j in errors:
                     kind, exc, tb = errors[j]
-                    value = _raise_or_return(kind, exc, tb, start + j, mode)
+                    try:
+                        value = _raise_or_return(kind, exc, tb, start + j,
+                                                 mode)
+                    except BaseException as e:
+                        hide_ours(e)
+                        raise  # bare: adds no frame of ours
                 yield value
     finally:
         for fut in pending:

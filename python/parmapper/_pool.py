@@ -10,10 +10,12 @@ the caller's state as it is at the call (never stale), ``maxtasksperchild``
 has nothing to do, and ``imap`` starts working when its first result is
 asked for, not at the call.
 """
+import itertools
 import threading
 import weakref
 
 from ._api import CPU_COUNT, _count, parmap
+from ._worker import hide_ours
 
 __all__ = ["Pool", "AsyncResult"]
 
@@ -81,20 +83,35 @@ class AsyncResult:
         if not self._event.wait(timeout):
             raise TimeoutError("parmapper.Pool: the result is not ready")
         if self._error is not None:
-            raise self._error
+            try:
+                raise self._error
+            except BaseException as e:
+                hide_ours(e)  # the worker thread's frames and this one
+                raise
         return self._value
 
 
-def _tracked(results):
-    """`results` as a generator: weakly referenced by the pool so that
-    terminate() can close it, and closed itself when it is closed or
-    collected (which stops the workers)."""
-    try:
-        yield from results
-    finally:
-        close = getattr(results, "close", None)
+class _Tracked(itertools.chain):
+    """`results`, weakly referenced by the pool so that terminate() can close
+    it, and closing `results` itself when it is closed or collected (which
+    stops the workers).  A chain (C): errors reach the caller through no
+    frame of parmapper's."""
+
+    def __new__(cls, results):
+        self = super().__new__(cls, results)
+        self._results = results
+        return self
+
+    def close(self):
+        close = getattr(self._results, "close", None)
         if close is not None:
             close()
+
+    def __del__(self):
+        self.close()
+
+
+_tracked = _Tracked
 
 
 def _with_initializer(fun, initializer, initargs):
@@ -235,7 +252,11 @@ class Pool:
         **options
             parmap options for this call.
         """
-        return list(self._iter(func, iterable, chunksize, options))
+        try:
+            return list(self._iter(func, iterable, chunksize, options))
+        except BaseException as e:
+            hide_ours(e)
+            raise
 
     def imap(self, func, iterable, chunksize=None, **options):
         """An iterator of ``func(x)``, in order, computed in parallel."""
@@ -249,7 +270,11 @@ class Pool:
     def starmap(self, func, iterable, chunksize=None, **options):
         """A list of ``func(*args)`` for each ``args`` of `iterable`."""
         options["star"] = True
-        return list(self._iter(func, iterable, chunksize, options))
+        try:
+            return list(self._iter(func, iterable, chunksize, options))
+        except BaseException as e:
+            hide_ours(e)
+            raise
 
     def _apply_iter(self, func, args, kwds):
         # One item and N >= 2: exactly one worker process is forked.
@@ -259,7 +284,11 @@ class Pool:
 
     def apply(self, func, args=(), kwds=None):
         """``func(*args, **kwds)`` run in one worker process; its value."""
-        return list(self._apply_iter(func, args, kwds))[0]
+        try:
+            return list(self._apply_iter(func, args, kwds))[0]
+        except BaseException as e:
+            hide_ours(e)
+            raise
 
     def map_async(self, func, iterable, chunksize=None, callback=None,
                   error_callback=None, **options):

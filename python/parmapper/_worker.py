@@ -238,3 +238,27 @@ class ProcLog:
             self.close()
         except Exception:
             pass
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def hide_ours(exc):
+    """Drops parmapper's own frames from the traceback of `exc`, an error
+    of an item (it has ``seq_index``): the user reads their call and their
+    function, the original's traceback, not the wrapper's plumbing.  Used
+    just before a bare ``raise``, which adds no frame.  Returns `exc`."""
+    if getattr(exc, "seq_index", None) is None:
+        return exc  # not an item's error: maybe ours, keep every frame
+    tb = exc.__traceback__
+    kept = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
+            kept.append(tb)
+        tb = tb.tb_next
+    for a, b in zip(kept, kept[1:]):
+        a.tb_next = b
+    if kept:
+        kept[-1].tb_next = None
+    exc.__traceback__ = kept[0] if kept else None
+    return exc
