@@ -250,7 +250,7 @@ def hide_ours(exc):
     just before a bare ``raise``, which adds no frame.  Returns `exc`."""
     if getattr(exc, "seq_index", None) is None:
         return exc  # not an item's error: maybe ours, keep every frame
-    tb = exc.__traceback__
+    head = tb = exc.__traceback__
     kept = []
     while tb is not None:
         if not tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
@@ -260,5 +260,13 @@ def hide_ours(exc):
         a.tb_next = b
     if kept:
         kept[-1].tb_next = None
+    if sys.version_info < (3, 11) and head is not None and (
+            not kept or kept[0] is not head):
+        # Before 3.11 a bare raise re-raises the traceback the except
+        # clause caught, whose first entry (the frame that caught it, ours)
+        # cannot be dropped: it stays, followed by the user's frames.
+        head.tb_next = kept[0] if kept else None
+        exc.__traceback__ = head
+        return exc
     exc.__traceback__ = kept[0] if kept else None
     return exc
