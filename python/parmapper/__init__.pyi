@@ -130,6 +130,7 @@ class WorkerDiedError(ParmapperError):
     signal: Optional[int]
     seq_indices: list[int]
     seq_index: int
+    remote_traceback: Optional[str]
 
 class RemoteError(ParmapperError):
     type_name: Optional[str]
