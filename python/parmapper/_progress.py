@@ -15,10 +15,11 @@
 Every form counts items, never chunks, as the results are delivered, and the
 bar is closed however the map ends (exhausted, error, ``break``, Ctrl+C).
 """
-import itertools
 import math
 import sys
 import time
+
+from ._worker import hide_ours
 
 
 
@@ -238,7 +239,9 @@ def check_progress(progress):
         return
     if isinstance(progress, int) and progress in (0, 1):  # as False, True
         return
-    if not isinstance(progress, int) and (_is_bar_class(progress) or callable(progress)
+    if isinstance(progress, int):  # 5 is not a bar: refused, not read as True
+        pass
+    elif (_is_bar_class(progress) or callable(progress)
             or (hasattr(progress, "update") and hasattr(progress, "close"))):
         return
     raise TypeError(
@@ -247,76 +250,29 @@ def check_progress(progress):
         "{!r}".format(progress))
 
 
-class _BarState:
-    """The bar of one map and the results it counts; closes both once."""
+def progress_iter(results, progress, total):
+    """Yields from `results`, counting each item on a progress bar.
 
-    __slots__ = ("progress", "total", "results", "bar", "done")
-
-    def __init__(self, progress, total, results):
-        self.progress = progress
-        self.total = total
-        self.results = results
-        self.bar = None
-        self.done = False
-
-    def start(self):
-        """A generator that makes the bar when it is first iterated (the
-        first result is asked for: parmap is lazy) and yields nothing."""
-        self.bar = make_bar(self.progress, self.total)
-        return
-        yield  # pragma: no cover - makes this a generator
-
-    def tick(self, r):
-        self.bar.update(1)
-        return r
-
-    def end(self):
-        """A generator that closes the bar once the results are exhausted."""
-        self.close()
-        return
-        yield  # pragma: no cover
-
-    def close(self):
-        if self.done:
-            return
-        self.done = True
+    The bar is made when the first result is asked for (parmap is lazy) and
+    closed however iteration ends; closing this generator (``break``,
+    garbage collection) also closes `results`, which stops the workers.
+    """
+    bar = make_bar(progress, total)
+    try:
+        for r in results:
+            bar.update(1)
+            yield r
+    except BaseException as e:
+        # An item's error: parmapper's frames (this one included) are
+        # dropped and a bare raise adds none, so the traceback shows the
+        # caller's line and the worker's (one frame of this generator
+        # stays before Python 3.11).
+        hide_ours(e)
+        raise
+    finally:
         try:
-            if self.bar is not None:
-                self.bar.close()
+            bar.close()
         finally:
-            close = getattr(self.results, "close", None)
+            close = getattr(results, "close", None)
             if close is not None:
                 close()
-
-
-class _ProgressIter(map):
-    """`results`, each counted on a progress bar as it is delivered.
-
-    A ``map`` (C) over ``chain(start, results, end)``: the results and their
-    errors pass through no Python frame of parmapper's, so a traceback shows
-    the caller's line and the worker's, not this wrapper (a generator's
-    frame would be in every traceback).  The bar is made when the first
-    result is asked for and closed when the results end, or when this
-    iterator is closed or collected (after an error or a ``break``), which
-    also closes `results` (stopping the workers).
-    """
-
-    def __new__(cls, results, progress, total):
-        state = _BarState(progress, total, results)
-        self = super().__new__(cls, state.tick, itertools.chain(
-            state.start(), results, state.end()))
-        self._state = state
-        return self
-
-    def close(self):
-        """Closes the bar and the results (stops the workers)."""
-        self._state.close()
-
-    def __del__(self):
-        self._state.close()
-
-
-def progress_iter(results, progress, total):
-    """Yields from `results`, counting each item on a progress bar
-    (:class:`_ProgressIter`)."""
-    return _ProgressIter(results, progress, total)
