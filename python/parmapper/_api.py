@@ -319,6 +319,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         # rather than in every worker.
         if "logging" in sys.modules and "multiprocessing" not in sys.modules:
             import multiprocessing.process  # noqa: F401
+        _worker.prepare()
         nproc = user_N
         if n is not None:
             nproc = max(1, min(nproc, n if adaptive else -(-n // chunksize)))
