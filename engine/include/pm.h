@@ -319,6 +319,17 @@ PM_EXTERN int pm_map_resume(pm_map *m);
  * Valid until pm_map_destroy(). */
 PM_EXTERN const pm_death *pm_map_death(const pm_map *m);
 
+/*
+ * After a call on m failed for want of a resource (fork() or mmap() of a
+ * worker's shared memory): a sentence naming the call, the worker and the
+ * limit most likely reached (RLIMIT_NPROC, vm.max_map_count, memory); ""
+ * otherwise.  With m NULL: the same for the last pm_map_create() or
+ * pm_map_create_gather() of the calling thread (which leaves no map to
+ * ask).  Valid until the next call on the map (m NULL: the next create on
+ * this thread).
+ */
+PM_EXTERN const char *pm_map_why(const pm_map *m);
+
 /* Process ids of the workers (0 for a slot not started or already reaped),
  * nproc of them.  For diagnostics and tests. */
 PM_EXTERN const pid_t *pm_map_pids(const pm_map *m, int *n);

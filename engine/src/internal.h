@@ -59,6 +59,14 @@ typedef struct pm_wctl {
     /* No task will come any more: exit once every task in the rings is done
      * and its result written (stop, by contrast, abandons them). */
     _Atomic uint32_t finish;
+    /* Job control (worker.c, on_tstp): the clock when the worker stopped
+     * itself on SIGTSTP, 0 once it runs again and has moved the start of
+     * its running tasks past the stop; stops counts the stops so ended, so
+     * that the parent, which was stopped too, does not judge a timeout on a
+     * clock read before it. */
+    _Atomic uint64_t stopped_at;
+    _Atomic uint32_t stops;
+    _Atomic uint32_t ready; /* the worker serves its rings (set once) */
 } pm_wctl;
 
 /* Shared, at the start of each slot (one thread of one worker). */
@@ -70,6 +78,10 @@ typedef struct pm_slot_ctl {
     _Alignas(64) _Atomic uint64_t run_first;
     _Atomic uint64_t run_start_ns;
 } pm_slot_ctl;
+
+/* run_start_ns while the running task's work function waits for room in
+ * the result ring (pm_write): that time is not the task's (worker.c). */
+#define PM_CLOCK_PAUSED UINT64_MAX
 
 /* States of a task in a slot's FIFO. */
 enum {
@@ -121,6 +133,10 @@ typedef struct pm_slot {
     int pend_active; /* bytes or the end marker still to write */
     /* A result that came in several fragments, or wrapped around. */
     pm_asm asm;
+    /* Timeouts: since when (0: not) the worker has tasks in its ring, no
+     * result waiting and runs nothing, and its progress then (task bytes
+     * taken + result bytes written). */
+    uint64_t stall_ns, stall_mark;
 } pm_slot;
 
 /* PM_W_DONE: told to finish (the input was exhausted), it exited with no
@@ -136,6 +152,7 @@ typedef struct pm_worker {
     pm_wctl *wctl;
     int uncharged; /* deaths in a row with no running task to blame */
     int finishing; /* wctl->finish is set: it gets no new task */
+    uint32_t seen_stops; /* wctl->stops when the parent last looked */
 } pm_worker;
 
 struct pm_map {
@@ -186,6 +203,7 @@ struct pm_map {
     pm_spin spin;
     pm_death death;
     pm_task *lost;
+    char why[320]; /* pm_map_why(): what failed, when a call failed */
 };
 
 /* proc.c */
@@ -199,6 +217,12 @@ int pm__spawn(pm_map *m, int w);
 /* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
  * still running, or when it was not running. */
 int pm__try_reap(pm_map *m, int w);
+
+/* Records in why[len] a sentence naming the call that failed with err
+ * (negative errno) for worker w (-1: none) and the limit most likely
+ * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
+void pm__explain(char *why, size_t len, const char *call, int err, int w,
+                 int nproc, size_t bytes);
 
 /* Kills worker w (SIGKILL) and reaps it. */
 void pm__kill_reap(pm_map *m, int w);

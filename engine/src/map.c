@@ -49,6 +49,9 @@ static uint64_t pow2_at_least(uint64_t x)
     return p;
 }
 
+/* pm_map_why(NULL): why the last create of this thread failed. */
+static __thread char create_why[320];
+
 static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                   pm_gather_fn gather, pm_release_fn release,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
@@ -57,6 +60,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     int err = 0;
     pm_map *m = NULL;
     *out = NULL;
+    create_why[0] = '\0';
     if (!opt || !(produce || gather) || !work || opt->nproc < 1 || opt->nthreads < 1 ||
         opt->window < 0 || opt->nproc > 4096 || opt->nthreads > 4096 ||
         opt->retries < 0 || opt->timeout_ms < 0)
@@ -102,6 +106,8 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->ctl = map_shared(ALIGN64(sizeof(pm_ctl)));
     if (!m->ctl) {
         err = -errno;
+        pm__explain(create_why, sizeof create_why, "mmap", err, -1,
+                    m->opt.nproc, ALIGN64(sizeof(pm_ctl)));
         goto fail;
     }
     for (int w = 0; w < m->opt.nproc; w++) {
@@ -111,6 +117,8 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         wk->shm = map_shared(wk->shm_len);
         if (!wk->shm) {
             err = -errno;
+            pm__explain(create_why, sizeof create_why, "mmap", err, w,
+                        m->opt.nproc, wk->shm_len);
             goto fail;
         }
         wk->wctl = wk->shm;
@@ -643,6 +651,10 @@ static void reset_worker_shm(pm_map *m, int w)
 {
     atomic_store(&m->workers[w].wctl->stop, 0);
     atomic_store(&m->workers[w].wctl->finish, 0);
+    atomic_store(&m->workers[w].wctl->stopped_at, 0);
+    atomic_store(&m->workers[w].wctl->stops, 0);
+    atomic_store(&m->workers[w].wctl->ready, 0);
+    m->workers[w].seen_stops = 0;
     for (int t = 0; t < m->opt.nthreads; t++) {
         int si = w * m->opt.nthreads + t;
         pm_slot *s = &m->slots[si];
@@ -659,6 +671,7 @@ static void reset_worker_shm(pm_map *m, int w)
         pend_release(m, s);
         pm__asm_reset(&s->asm, &m->hooks);
         s->resend = 0;
+        s->stall_ns = 0;
         if (m->held_slot == si)
             m->held_slot = -1;
     }
@@ -722,7 +735,8 @@ static void mark_lost(pm_inflight *e, int st)
 }
 
 /*
- * Worker w is gone (it died, or was killed because a task timed out): keeps
+ * Worker w is gone (it died; killed 1: it was killed because a task timed
+ * out; killed 2: because it stalled with tasks unstarted): keeps
  * what it finished, charges the tasks it was running with one attempt each
  * (unless it was killed), and starts a fresh worker that is sent the rest
  * again.  When a task has used up its retries (or the worker keeps dying
@@ -758,8 +772,9 @@ static int handle_dead(pm_map *m, int w, int killed)
         wk->state = PM_W_DONE;
         return 0;
     }
-    if (!charged && !killed && ++wk->uncharged > 3)
-        fatal = 1; /* it dies between tasks: do not respawn forever */
+    if (!charged && killed != 1 && ++wk->uncharged > 3)
+        fatal = 1; /* it dies, or stalls, between tasks: do not respawn
+                      forever */
     if (fatal) {
         /* Not replaced: the results due before its lost task are still
          * delivered (from the live workers, and those it completed), then
@@ -829,34 +844,98 @@ static void finish_idle(pm_map *m)
     m->finish_scan = later;
 }
 
-/* Kills and replaces the workers whose running task is past the timeout.
- * Returns 1 when it did, 0, or a negative code. */
+/*
+ * Is slot s's worker stuck outside any task -- stopped (SIGSTOP), or hung
+ * between tasks -- for the timeout?  It runs nothing (the caller checked),
+ * tasks wait in its ring, no result waits for the parent (so it is not
+ * blocked on a full result ring), and it has taken no task byte and written
+ * no result byte since the parent first saw it so.  A healthy worker wakes
+ * within microseconds of a task's arrival.  Not before the worker serves
+ * its rings: starting up may take long (the caller's memory is large).
+ */
+static int stalled(pm_map *m, pm_slot *s, uint64_t now, uint64_t limit)
+{
+    uint64_t taken = atomic_load_explicit(&s->task_ring->tail,
+                                          memory_order_acquire);
+    uint64_t mark = taken + atomic_load_explicit(&s->result_ring->head,
+                                                 memory_order_acquire);
+    if (!atomic_load_explicit(&m->workers[s->worker].wctl->ready,
+                              memory_order_acquire) ||
+        (!s->pend_active &&
+         atomic_load_explicit(&s->task_ring->head, memory_order_relaxed) ==
+             taken) ||
+        pm__rx_ready(&s->rx)) {
+        s->stall_ns = 0;
+        return 0;
+    }
+    if (!s->stall_ns || mark != s->stall_mark) {
+        s->stall_ns = now;
+        s->stall_mark = mark;
+        return 0;
+    }
+    return now - s->stall_ns >= limit;
+}
+
+/* The FIFO entry of slot s that its worker is running (run_first), or
+ * NULL. */
+static pm_inflight *running_entry(pm_map *m, pm_slot *s)
+{
+    uint64_t first = atomic_load(&s->ctl->run_first);
+    for (uint32_t i = 0; i < s->fifo_n; i++) {
+        pm_inflight *x = pm__fifo_at(m, s, i);
+        if (x->state == PM_T_SENT && x->task.first == first)
+            return x;
+    }
+    return NULL;
+}
+
+/*
+ * Kills and replaces the workers whose running task is past the timeout, or
+ * that have let their tasks wait unstarted for the timeout (stalled()): those
+ * tasks are sent again to the fresh worker, and no item is charged.  A
+ * worker stopped by job control (SIGTSTP) is left alone while stopped and
+ * just after (see proc.c, on_tstp).  Returns 1 when it did, 0, or a
+ * negative code.
+ */
 static int check_timeouts(pm_map *m, uint64_t now)
 {
     uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
-    for (int si = 0; si < m->nslots; si++) {
-        pm_slot *s = &m->slots[si];
-        if (!worker_alive(m, s->worker))
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (!worker_alive(m, w))
             continue;
-        uint64_t started =
-            atomic_load_explicit(&s->ctl->run_start_ns, memory_order_acquire);
-        if (!started || now <= started || now - started < limit)
-            continue;
-        uint64_t first = atomic_load(&s->ctl->run_first);
-        pm_inflight *e = NULL;
-        for (uint32_t i = 0; i < s->fifo_n; i++) {
-            pm_inflight *x = pm__fifo_at(m, s, i);
-            if (x->state == PM_T_SENT && x->task.first == first) {
-                e = x;
-                break;
+        uint32_t stops = atomic_load_explicit(&wk->wctl->stops,
+                                              memory_order_acquire);
+        int jc = atomic_load_explicit(&wk->wctl->stopped_at,
+                                      memory_order_acquire) != 0 ||
+                 stops != wk->seen_stops;
+        wk->seen_stops = stops;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            if (jc) {
+                s->stall_ns = 0;
+                continue;
             }
+            uint64_t started = atomic_load_explicit(&s->ctl->run_start_ns,
+                                                    memory_order_acquire);
+            if (!started) {
+                if (!stalled(m, s, now, limit))
+                    continue;
+                pm__kill_reap(m, w);
+                int rc = handle_dead(m, w, 2);
+                return rc < 0 ? rc : 1;
+            }
+            s->stall_ns = 0;
+            if (now <= started || now - started < limit)
+                continue;
+            pm_inflight *e = running_entry(m, s);
+            if (!e)
+                continue;
+            e->state = PM_T_TIMEDOUT;
+            pm__kill_reap(m, w);
+            int rc = handle_dead(m, w, 1);
+            return rc < 0 ? rc : 1;
         }
-        if (!e)
-            continue;
-        e->state = PM_T_TIMEDOUT;
-        pm__kill_reap(m, s->worker);
-        int rc = handle_dead(m, s->worker, 1);
-        return rc < 0 ? rc : 1;
     }
     return 0;
 }
@@ -1086,6 +1165,11 @@ int pm_map_resume(pm_map *m)
 const pm_death *pm_map_death(const pm_map *m)
 {
     return m->error == PM_EWORKERDIED ? &m->death : NULL;
+}
+
+const char *pm_map_why(const pm_map *m)
+{
+    return m ? m->why : create_why;
 }
 
 const pid_t *pm_map_pids(const pm_map *m, int *n)

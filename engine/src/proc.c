@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -15,6 +17,64 @@
 
 #include "internal.h"
 
+/* The worker's parent, for the signal handlers below (one map per worker
+ * process: these are set once, in the child). */
+static pid_t worker_parent;
+static pm_map *worker_map;
+static int worker_index;
+
+#ifdef __linux__
+/* Forked from a thread other than the main one, a worker is sent this signal
+ * when that thread ends (PR_SET_PDEATHSIG is bound to the thread that
+ * forked): then again when its new parent thread ends, and so on, and last
+ * when the whole caller is gone and it is reparented to another process.
+ * Only that last one ends it. */
+#define PM_SIG_PDEATH (SIGRTMAX - 2)
+
+static void on_parent_death(int sig)
+{
+    (void)sig;
+    if (getppid() != worker_parent)
+        _exit(0);
+}
+#endif
+
+/*
+ * Job control (Ctrl+Z, then fg): the whole process group gets SIGTSTP, then
+ * SIGCONT.  The worker stops itself as the default action would (which the
+ * kernel skips in an orphaned process group), and once continued moves the
+ * start of its running tasks past the stop, so that a timeout counts only
+ * the time the group ran.  stopped_at tells the parent, which was stopped
+ * too, not to judge the worker's tasks meanwhile.  Async-signal-safe: the
+ * clock, sigaction, raise and atomics on the worker's own shared memory.
+ */
+static void on_tstp(int sig)
+{
+    int saved = errno;
+    pm_map *m = worker_map;
+    pm_wctl *c = m->workers[worker_index].wctl;
+    uint64_t t0 = pm__now_ns();
+    atomic_store_explicit(&c->stopped_at, t0, memory_order_seq_cst);
+    struct sigaction dfl, mine;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, &mine);
+    raise(sig); /* stops here until SIGCONT (not in an orphaned group) */
+    sigaction(sig, &mine, NULL);
+    uint64_t stopped = pm__now_ns() - t0;
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        _Atomic uint64_t *start = &pm__slot_ctl(m, worker_index, t)->run_start_ns;
+        uint64_t s0 = atomic_load(start);
+        while (s0 && s0 != PM_CLOCK_PAUSED &&
+               !atomic_compare_exchange_weak(start, &s0, s0 + stopped))
+            ;
+    }
+    atomic_fetch_add_explicit(&c->stops, 1, memory_order_seq_cst);
+    atomic_store_explicit(&c->stopped_at, 0, memory_order_seq_cst);
+    errno = saved;
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
@@ -22,24 +82,42 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
 {
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
+    worker_parent = m->creator;
+    worker_map = m;
+    worker_index = w;
+    sigset_t mask = *oldmask;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
 #ifdef __linux__
     /* Die with the parent.  PDEATHSIG fires when the *thread* that forked
-     * exits, so it is armed only when that is the main thread (whose end is
-     * the process's); otherwise the workers rely on their getppid() checks.
-     * If the parent is already gone, PDEATHSIG came too late: check. */
-    if (from_main_thread)
+     * exits.  From the main thread (whose end is the process's) it is
+     * SIGKILL; from another thread, a signal whose handler ends the worker
+     * only once the parent process is gone (see on_parent_death), so that
+     * the workers of a map started in any thread -- a thread of the caller,
+     * a worker thread of an outer map -- die with their caller.  If the
+     * parent is already gone, PDEATHSIG came too late: check. */
+    if (from_main_thread) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+    } else {
+        sa.sa_handler = on_parent_death;
+        sa.sa_flags = SA_RESTART;
+        sigaction(PM_SIG_PDEATH, &sa, NULL);
+        sigdelset(&mask, PM_SIG_PDEATH);
+        prctl(PR_SET_PDEATHSIG, PM_SIG_PDEATH);
+    }
 #else
     (void)from_main_thread;
 #endif
     if (getppid() != m->creator)
         _exit(0);
+    sa.sa_handler = on_tstp;
+    sa.sa_flags = SA_RESTART | SA_NODEFER;
+    sigaction(SIGTSTP, &sa, NULL);
     /* Ctrl+C goes to the whole process group: the parent handles it and
      * stops the workers; they must not print tracebacks of their own. */
-    struct sigaction sa;
     sa.sa_handler = SIG_IGN;
     sa.sa_flags = 0;
-    sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     /* Isolation: a worker keeps only its own rings (and the parent's bell),
      * so a wild write can damage nothing but its own slots. */
@@ -49,7 +127,7 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
             m->workers[i].shm = NULL;
         }
     }
-    pthread_sigmask(SIG_SETMASK, oldmask, NULL);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
     pm__worker_main(m, w);
 }
 
@@ -72,6 +150,8 @@ int pm__spawn(pm_map *m, int w)
     if (pid == 0)
         child_setup(m, w, &old, from_main_thread); /* never returns */
     int err = pid < 0 ? -errno : 0;
+    if (err)
+        pm__explain(m->why, sizeof m->why, "fork", err, w, m->opt.nproc, 0);
     if (m->hooks.after_fork_parent)
         m->hooks.after_fork_parent(m->hooks.ctx);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -158,6 +238,57 @@ static void sleep_us(long us)
 {
     struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
     nanosleep(&ts, NULL);
+}
+
+/* Reads a number from a file of /proc, or -1. */
+static long proc_number(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    long v = -1;
+    if (f) {
+        if (fscanf(f, "%ld", &v) != 1)
+            v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+void pm__explain(char *why, size_t len, const char *call, int err, int w,
+                 int nproc, size_t bytes)
+{
+    char who[96] = "";
+    if (call[0] == 'm')
+        snprintf(who, sizeof who, " of %zu bytes of shared memory", bytes);
+    if (w >= 0)
+        snprintf(who + strlen(who), sizeof who - strlen(who),
+                 " for worker %d of %d", w, nproc);
+    const char *msg = strerror(-err);
+    char limit[224] = "";
+    if (call[0] == 'f') { /* fork */
+        struct rlimit rl;
+        char cur[32] = "unlimited";
+        if (getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+            snprintf(cur, sizeof cur, "%llu", (unsigned long long)rl.rlim_cur);
+        if (err == -EAGAIN)
+            snprintf(limit, sizeof limit,
+                     "the processes of this user reached RLIMIT_NPROC "
+                     "(ulimit -u: %s), or the system's kernel.pid_max or "
+                     "kernel.threads-max (or a cgroup's pids.max)", cur);
+        else if (err == -ENOMEM)
+            snprintf(limit, sizeof limit,
+                     "memory is short: the kernel could not copy the "
+                     "caller's page tables (free memory, swap, "
+                     "vm.overcommit_memory)");
+    } else { /* mmap */
+        long maps = proc_number("/proc/sys/vm/max_map_count");
+        if (err == -ENOMEM)
+            snprintf(limit, sizeof limit,
+                     "memory is short (free memory, RLIMIT_AS: ulimit -v, a "
+                     "cgroup's memory.max), or the process has as many "
+                     "mappings as vm.max_map_count allows (%ld)", maps);
+    }
+    snprintf(why, len, "%s()%s failed: %s (errno %d)%s%s", call, who, msg,
+             -err, limit[0] ? "; likely cause: " : "", limit);
 }
 
 void pm__kill_reap(pm_map *m, int w)

@@ -1,6 +1,7 @@
 /* worker.c -- the worker process: serve tasks from its rings, write results. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -122,7 +123,36 @@ static void worker_exit(pm_map *m, int code)
 {
     if (m->hooks.worker_exit)
         m->hooks.worker_exit(m->hooks.ctx);
+    /* What the work function printf'd is still in this process's stdio
+     * buffers (a pipe or file is fully buffered): _exit would drop it.  The
+     * caller flushed its own before the fork, so nothing is written twice. */
+    fflush(NULL);
     _exit(code);
+}
+
+/*
+ * Waits for room in the result ring while a task runs.  That time is the
+ * reader's, not the task's: the timeout's clock (run_start_ns) is paused
+ * meanwhile and moved on by the time waited.  Off the per-item path: only
+ * a result that does not fit in the ring waits.
+ */
+static int wait_room(struct pm_writer *w)
+{
+    _Atomic uint64_t *start = &w->ctl->run_start_ns;
+    uint64_t s0 = atomic_load_explicit(start, memory_order_relaxed);
+    uint64_t t0 = 0;
+    if (s0 && s0 != PM_CLOCK_PAUSED) {
+        t0 = pm__now_ns();
+        /* A job-control stop may move s0 meanwhile (proc.c, on_tstp): the
+         * exchange fails then, and the clock is simply not paused. */
+        if (!atomic_compare_exchange_strong(start, &s0, PM_CLOCK_PAUSED))
+            t0 = 0;
+    }
+    int rc = worker_wait(w, room_ready);
+    if (t0)
+        atomic_store_explicit(start, s0 + (pm__now_ns() - t0),
+                              memory_order_release);
+    return rc;
 }
 
 int pm_write(pm_writer *w, const void *data, size_t len)
@@ -139,7 +169,7 @@ int pm_write(pm_writer *w, const void *data, size_t len)
         len -= k;
         if (len == 0)
             break;
-        int rc = worker_wait(w, room_ready);
+        int rc = wait_room(w);
         if (rc < 0)
             return rc;
         if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
@@ -260,6 +290,7 @@ static void *slot_main(void *arg)
 void pm__worker_main(pm_map *m, int w)
 {
     int nt = m->opt.nthreads;
+    atomic_store_explicit(&m->workers[w].wctl->ready, 1, memory_order_release);
     struct pm_writer *ws = calloc((size_t)nt, sizeof *ws);
     pthread_t *th = calloc((size_t)nt, sizeof *th);
     if (!ws || !th)
