@@ -117,7 +117,13 @@
     X(job_timeout)                                                             \
     X(job_progress)                                                            \
     X(job_run_callback)                                                        \
-    X(job_misuse)
+    X(job_misuse)                                                              \
+    X(map_timeout_not_ring_room)                                               \
+    X(map_stalled_worker)                                                      \
+    X(map_orphans_of_a_thread)                                                 \
+    X(map_mmap_failure_why)                                                    \
+    X(map_fork_failure_why)                                                    \
+    X(map_worker_printf_flushed)
 
 #define DECLARE(name) TEST_IMPL(name);
 TESTS(DECLARE)

@@ -64,7 +64,8 @@ data = b"".join(got).decode()
 # print writes the text and the end apart when unbuffered (python -u)
 items = sorted(set(int(m) for m in re.findall(r"item (\d+)", data)))
 emit(ok=ok, items=items, waited=waitpid_any())
-''', params={"stream": stream}, timeout=120)
+''', params={"stream": stream}, timeout=120,
+        env={"PYTHONUNBUFFERED": ""})   # buffered streams: they have a lock
     assert f["ok"]
     assert f["items"] == list(range(200))
     assert f["waited"] == "ChildProcessError"
