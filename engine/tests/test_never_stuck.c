@@ -268,9 +268,12 @@ TEST_IMPL(map_worker_printf_flushed)
      * buffered for its own reports). */
     static char buf[BUFSIZ];
     setvbuf(stdout, buf, _IOFBF, sizeof buf);
+    /* One worker process (two threads): the flushes of two processes'
+     * buffers, larger than PIPE_BUF, could interleave inside a line. */
     pm_options opt;
     pm_options_init(&opt);
-    opt.nproc = 2;
+    opt.nproc = 1;
+    opt.nthreads = 2;
     tgen g = {.nitems = n, .max_count = 4};
     twork w = {0};
     pm_map *m;
