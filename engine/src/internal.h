@@ -9,7 +9,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <poll.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "asm.h"
 #include "pm.h"
@@ -153,6 +155,7 @@ typedef struct pm_worker {
     int uncharged; /* deaths in a row with no running task to blame */
     int finishing; /* wctl->finish is set: it gets no new task */
     uint32_t seen_stops; /* wctl->stops when the parent last looked */
+    int pidfd; /* readable once the running worker exits (-1: none) */
 } pm_worker;
 
 struct pm_map {
@@ -204,7 +207,32 @@ struct pm_map {
     pm_death death;
     pm_task *lost;
     char why[320]; /* pm_map_why(): what failed, when a call failed */
+    /* The parent's bell as a descriptor (eventfd, -1: none): the workers
+     * write it instead of waking the futex, so that the parent can sleep in
+     * poll() on it and the workers' pidfds together, woken by a result or
+     * by a death (map.c, parent_sleep). */
+    int efd;
+    struct pollfd *pfds; /* nproc + 1 entries for that poll */
 };
+
+/* Wakes the parent if it is (about to be) asleep; cheap otherwise (a fence
+ * and a load, as pm__bell_ring). */
+static inline void pm__ring_parent(pm_map *m)
+{
+    pm_bell *b = &m->ctl->parent;
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&b->sleeping, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
+        if (m->efd >= 0) {
+            uint64_t one = 1;
+            if (write(m->efd, &one, sizeof one) < 0) {
+                /* EAGAIN: the counter is full, the parent is woken. */
+            }
+        } else {
+            pm__futex_wake(&b->seq);
+        }
+    }
+}
 
 /* proc.c */
 

@@ -4,6 +4,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
 
 #include "internal.h"
 
@@ -95,14 +98,23 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
     m->slot_bytes = ALIGN64(sizeof(pm_slot_ctl)) + 2 * ring_bytes(m);
 
+    m->efd = -1;
     m->workers = calloc((size_t)m->opt.nproc, sizeof *m->workers);
     m->slots = calloc((size_t)m->nslots, sizeof *m->slots);
     m->slot_of = calloc((size_t)m->win, sizeof *m->slot_of);
     m->pids = calloc((size_t)m->opt.nproc, sizeof *m->pids);
-    if (!m->workers || !m->slots || !m->slot_of || !m->pids) {
+    m->pfds = calloc((size_t)m->opt.nproc + 1, sizeof *m->pfds);
+    if (!m->workers || !m->slots || !m->slot_of || !m->pids || !m->pfds) {
         err = -ENOMEM;
         goto fail;
     }
+    for (int w = 0; w < m->opt.nproc; w++)
+        m->workers[w].pidfd = -1;
+#ifdef __linux__
+    /* Without it, the parent sleeps on the futex and notices deaths on
+     * naps (PARENT_SLEEP_MS). */
+    m->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+#endif
     m->ctl = map_shared(ALIGN64(sizeof(pm_ctl)));
     if (!m->ctl) {
         err = -errno;
@@ -1038,6 +1050,71 @@ static int parent_ready_cb(void *m)
     return parent_ready(m);
 }
 
+/* Milliseconds until the next timeout or stall could be due (at least 1),
+ * or -1 when none can be. */
+static int next_due_ms(pm_map *m)
+{
+    if (!m->opt.timeout_ms)
+        return -1;
+    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
+    uint64_t now = pm__now_ns(), due = UINT64_MAX;
+    for (int i = 0; i < m->nslots; i++) {
+        pm_slot *s = &m->slots[i];
+        if (!worker_alive(m, s->worker))
+            continue;
+        uint64_t t = atomic_load_explicit(&s->ctl->run_start_ns,
+                                          memory_order_acquire);
+        if (t == PM_CLOCK_PAUSED)
+            continue;
+        if (!t)
+            t = s->stall_ns;
+        if (t && t + limit < due)
+            due = t + limit;
+    }
+    if (due == UINT64_MAX)
+        return -1;
+    return due <= now ? 1 : (int)((due - now + 999999u) / 1000000u);
+}
+
+/*
+ * The parent's sleep.  With the eventfd bell and a pidfd for every running
+ * worker, it sleeps in poll() on all of them: woken by a result (the bell),
+ * by a worker's death itself, or when the next timeout is due; otherwise
+ * (old kernels, descriptors short) on the futex, at most PARENT_SLEEP_MS,
+ * noticing deaths on the next look.  A signal ends either sleep (EINTR), for
+ * the check hook.
+ */
+static void parent_sleep(pm_map *m, uint32_t v)
+{
+    pm_bell *b = &m->ctl->parent;
+    int n = 0, all = m->efd >= 0;
+    if (all) {
+        m->pfds[n].fd = m->efd;
+        m->pfds[n++].events = POLLIN;
+        for (int w = 0; w < m->opt.nproc && all; w++) {
+            if (!worker_alive(m, w))
+                continue;
+            all = m->workers[w].pidfd >= 0;
+            m->pfds[n].fd = m->workers[w].pidfd;
+            m->pfds[n++].events = POLLIN;
+        }
+    }
+    if (!all) {
+        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
+        return;
+    }
+    /* Bounded all the same: the check hook is promised a call about every
+     * PARENT_SLEEP_MS while blocked, and a job-control stop moves the due
+     * time without telling the parent. */
+    int cap = m->hooks.check ? PARENT_SLEEP_MS : 1000;
+    int due = next_due_ms(m);
+    poll(m->pfds, (nfds_t)n, due < 0 || due > cap ? cap : due);
+    uint64_t x;
+    if (read(m->efd, &x, sizeof x) < 0) {
+        /* EAGAIN: nobody rang. */
+    }
+}
+
 static int idle_wait(pm_map *m)
 {
     if (pm__spin_until(&m->spin, parent_ready_cb, m))
@@ -1049,7 +1126,7 @@ static int idle_wait(pm_map *m)
     if (rc == 0 && !parent_ready(m)) {
         if (m->hooks.wait_begin)
             m->hooks.wait_begin(m->hooks.ctx);
-        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
+        parent_sleep(m, v);
         if (m->hooks.wait_end)
             m->hooks.wait_end(m->hooks.ctx);
         rc = poll_health(m);
@@ -1196,6 +1273,12 @@ int pm_map_destroy(pm_map *m)
     }
     if (m->ctl)
         munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
+    if (m->efd >= 0)
+        close(m->efd);
+    for (int w = 0; m->workers && w < m->opt.nproc; w++)
+        if (m->workers[w].pidfd >= 0)
+            close(m->workers[w].pidfd);
+    free(m->pfds);
     free(m->held_copy);
     /* Owners are the creator's to release; a forked child only frees. */
     pm_hooks h = m->hooks;

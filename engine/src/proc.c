@@ -131,6 +131,16 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     pm__worker_main(m, w);
 }
 
+static int exit_fd(pm_map *m, int w);
+
+static void close_pidfd(pm_worker *wk)
+{
+    if (wk->pidfd >= 0) {
+        close(wk->pidfd);
+        wk->pidfd = -1;
+    }
+}
+
 int pm__spawn(pm_map *m, int w)
 {
     sigset_t all, old;
@@ -159,6 +169,7 @@ int pm__spawn(pm_map *m, int w)
         return err;
     m->workers[w].pid = pid;
     m->workers[w].state = PM_W_RUNNING;
+    m->workers[w].pidfd = exit_fd(m, w); /* -1: the parent naps instead */
     m->workers[w].finishing = 0;
     m->pids[w] = pid;
     return 0;
@@ -182,6 +193,7 @@ int pm__try_reap(pm_map *m, int w)
     wk->status = status;
     wk->state = PM_W_REAPED;
     m->pids[w] = 0;
+    close_pidfd(wk);
     return 1;
 }
 
@@ -303,6 +315,7 @@ void pm__kill_reap(pm_map *m, int w)
     wk->status = status;
     wk->state = PM_W_REAPED;
     m->pids[w] = 0;
+    close_pidfd(wk);
 }
 
 #ifdef __linux__

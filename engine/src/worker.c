@@ -164,7 +164,7 @@ int pm_write(pm_writer *w, const void *data, size_t len)
                                                memory_order_relaxed);
         size_t k = pm__tx_write(&w->tx, p, len);
         if (atomic_load_explicit(&w->tx.r->head, memory_order_relaxed) != before)
-            pm__bell_ring(w->parent);
+            pm__ring_parent(w->m);
         p += k;
         len -= k;
         if (len == 0)
@@ -215,7 +215,7 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
         if (rc < 0)
             return rc;
         pm__rx_consume(&w->rx, &f);
-        pm__bell_ring(w->parent);
+        pm__ring_parent(w->m);
         if (rc == 1) {
             w->routed = pm__asm_take_owner(&w->asm);
             *msg = w->asm.buf;
@@ -270,7 +270,7 @@ static int serve_one(struct pm_writer *w)
     }
     if (in_place)
         pm__rx_consume(&w->rx, &held);
-    pm__bell_ring(w->parent);
+    pm__ring_parent(w->m);
     return 1;
 }
 

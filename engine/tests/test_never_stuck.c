@@ -188,19 +188,16 @@ TEST_IMPL(map_orphans_of_a_thread)
 
 TEST_IMPL(map_mmap_failure_why)
 {
-    struct rlimit old, low;
-    ASSERT_OK(getrlimit(RLIMIT_AS, &old));
-    low = old;
-    low.rlim_cur = 256u << 20;
-    ASSERT_OK(setrlimit(RLIMIT_AS, &low));
+    /* Rings of 64 TiB: more than the address space of a process (a low
+     * RLIMIT_AS would do too, but not under the sanitizers or valgrind). */
     pm_options opt;
     pm_options_init(&opt);
-    opt.nproc = 400; /* 400 x 2 MiB of rings */
+    opt.nproc = 2;
+    opt.ring_bytes = (size_t)1 << 46;
     tgen g = {.nitems = 10, .max_count = 1};
     twork w = {0};
     pm_map *m;
     int rc = pm_map_create(&m, &opt, tgen_produce, &g, twork_work, &w, NULL);
-    ASSERT_OK(setrlimit(RLIMIT_AS, &old));
     ASSERT_RC(rc, -ENOMEM);
     const char *why = pm_map_why(NULL);
     ASSERT_MSG(strstr(why, "mmap()") && strstr(why, "for worker ") &&
@@ -208,6 +205,7 @@ TEST_IMPL(map_mmap_failure_why)
                "why: %s", why);
     /* The next create clears it. */
     opt.nproc = 1;
+    opt.ring_bytes = 0;
     ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g, twork_work, &w, NULL));
     ASSERT_STREQ(pm_map_why(NULL), "");
     ASSERT_STREQ(pm_map_why(m), "");
@@ -300,5 +298,52 @@ TEST_IMPL(map_worker_printf_flushed)
     fclose(f);
     free(seen);
     ASSERT_UEQ(lines, n);
+    tgen_free(&g);
+}
+
+/* --- a death wakes the parent -------------------------------------------- */
+
+static int dying_work(void *ctx, const pm_task *task, const void *in,
+                      size_t len, pm_writer *out)
+{
+    if (task->first % 2 == 1)
+        kill(getpid(), SIGKILL);
+    return twork_work(ctx, task, in, len, out);
+}
+
+/* One worker, every other task kills it: each death is noticed when it
+ * happens (the parent sleeps on the workers' pidfds), not on the next nap
+ * of the parent (50 ms each: 10 s for these 200 deaths). */
+TEST_IMPL(map_death_wakes_parent)
+{
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 1;
+    opt.deliver_lost = 1;
+    tgen g = {.nitems = 400, .max_count = 1};
+    twork w = {0};
+    pm_map *m;
+    ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g, dying_work, &w, NULL));
+    double t0 = pm_test_now_ms();
+    pm_result res;
+    int rc, lost = 0;
+    uint64_t next = 0;
+    while ((rc = pm_map_next(m, &res)) == 1) {
+        ASSERT_UEQ(res.task.first, next);
+        next++;
+        if (res.status == PM_RESULT_DIED) {
+            ASSERT_EQ(res.signal, SIGKILL);
+            ASSERT_UEQ(res.task.first % 2, 1);
+            lost++;
+        } else {
+            CHECK_RESULT(&g, &w, &res);
+        }
+    }
+    double dt = pm_test_now_ms() - t0;
+    ASSERT_OK(rc);
+    ASSERT_EQ(lost, 200);
+    ASSERT_DBL_LT(dt, LIMIT_MS(5000));
+    ASSERT_OK(pm_map_destroy(m));
+    ASSERT_NO_CHILDREN();
     tgen_free(&g);
 }
