@@ -526,6 +526,12 @@ PM_EXTERN const char *pm_item_status_name(int status);
 /* Items delivered so far. */
 PM_EXTERN uint64_t pm_job_done(const pm_job *job);
 
+/* After a call on job failed for want of a resource: which call (fork,
+ * mmap), for which worker, and the limit most likely reached, as
+ * pm_map_why(); "" otherwise.  With job NULL: why the last pm_job_create()
+ * of the calling thread failed. */
+PM_EXTERN const char *pm_job_why(const pm_job *job);
+
 /*
  * Stops the job's workers (asking first, then SIGKILL after a short grace),
  * reaps them, unmaps all shared memory and frees the job.  Safe at any

@@ -208,22 +208,25 @@ struct pm_map {
     pm_task *lost;
     char why[320]; /* pm_map_why(): what failed, when a call failed */
     /* The parent's bell as a descriptor (eventfd, -1: none): the workers
-     * write it instead of waking the futex, so that the parent can sleep in
-     * poll() on it and the workers' pidfds together, woken by a result or
-     * by a death (map.c, parent_sleep). */
+     * write it instead of waking the futex when the parent sleeps in poll()
+     * on it and the workers' pidfds together, to be woken by a result or by
+     * a death (map.c, parent_sleep). */
     int efd;
     struct pollfd *pfds; /* nproc + 1 entries for that poll */
 };
 
 /* Wakes the parent if it is (about to be) asleep; cheap otherwise (a fence
- * and a load, as pm__bell_ring). */
+ * and a load, as pm__bell_ring).  sleeping is 1 while the parent sleeps on
+ * the futex, 2 while it sleeps in poll() on the eventfd (map.c,
+ * parent_sleep). */
 static inline void pm__ring_parent(pm_map *m)
 {
     pm_bell *b = &m->ctl->parent;
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&b->sleeping, memory_order_relaxed)) {
+    uint32_t how = atomic_load_explicit(&b->sleeping, memory_order_relaxed);
+    if (how) {
         atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
-        if (m->efd >= 0) {
+        if (how == 2 && m->efd >= 0) {
             uint64_t one = 1;
             if (write(m->efd, &one, sizeof one) < 0) {
                 /* EAGAIN: the counter is full, the parent is woken. */

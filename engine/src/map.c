@@ -11,6 +11,7 @@
 #include "internal.h"
 
 #define PARENT_SLEEP_MS 50
+#define PM_FUTEX_FIRST_MS 1 /* futex sleep before the poll on deaths too */
 #define HEALTH_EVERY_NS 20000000u /* look at the workers this often when busy */
 #define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
 #define STOP_GRACE_MS 200
@@ -1077,41 +1078,59 @@ static int next_due_ms(pm_map *m)
 }
 
 /*
- * The parent's sleep.  With the eventfd bell and a pidfd for every running
- * worker, it sleeps in poll() on all of them: woken by a result (the bell),
- * by a worker's death itself, or when the next timeout is due; otherwise
- * (old kernels, descriptors short) on the futex, at most PARENT_SLEEP_MS,
- * noticing deaths on the next look.  A signal ends either sleep (EINTR), for
- * the check hook.
+ * The parent's sleep.  First on the futex, at most PM_FUTEX_FIRST_MS (or
+ * until the next timeout is due): the usual wait while work flows, which
+ * costs the workers a futex wake and the parent nothing more.  Then, with
+ * the eventfd bell and a pidfd for every running worker, in poll() on all
+ * of them: woken by a result (the workers see sleeping == 2 and write the
+ * eventfd), by a worker's death itself, or when the next timeout is due.
+ * Without them (old kernels, descriptors short) on the futex, at most
+ * PARENT_SLEEP_MS, noticing deaths on the next look.  A signal ends either
+ * sleep (EINTR), for the check hook.
  */
 static void parent_sleep(pm_map *m, uint32_t v)
 {
     pm_bell *b = &m->ctl->parent;
-    int n = 0, all = m->efd >= 0;
-    if (all) {
-        m->pfds[n].fd = m->efd;
-        m->pfds[n++].events = POLLIN;
-        for (int w = 0; w < m->opt.nproc && all; w++) {
-            if (!worker_alive(m, w))
-                continue;
-            all = m->workers[w].pidfd >= 0;
-            m->pfds[n].fd = m->workers[w].pidfd;
-            m->pfds[n++].events = POLLIN;
-        }
-    }
-    if (!all) {
-        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
-        return;
-    }
     /* Bounded all the same: the check hook is promised a call about every
      * PARENT_SLEEP_MS while blocked, and a job-control stop moves the due
      * time without telling the parent. */
     int cap = m->hooks.check ? PARENT_SLEEP_MS : 1000;
     int due = next_due_ms(m);
-    poll(m->pfds, (nfds_t)n, due < 0 || due > cap ? cap : due);
-    uint64_t x;
-    if (read(m->efd, &x, sizeof x) < 0) {
-        /* EAGAIN: nobody rang. */
+    if (due >= 0 && due < cap)
+        cap = due;
+    int n = 0, all = m->efd >= 0;
+    if (!all || cap <= PM_FUTEX_FIRST_MS) {
+        pm__bell_sleep(b, v, all ? cap : PARENT_SLEEP_MS);
+        return;
+    }
+    if (pm__bell_sleep(b, v, PM_FUTEX_FIRST_MS) != -ETIMEDOUT)
+        return;
+    m->pfds[n].fd = m->efd;
+    m->pfds[n++].events = POLLIN;
+    for (int w = 0; w < m->opt.nproc && all; w++) {
+        if (!worker_alive(m, w))
+            continue;
+        all = m->workers[w].pidfd >= 0;
+        m->pfds[n].fd = m->workers[w].pidfd;
+        m->pfds[n++].events = POLLIN;
+    }
+    if (!all) {
+        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
+        return;
+    }
+    /* From now on a worker that publishes writes the eventfd.  A worker
+     * that saw sleeping == 1 published before this store: the recheck after
+     * the fence sees it (the same argument as the bell's). */
+    atomic_store_explicit(&b->sleeping, 2, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (parent_ready(m))
+        return;
+    if (poll(m->pfds, (nfds_t)n, cap - PM_FUTEX_FIRST_MS) > 0 &&
+        (m->pfds[0].revents & POLLIN)) {
+        uint64_t x;
+        if (read(m->efd, &x, sizeof x) < 0) {
+            /* EAGAIN: drained already. */
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 
 /* The worker's parent, for the signal handlers below (one map per worker
  * process: these are set once, in the child). */
-static pid_t worker_parent;
+static pid_t worker_parent, worker_pid;
 static pm_map *worker_map;
 static int worker_index;
 
@@ -52,9 +52,13 @@ static void on_tstp(int sig)
 {
     int saved = errno;
     pm_map *m = worker_map;
-    pm_wctl *c = m->workers[worker_index].wctl;
+    /* A process the work function forked inherits the handler, not the
+     * worker's shared words: it stops as by default. */
+    pm_wctl *c = getpid() == worker_pid ? m->workers[worker_index].wctl
+                                         : NULL;
     uint64_t t0 = pm__now_ns();
-    atomic_store_explicit(&c->stopped_at, t0, memory_order_seq_cst);
+    if (c)
+        atomic_store_explicit(&c->stopped_at, t0, memory_order_seq_cst);
     struct sigaction dfl, mine;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -62,6 +66,10 @@ static void on_tstp(int sig)
     sigaction(sig, &dfl, &mine);
     raise(sig); /* stops here until SIGCONT (not in an orphaned group) */
     sigaction(sig, &mine, NULL);
+    if (!c) {
+        errno = saved;
+        return;
+    }
     uint64_t stopped = pm__now_ns() - t0;
     for (int t = 0; t < m->opt.nthreads; t++) {
         _Atomic uint64_t *start = &pm__slot_ctl(m, worker_index, t)->run_start_ns;
@@ -83,6 +91,7 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
     worker_parent = m->creator;
+    worker_pid = getpid();
     worker_map = m;
     worker_index = w;
     sigset_t mask = *oldmask;
