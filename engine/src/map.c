@@ -12,6 +12,7 @@
 
 #define PARENT_SLEEP_MS 50
 #define PM_FUTEX_FIRST_MS 1 /* futex sleep before the poll on deaths too */
+#define STALL_MIN_NS 1000000000u /* see stall_limit() */
 #define HEALTH_EVERY_NS 20000000u /* look at the workers this often when busy */
 #define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
 #define STOP_GRACE_MS 200
@@ -866,7 +867,16 @@ static void finish_idle(pm_map *m)
  * within microseconds of a task's arrival.  Not before the worker serves
  * its rings: starting up may take long (the caller's memory is large).
  */
-static int stalled(pm_map *m, pm_slot *s, uint64_t now, uint64_t limit)
+/* How long a stall may last: the timeout, but at least STALL_MIN_NS, so
+ * that a tiny timeout does not take a worker the scheduler left waiting a
+ * few milliseconds (on a loaded machine) for a stuck one. */
+static uint64_t stall_limit(const pm_map *m)
+{
+    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
+    return limit < STALL_MIN_NS ? STALL_MIN_NS : limit;
+}
+
+static int stalled(pm_map *m, pm_slot *s, uint64_t now)
 {
     uint64_t taken = atomic_load_explicit(&s->task_ring->tail,
                                           memory_order_acquire);
@@ -886,7 +896,7 @@ static int stalled(pm_map *m, pm_slot *s, uint64_t now, uint64_t limit)
         s->stall_mark = mark;
         return 0;
     }
-    return now - s->stall_ns >= limit;
+    return now - s->stall_ns >= stall_limit(m);
 }
 
 /* The FIFO entry of slot s that its worker is running (run_first), or
@@ -932,7 +942,7 @@ static int check_timeouts(pm_map *m, uint64_t now)
             uint64_t started = atomic_load_explicit(&s->ctl->run_start_ns,
                                                     memory_order_acquire);
             if (!started) {
-                if (!stalled(m, s, now, limit))
+                if (!stalled(m, s, now))
                     continue;
                 pm__kill_reap(m, w);
                 int rc = handle_dead(m, w, 2);
@@ -1067,10 +1077,13 @@ static int next_due_ms(pm_map *m)
                                           memory_order_acquire);
         if (t == PM_CLOCK_PAUSED)
             continue;
-        if (!t)
+        uint64_t lim = limit;
+        if (!t) {
             t = s->stall_ns;
-        if (t && t + limit < due)
-            due = t + limit;
+            lim = stall_limit(m);
+        }
+        if (t && t + lim < due)
+            due = t + lim;
     }
     if (due == UINT64_MAX)
         return -1;

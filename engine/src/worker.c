@@ -250,6 +250,10 @@ static int serve_one(struct pm_writer *w)
     atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
     atomic_store_explicit(&w->ctl->run_start_ns, pm__now_ns(),
                           memory_order_release);
+    /* With a timeout, a sleeping parent learns when this task is due (one
+     * item per task then, and nothing rung while the parent is awake). */
+    if (w->m->opt.timeout_ms)
+        pm__ring_parent(w->m);
     rc = w->m->work(w->m->work_ctx, &task, msg + sizeof hdr, len - sizeof hdr,
                     w);
     /* A failing task is still marked as running when the worker exits, so

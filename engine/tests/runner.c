@@ -124,7 +124,8 @@
     X(map_mmap_failure_why)                                                    \
     X(map_fork_failure_why)                                                    \
     X(map_worker_printf_flushed)                                              \
-    X(map_death_wakes_parent)
+    X(map_death_wakes_parent)                                                 \
+    X(map_timeout_wakes_parent)
 
 #define DECLARE(name) TEST_IMPL(name);
 TESTS(DECLARE)

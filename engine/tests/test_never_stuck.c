@@ -347,3 +347,34 @@ TEST_IMPL(map_death_wakes_parent)
     ASSERT_NO_CHILDREN();
     tgen_free(&g);
 }
+
+static int hanging_work(void *ctx, const pm_task *task, const void *in,
+                        size_t len, pm_writer *out)
+{
+    if (task->first % 2 == 0)
+        sleep_ms(10000);
+    return twork_work(ctx, task, in, len, out);
+}
+
+/* A 1 ms timeout fires when due, not on the parent's next nap (50 ms each:
+ * 2 s for these 40 timeouts). */
+TEST_IMPL(map_timeout_wakes_parent)
+{
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 1;
+    opt.timeout_ms = 1;
+    tgen g = {.nitems = 80, .max_count = 1};
+    twork w = {0};
+    pm_map *m;
+    ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g, hanging_work, &w,
+                            NULL));
+    double t0 = pm_test_now_ms();
+    int timed = drain(m, &g, &w, 0, 0);
+    double dt = pm_test_now_ms() - t0;
+    ASSERT_GE(timed, 40);
+    ASSERT_DBL_LT(dt, LIMIT_MS(1000));
+    ASSERT_OK(pm_map_destroy(m));
+    ASSERT_NO_CHILDREN();
+    tgen_free(&g);
+}
