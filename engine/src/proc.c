@@ -41,7 +41,8 @@ static void on_parent_death(int sig)
 
 /*
  * Job control (Ctrl+Z, then fg): the whole process group gets SIGTSTP, then
- * SIGCONT.  The worker stops itself as the default action would (which the
+ * SIGCONT (SIGTTIN and SIGTTOU, which stop a background job that uses the
+ * terminal, are handled alike).  The worker stops itself as the default action would (which the
  * kernel skips in an orphaned process group), and once continued moves the
  * start of its running tasks past the stop, so that a timeout counts only
  * the time the group ran.  stopped_at tells the parent, which was stopped
@@ -123,6 +124,8 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     sa.sa_handler = on_tstp;
     sa.sa_flags = SA_RESTART | SA_NODEFER;
     sigaction(SIGTSTP, &sa, NULL);
+    sigaction(SIGTTIN, &sa, NULL); /* the terminal stops of a background */
+    sigaction(SIGTTOU, &sa, NULL); /* job: job control too */
     /* Ctrl+C goes to the whole process group: the parent handles it and
      * stops the workers; they must not print tracebacks of their own. */
     sa.sa_handler = SIG_IGN;
