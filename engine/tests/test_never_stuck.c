@@ -198,10 +198,13 @@ TEST_IMPL(map_mmap_failure_why)
     twork w = {0};
     pm_map *m;
     int rc = pm_map_create(&m, &opt, tgen_produce, &g, twork_work, &w, NULL);
-    ASSERT_RC(rc, -ENOMEM);
     const char *why = pm_map_why(NULL);
+    /* valgrind refuses such a length with EINVAL before the kernel sees it:
+     * then only the call and the worker are named. */
+    ASSERT_MSG(rc == -ENOMEM || rc == -EINVAL, "rc %s", pm_errname(rc));
     ASSERT_MSG(strstr(why, "mmap()") && strstr(why, "for worker ") &&
-                   strstr(why, "vm.max_map_count") && strstr(why, "memory"),
+                   (rc == -EINVAL || (strstr(why, "vm.max_map_count") &&
+                                      strstr(why, "memory"))),
                "why: %s", why);
     /* The next create clears it. */
     opt.nproc = 1;
