@@ -15,7 +15,6 @@ struct pm_writer {
     pm_map *m;
     pm_slot_ctl *ctl;
     pm_wctl *wctl;
-    pm_bell *parent;
     pm_ring_rx rx; /* tasks */
     pm_ring_tx tx; /* results */
     pm_spin spin;
@@ -125,8 +124,16 @@ static void worker_exit(pm_map *m, int code)
         m->hooks.worker_exit(m->hooks.ctx);
     /* What the work function printf'd is still in this process's stdio
      * buffers (a pipe or file is fully buffered): _exit would drop it.  The
-     * caller flushed its own before the fork, so nothing is written twice. */
-    fflush(NULL);
+     * caller flushed its own before the fork, so nothing is written twice.
+     * Only if the stream's lock is free: a thread of the caller may have
+     * held it at the fork, and an exit must never wait on it. */
+    FILE *streams[2] = {stdout, stderr};
+    for (int i = 0; i < 2; i++) {
+        if (ftrylockfile(streams[i]) == 0) {
+            fflush_unlocked(streams[i]);
+            funlockfile(streams[i]);
+        }
+    }
     _exit(code);
 }
 
@@ -304,7 +311,6 @@ void pm__worker_main(pm_map *m, int w)
         ws[t].m = m;
         ws[t].ctl = s->ctl;
         ws[t].wctl = m->workers[w].wctl;
-        ws[t].parent = &m->ctl->parent;
         ws[t].spin.budget_ns = PM_SPIN_MIN_NS * 8;
         pm__rx_init(&ws[t].rx, s->task_ring);
         pm__tx_init(&ws[t].tx, s->result_ring);
