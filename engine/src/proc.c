@@ -41,9 +41,9 @@ static void on_parent_death(int sig)
 
 /*
  * Job control (Ctrl+Z, then fg): the whole process group gets SIGTSTP, then
- * SIGCONT (SIGTTIN and SIGTTOU, which stop a background job that uses the
- * terminal, are handled alike).  The worker stops itself as the default action would (which the
- * kernel skips in an orphaned process group), and once continued moves the
+ * SIGCONT (SIGTTIN and SIGTTOU are handled alike).  The worker stops itself
+ * as the default action would (which the kernel skips in an orphaned
+ * process group), and once continued moves the
  * start of its running tasks past the stop, so that a timeout counts only
  * the time the group ran.  stopped_at tells the parent, which was stopped
  * too, not to judge the worker's tasks meanwhile.  Async-signal-safe: the
@@ -121,11 +121,18 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
 #endif
     if (getppid() != m->creator)
         _exit(0);
+    /* Job control; SIGTTIN and SIGTTOU stop a background job that uses the
+     * terminal.  Only where the caller left the default: a caller that
+     * ignores them (to write to the terminal from the background) or
+     * handles them keeps its choice. */
+    static const int stops[] = {SIGTSTP, SIGTTIN, SIGTTOU};
     sa.sa_handler = on_tstp;
     sa.sa_flags = SA_RESTART | SA_NODEFER;
-    sigaction(SIGTSTP, &sa, NULL);
-    sigaction(SIGTTIN, &sa, NULL); /* the terminal stops of a background */
-    sigaction(SIGTTOU, &sa, NULL); /* job: job control too */
+    for (int i = 0; i < 3; i++) {
+        struct sigaction cur;
+        if (sigaction(stops[i], NULL, &cur) == 0 && cur.sa_handler == SIG_DFL)
+            sigaction(stops[i], &sa, NULL);
+    }
     /* Ctrl+C goes to the whole process group: the parent handles it and
      * stops the workers; they must not print tracebacks of their own. */
     sa.sa_handler = SIG_IGN;
