@@ -357,6 +357,17 @@ PM_EXTERN int pm_map_resume(pm_map *m);
  * it.  NULL otherwise.  Valid until pm_map_destroy(). */
 PM_EXTERN const pm_death *pm_map_death(const pm_map *m);
 
+/*
+ * After a call on m failed for want of a resource (fork() or mmap() of a
+ * worker's shared memory): a sentence naming the call, the worker and the
+ * limit most likely reached (RLIMIT_NPROC, vm.max_map_count, memory); ""
+ * otherwise.  With m NULL: the same for the last pm_map_create() or
+ * pm_map_create_gather() of the calling thread (which leaves no map to
+ * ask).  Valid until the next call on the map (m NULL: the next create on
+ * this thread).
+ */
+PM_EXTERN const char *pm_map_why(const pm_map *m);
+
 /* Process ids of the workers (0 for a slot not started or already reaped),
  * nproc of them.  For diagnostics and tests. */
 PM_EXTERN const pid_t *pm_map_pids(const pm_map *m, int *n);
@@ -555,6 +566,12 @@ PM_EXTERN const char *pm_item_status_name(int status);
 
 /* Items delivered so far. */
 PM_EXTERN uint64_t pm_job_done(const pm_job *job);
+
+/* After a call on job failed for want of a resource: which call (fork,
+ * mmap), for which worker, and the limit most likely reached, as
+ * pm_map_why(); "" otherwise.  With job NULL: why the last pm_job_create()
+ * of the calling thread failed. */
+PM_EXTERN const char *pm_job_why(const pm_job *job);
 
 /*
  * Stops the job's workers (asking first, then SIGKILL after a short grace),

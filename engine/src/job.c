@@ -574,6 +574,11 @@ uint64_t pm_job_done(const pm_job *j)
     return j->done;
 }
 
+const char *pm_job_why(const pm_job *j)
+{
+    return pm_map_why(j ? j->map : NULL);
+}
+
 /* --- life cycle ----------------------------------------------------------- */
 
 int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,

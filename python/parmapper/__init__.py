@@ -20,6 +20,7 @@ from ._api import CPU_COUNT, parmap, parmapper, set_start_method
 from ._compat import ParEval, ReturnProcess
 from ._pool import Pool
 from ._core import ItemShapeError
+from . import _worker  # imported with the package, not by the first map
 from ._errors import (
     ItemPicklingError,
     ParmapperError,
