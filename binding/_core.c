@@ -665,15 +665,6 @@ static void buf_free(buf_t *b)
     memset(b, 0, sizeof *b);
 }
 
-/* Bytes of the record: the encoding plus the spliced data. */
-static size_t buf_total(const buf_t *b)
-{
-    size_t n = b->len;
-    for (int i = 0; i < b->nsp; i++)
-        n += b->sp[i].n;
-    return n;
-}
-
 /* Describes the record as 2 * nsp + 1 pieces: iov must have room. */
 static int buf_pieces(const buf_t *b, pm_iov *iov)
 {
