@@ -55,8 +55,11 @@ def _own_paths(proc_cgroup):
 
 
 def _levels(base, path):
-    """base/path, then each parent up to base itself."""
-    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    """base/path, then each parent up to base itself.  A path that climbs
+    out (".." components, as a cgroup namespace may show) is the root."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
+        parts = []
     for k in range(len(parts), -1, -1):
         yield os.path.join(base, *parts[:k])
 
