@@ -55,10 +55,10 @@ def main(argv=None):
         return s
 
     items = range(a.items)
-    print("CPUs      {} usable by this process (CPU_COUNT; the host has {})"
-          .format(CPU_COUNT, os.cpu_count()))
     print("parmapper {}: {} items of {} sin() calls each, N={} "
           "processes".format(__version__, a.items, a.size, a.N))
+    print("CPUs      {} usable by this process (CPU_COUNT; the host has {})"
+          .format(CPU_COUNT, os.cpu_count()))
     prog = (lambda label: False) if a.no_progress else (lambda label: label)
 
     t0 = time.perf_counter()
