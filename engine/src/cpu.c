@@ -101,17 +101,17 @@ static int walk(const char *base, const char *path, int (*limit)(const char *))
     if (snprintf(dir, sizeof dir, "%s%s%s", base, *path == '/' ? "" : "/",
                  path) >= (int)sizeof dir)
         return 0;
-    size_t floor = strlen(base);
+    size_t top = strlen(base);
     for (;;) {
         size_t n = strlen(dir);
-        while (n > floor && dir[n - 1] == '/') /* trailing slashes */
+        while (n > top && dir[n - 1] == '/') /* trailing slashes */
             dir[--n] = '\0';
         int l = limit(dir);
         if (l > 0 && (best == 0 || l < best))
             best = l;
-        if (n <= floor)
+        if (n <= top)
             break;
-        char *slash = strrchr(dir + floor, '/');
+        char *slash = strrchr(dir + top, '/');
         if (!slash)
             break;
         *slash = '\0';
