@@ -492,8 +492,16 @@ typedef void (*pm_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
 #define PM_TOTAL_UNKNOWN UINT64_MAX
 
+/* The CPUs this process may use: its affinity mask (sched_getaffinity on
+ * Linux, else the online CPUs), capped by the CPU quota of its cgroup or an
+ * ancestor (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us under
+ * /sys/fs/cgroup) rounded up; at least 1.  Read afresh at each call.  The
+ * default number of workers of a job. */
+PM_EXTERN int pm_cpu_count(void);
+
 typedef struct pm_job_options {
-    int nproc;          /* worker processes (0: one per online CPU) */
+    int nproc;          /* worker processes (0: pm_cpu_count(), the CPUs
+                           this process may use) */
     int nthreads;       /* threads per worker process, >= 1 */
     int ordered;        /* deliver items in input order (else as completed) */
     size_t chunk;       /* records per task (0: adaptive, aiming at a few
@@ -511,8 +519,8 @@ typedef struct pm_job_options {
                            progress callback (0: unknown) */
 } pm_job_options;
 
-/* Fills *o with defaults: one process per CPU, 1 thread, ordered, adaptive
- * chunks, no retries, no timeout, no progress callback. */
+/* Fills *o with defaults: one process per usable CPU (nproc 0), 1 thread,
+ * ordered, adaptive chunks, no retries, no timeout, no progress callback. */
 PM_EXTERN void pm_job_options_init(pm_job_options *o);
 
 typedef struct pm_job pm_job;

@@ -42,6 +42,8 @@
 #define TESTS(X)                                                               \
     X(errors_every_code)                                                       \
     X(errors_int_min)                                                          \
+    X(cpu_cgroup_quota)                                                        \
+    X(cpu_affinity_default_workers)                                            \
     X(ring_small_roundtrip)                                                    \
     X(ring_empty_message)                                                      \
     X(ring_wraparound_prng)                                                    \

@@ -7,12 +7,14 @@ from collections.abc import Mapping
 
 from . import _core
 from ._core import ItemShapeError
+from ._cpu import cpu_count
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
 
 __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 
-CPU_COUNT = os.cpu_count() or 1
+# The CPUs this process may use (affinity, cgroup quota), read at import.
+CPU_COUNT = cpu_count()
 
 _MODES = {"raise": 0, "return": 1, "proc": 2}
 
