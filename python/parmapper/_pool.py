@@ -351,6 +351,10 @@ class Pool:
         but within a call a worker is not replaced after this many tasks.
     processes : int, optional
         multiprocessing's name for `N` (give one of the two).
+    context : optional
+        multiprocessing's start-method context: accepted and unused
+        (parmapper forks its workers itself).  ``Pool(4, initializer,
+        initargs)`` in multiprocessing's positional order works too.
     **defaults
         Default keyword options of :func:`parmap` for every call
         (`progress`, `exception`, `chunksize`, `daemon`, `executor`...);
@@ -379,7 +383,22 @@ class Pool:
     """
 
     def __init__(self, N=None, Nt=1, initializer=None, initargs=(),
-                 maxtasksperchild=None, processes=None, **defaults):
+                 maxtasksperchild=None, processes=None, context=None,
+                 **defaults):
+        if callable(Nt):
+            # multiprocessing's positional order: Pool(processes,
+            # initializer, initargs, maxtasksperchild, context).
+            Nt, initializer, initargs, maxtasksperchild, context = (
+                1, Nt, () if initializer is None else initializer,
+                None if initargs == () else initargs, maxtasksperchild)
+            if not isinstance(initargs, (tuple, list)):
+                raise TypeError("parmapper.Pool: with multiprocessing's "
+                                "argument order Pool(processes, initializer, "
+                                "initargs, ...), initargs must be a tuple, got "
+                                "{!r}".format(initargs))
+        # context: multiprocessing's start method context; parmapper forks
+        # its workers itself, so it has no use (docs/migrating.md).
+        del context
         if processes is not None:
             if N is not None:
                 raise TypeError("Pool: give N or processes, not both")
@@ -408,6 +427,9 @@ class Pool:
         self._open = weakref.WeakSet()   # results handed out (_Results)
         self._async = []
         self._lock = threading.Lock()
+        # apply_async calls running at once: at most N, as N workers would
+        # run them (each has a worker process of its own).
+        self._apply_slots = threading.BoundedSemaphore(self._N)
 
     # -- helpers ----------------------------------------------------------
 
@@ -534,8 +556,11 @@ class Pool:
                     error_callback=None):
         """:meth:`apply` in the background; an :class:`AsyncResult`."""
         res = self._apply_start(func, args, kwds)
-        return self._async_call(lambda: res._all()[0], callback,
-                                error_callback)
+
+        def run():
+            with self._apply_slots:
+                return res._all()[0]
+        return self._async_call(run, callback, error_callback)
 
     def close(self):
         """No new calls; those running finish."""
