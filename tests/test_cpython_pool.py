@@ -118,3 +118,20 @@ def test_the_cpython_classes_are_found():
     assert set(LEFT_OUT) <= {n for c in (TestParmapperPool,  # noqa: F821
                                          TestParmapperPoolWorkerLifetime)  # noqa: F821
                              for n in dir(c)}
+
+
+def test_skips_saying_why_without_the_test_package(tmp_path):
+    """Where the interpreter has no test package, the module is skipped with
+    the reason, not failed (run in a fresh interpreter that hides it)."""
+    import os
+    import subprocess
+    code = ("import sys; sys.modules['test._test_multiprocessing'] = None; "
+            "import pytest; sys.exit(pytest.main(['-q', '-rs', '-p', "
+            "'no:cacheprovider', {!r}]))".format(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=120, cwd=str(tmp_path), env=env)
+    # 5: no test collected (the module skipped itself), not a failure (1)
+    assert proc.returncode in (0, 5), proc.stdout + proc.stderr
+    assert "CPython's test package is not installed" in proc.stdout
+    assert "1 skipped" in proc.stdout
