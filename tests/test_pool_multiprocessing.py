@@ -272,3 +272,18 @@ def test_apply_async_runs_at_most_N_at_once():
     # at any start, how many calls were running
     most = max(sum(1 for a, b in spans if a <= t0 < b) for t0, _ in spans)
     assert most <= 2, spans
+
+
+def test_map_with_exception_raise_given_stops_fast(tmp_path):
+    # parmap's meaning when the option is given: the error is raised at
+    # once, and the queued items are not all run
+    def f(x):
+        if x == 0:
+            raise ValueError("first")
+        time.sleep(0.2)
+        open(os.path.join(str(tmp_path), "ran-{}".format(x)), "w").close()
+        return x
+    with parmapper.Pool(2, chunksize=1) as pool:
+        with pytest.raises(ValueError, match="first"):
+            pool.map(f, range(20), exception="raise")
+    assert len(ran(str(tmp_path))) < 19

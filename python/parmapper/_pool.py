@@ -80,12 +80,18 @@ class _Returned:
         return (_Returned, (self.value,))
 
 
-def _returning_errors(func):
+def _returning_errors(func, one_arg):
     """`func`, with an exception object it returns wrapped in
-    :class:`_Returned` (map runs with exception='return')."""
-    def call(*a, **k):
-        r = func(*a, **k)
-        return _Returned(r) if isinstance(r, BaseException) else r
+    :class:`_Returned` (map runs with exception='return').  `one_arg`: each
+    call passes the item alone (the usual map), a cheaper wrapper."""
+    if one_arg:
+        def call(x):
+            r = func(x)
+            return _Returned(r) if isinstance(r, BaseException) else r
+    else:
+        def call(*a, **k):
+            r = func(*a, **k)
+            return _Returned(r) if isinstance(r, BaseException) else r
     return call
 
 
@@ -162,87 +168,83 @@ class AsyncResult:
 
 
 class _Results:
-    """The results of one call: an iterator that :meth:`Pool.terminate` can
-    stop from any thread, even while another thread waits in it.
+    """The state of one call, which :meth:`Pool.terminate` can stop from any
+    thread, even while another thread waits for its results.
 
     `raw` is parmap's iterator (the engine's, with ``_pids()``, when the
     call runs in worker processes); `it` is what is iterated (`raw`, or a
-    progress bar over it).
+    progress bar over it).  :meth:`iterate` is what ``imap`` hands out and
+    :meth:`_all` what ``map`` runs.  The pool holds this object weakly and
+    it holds nothing that holds it: an ``imap`` iterator dropped by its user
+    stops its workers at once, as parmap's does.
 
-    No lock on the way of a result: the thread that iterates publishes
-    itself in ``_inside`` and then reads ``_stopped``; terminate() writes
-    ``_stopped`` and then reads ``_inside`` (the GIL orders the four), so
-    either the iterating thread sees the stop, or terminate() sees it inside
-    and kills the workers (never closes the iterator under it: a
-    StopIteration is always the true end).
+    Whether a thread is waiting inside the call is asked of the iterator
+    itself: closing it raises ValueError while a thread is inside (the
+    engine's iterator and generators alike).  terminate() closes the call
+    when no thread is inside (the next result asked for raises), and kills
+    its workers while one is (that thread then gets the engine's error,
+    turned into :class:`PoolTerminatedError`).  So no flag is written for
+    each result.
     """
 
     def __init__(self, raw, it):
         self._raw = raw
         self._it = it
         self._stopped = False     # terminate() was called
-        self._killed = False      # ...and killed workers of a running call
-        self._ended = False       # iteration reached its end (or an error)
-        self._inside = None       # the thread inside next() or _all()
+        self._cut = False         # ...and closed or killed the call unfinished
+        self._ended = False       # the call reached its end (or an error)
+        self._consumer = None     # the thread that iterates (last seen)
 
-    def __iter__(self):
-        return self
-
-    def _enter(self):
-        if self._ended:
-            return False
-        self._inside = threading.get_ident()
-        if self._stopped:
-            self._inside = None
+    def _begin(self):
+        self._consumer = threading.get_ident()
+        if self._stopped and not self._ended:
             self._ended = True
-            self.close()
+            self._close()
             raise _terminated()
-        return True
 
-    def _failed(self, e):
+    def _error(self, e):
+        """The exception to raise for `e`, raised by the call."""
         self._ended = True
         if self._stopped:         # e.g. the WorkerDiedError of the kill
             return _terminated()
         return _as_multiprocessing(e)
 
-    def __next__(self):
-        if not self._enter():
-            raise StopIteration
+    def _finish(self):
+        self._ended = True
+        if self._cut:             # closed before its end: results missing
+            raise _terminated()
+
+    def iterate(self):
+        """The results, one by one (imap)."""
+        self._begin()
         try:
-            return next(self._it)
-        except StopIteration:
-            self._ended = True
-            if self._killed:
-                raise _terminated() from None
+            for r in self._it:
+                yield r
+        except GeneratorExit:     # closed (or dropped) by its user
             raise
         except BaseException as e:
-            err = self._failed(e)
+            err = self._error(e)
             if err is e:
                 raise
             raise err from None
         finally:
-            self._inside = None
+            self._close()         # stops the workers now
+        self._finish()
 
     def _all(self):
-        """All the results, as a list (no Python call per result)."""
-        if not self._enter():
-            return []
+        """All the results, as a list (map: no Python step per result)."""
+        self._begin()
         try:
             out = list(self._it)
         except BaseException as e:
-            err = self._failed(e)
+            err = self._error(e)
             if err is e:
                 raise
             raise err from None
-        finally:
-            self._inside = None
-        self._ended = True
-        if self._killed:
-            raise _terminated()
+        self._finish()
         return out
 
-    def close(self):
-        """Stop the workers now; iteration ends."""
+    def _close(self):
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
@@ -254,26 +256,25 @@ class _Results:
         pids = getattr(self._raw, "_pids", None)
         deadline = time.monotonic() + _STOP_PATIENCE
         while not self._ended:
-            inside = self._inside
-            if inside is None:
-                try:
-                    self.close()   # the next next() raises
-                    return
-                except ValueError:  # a thread got inside: kill, below
-                    pass
-            if pids is None or inside == threading.get_ident():
+            try:
+                self._close()
+                if not self._ended:
+                    self._cut = True   # the next result asked for raises
+                return
+            except ValueError:    # a thread is inside the call now
+                pass
+            if pids is None or self._consumer == threading.get_ident():
                 # Threads or an executor run the call (they cannot be
                 # stopped), or this very thread is inside (terminate() from
-                # a progress callback): the iterating thread stops at its
-                # next result.
+                # a progress callback): the call stops at its next result.
                 return
-            # The iterating thread sees its workers die and ends the map
-            # (the teardown reaps them).  A pid read under the GIL is a live
-            # or unreaped child: the engine zeroes it when it reaps.
+            # The waiting thread sees its workers die and ends the map (the
+            # teardown reaps them).  A pid read under the GIL is a live or
+            # unreaped child: the engine zeroes it when it reaps.
             for pid in pids():
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    self._killed = True
+                    self._cut = True
                 except ProcessLookupError:
                     pass
             if time.monotonic() > deadline:
@@ -303,6 +304,11 @@ def _raise_first(out):
     """`out` (a map run with exception='return' and
     :func:`_returning_errors`) with returned exception objects unwrapped;
     raises the first exception raised, by input position."""
+    # Most maps have no error: look at the types present first (no Python
+    # step per result), and at each result only when one is flagged.
+    if not any(issubclass(t, (BaseException, _Returned))
+               for t in set(map(type, out))):
+        return out
     first = None
     for i, r in enumerate(out):
         if isinstance(r, (BaseException, _Returned)):
@@ -476,13 +482,24 @@ class Pool:
         """Starts a map; returns the function that gives its list.
 
         As multiprocessing's ``map``: when an item raises, every item still
-        runs, then the first error (by input position) is raised."""
+        runs, then the first error (by input position) is raised.  This
+        costs a Python call per item in the workers (to tell an exception
+        raised from one returned); an `exception` option given to the pool
+        or the call has parmap's meaning instead ('raise' stops at the
+        first error, without that cost)."""
         mode = options.get("exception", self._defaults.get("exception"))
-        if mode not in (None, "raise"):
+        if mode is not None:
+            # Given: parmap's meaning ('raise' stops at the first error).
             res = self._start(func, iterable, chunksize, options)
             return res._all
+        opts = dict(self._defaults)
+        opts.update(options)
+        star = opts.get("star", False)
+        one_arg = (star is not None and not star and not opts.get("kwstar")
+                   and not opts.get("args") and not opts.get("kwargs"))
         options = dict(options, exception="return")
-        res = self._start(_returning_errors(func), iterable, chunksize, options)
+        res = self._start(_returning_errors(func, one_arg), iterable,
+                          chunksize, options)
         return lambda: _raise_first(res._all())
 
     def _apply_start(self, func, args, kwds):
@@ -523,12 +540,12 @@ class Pool:
 
         It starts when first iterated; an error is raised in its place and
         stops the call (the items after it are not run)."""
-        return self._start(func, iterable, chunksize, options)
+        return self._start(func, iterable, chunksize, options).iterate()
 
     def imap_unordered(self, func, iterable, chunksize=None, **options):
         """An iterator of ``func(x)`` in the order they complete."""
         options["ordered"] = False
-        return self._start(func, iterable, chunksize, options)
+        return self._start(func, iterable, chunksize, options).iterate()
 
     def starmap(self, func, iterable, chunksize=None, **options):
         """A list of ``func(*args)`` for each ``args`` of `iterable`."""
