@@ -287,3 +287,20 @@ def test_map_with_exception_raise_given_stops_fast(tmp_path):
         with pytest.raises(ValueError, match="first"):
             pool.map(f, range(20), exception="raise")
     assert len(ran(str(tmp_path))) < 19
+
+
+def test_terminate_and_join_from_an_error_callback():
+    import threading
+    done = threading.Event()
+    pool = parmapper.Pool(2)
+
+    def on_error(e):
+        pool.terminate()
+        pool.join()       # does not wait for the call running this callback
+        done.set()
+
+    r = pool.map_async(lambda x: 1 / 0, [0], error_callback=on_error)
+    assert done.wait(30)
+    with pytest.raises(ZeroDivisionError):
+        r.get(timeout=30)
+    pool.join()
