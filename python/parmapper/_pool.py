@@ -22,7 +22,7 @@ import time
 import warnings
 import weakref
 
-from ._api import _MAX_TIMEOUT, CPU_COUNT, parmap
+from ._api import _one_worker_process, CPU_COUNT, parmap
 from ._errors import ParmapperError, RemoteTraceback
 from ._progress import check_progress, progress_iter, wants_progress
 
@@ -453,17 +453,17 @@ class Pool:
         opts.setdefault("Nt", self._Nt)
         if chunksize is not None:
             opts["chunksize"] = chunksize
-        if (opts["N"] == 1 and opts.get("executor") is None
-                and opts.get("timeout") is None):
-            # parmap runs N=1 in the caller's process; a pool's worker is a
-            # process (isolation, terminate()).  With a timeout parmap uses
-            # one worker process; this one (31 years) never fires.
-            opts["timeout"] = _MAX_TIMEOUT
         progress = opts.pop("progress", False)
         check_progress(progress)
         if self._initializer is not None:
             func = _with_initializer(func, self._initializer, self._initargs)
-        raw = parmap(func, iterable, **opts)
+        # parmap runs N=1 in the caller's process; a pool's worker is a
+        # process (isolation, terminate()).
+        token = _one_worker_process.set(opts["N"] == 1)
+        try:
+            raw = parmap(func, iterable, **opts)
+        finally:
+            _one_worker_process.reset(token)
         it = raw
         if wants_progress(progress):
             total = opts.get("total")
