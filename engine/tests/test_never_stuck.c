@@ -51,14 +51,16 @@ TEST_IMPL(map_timeout_not_ring_room)
         pm_options_init(&opt);
         opt.nproc = 2;
         opt.nthreads = nt;
-        opt.timeout_ms = 200;
+        /* Both scaled (valgrind): the naps must stay longer than the
+         * timeout, and a slow tool must not time out the work itself. */
+        opt.timeout_ms = (int64_t)LIMIT_MS(200);
         opt.ring_bytes = 1u << 16;
-        tgen g = {.nitems = 24, .max_count = 1};
+        tgen g = {.nitems = N_(24, 12), .max_count = 1};
         twork w = {.result_pad = 40000, .chunk = 4096};
         pm_map *m;
         ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g, twork_work, &w,
                                 NULL));
-        ASSERT_EQ(drain(m, &g, &w, 4, 400), 0);
+        ASSERT_EQ(drain(m, &g, &w, 4, (unsigned)LIMIT_MS(400)), 0);
         ASSERT_OK(pm_map_destroy(m));
         ASSERT_NO_CHILDREN();
         tgen_free(&g);
