@@ -184,3 +184,57 @@ def test_thread_creation_failure_in_a_worker_is_named():
     if "NO ERROR" in out:
         pytest.skip("thread creation did not fail here")
     assert re.search(r"pthread_create|thread", out), out
+
+
+# --- a read-only view of a writable array ----------------------------------
+
+def _die_once_at_30(x, flag):
+    if x == 30 and not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(1)
+    return int(x)
+
+
+def test_replacement_worker_reads_a_read_only_view_as_it_was(tmp_path):
+    """docs/api.md: a numpy array is read as it was when the map started,
+    also by a worker forked later to replace one that died (a writable
+    array is copied when retries can replace workers).  A read-only view of
+    a writable array is not copied, but its data still change when the
+    caller writes the base: the replacement worker then maps -1s."""
+    np = pytest.importorskip("numpy")
+    import functools
+    base = np.arange(200)
+    view = base[:]
+    view.flags.writeable = False
+    fun = functools.partial(_die_once_at_30, flag=str(tmp_path / "died"))
+    out = []
+    for r in parmap(fun, view, N=2, retries=1, chunksize=5):
+        out.append(r)
+        if len(out) == 1:
+            base[:] = -1
+    assert out == list(range(200))
+
+
+# --- Pool.terminate() and background calls ---------------------------------
+
+def _slow_item(x):
+    import time
+    time.sleep(0.2)
+    return x
+
+
+def test_pool_terminate_stops_map_async_workers(children):
+    """Pool.terminate() (and leaving a with block) must stop the workers of
+    a running map_async, as its docstring says ('stop the workers of every
+    iterator still open') and as multiprocessing does.  Today the close()
+    of the iterator being consumed in the AsyncResult's thread raises
+    ValueError, which terminate() swallows: the 40 slow items all run to
+    the end (about 4 s) after terminate()."""
+    before = children.pids()
+    with Pool(2) as p:
+        ar = p.map_async(_slow_item, range(40))
+        import time
+        time.sleep(0.5)
+    left = children.wait_back_to(before, timeout=1.5)
+    assert not left, "workers still running after terminate()"
+    ar.wait(10)
