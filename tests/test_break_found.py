@@ -238,3 +238,20 @@ def test_pool_terminate_stops_map_async_workers(children):
     left = children.wait_back_to(before, timeout=1.5)
     assert not left, "workers still running after terminate()"
     ar.wait(10)
+
+
+# --- shared objects inside one result --------------------------------------
+
+def _shared_pair(x):
+    a = [x]
+    return [a, a]
+
+
+def test_shared_list_inside_a_result_stays_shared():
+    """A result that holds the same list twice ([a, a]) must come back with
+    both places being one object, as with N=1, map(), multiprocessing and
+    pickle (and as parmapper does for a dict: {..} twice stays shared).  The
+    compact encoder of plain lists/tuples rebuilds two separate lists, so
+    mutating r[0] no longer changes r[1]."""
+    for r in parmap(_shared_pair, range(3), N=2):
+        assert r[0] is r[1]
