@@ -1,33 +1,65 @@
 # The two commands that do everything on a fresh machine:
 #   make demo   -- install the package and run a short demonstration
 #   make test   -- install what the tests need, then run every test:
-#                  the engine's C tests (plain, ASan+UBSan, valgrind, TSan)
-#                  and the pytest suite.
-PYTHON ?= python3
-PIP = $(PYTHON) -m pip
+#                  the engine's C tests (plain, ASan+UBSan, valgrind, TSan),
+#                  the pytest suite, and the package as users get it (the
+#                  sdist and a manylinux wheel built, the sdist installed
+#                  and tested on every CPython 3.9-3.13 found: .ci/pymatrix)
+#
+# Where Python things go: inside an active virtual environment, into it;
+# otherwise into .venv/ in the project, made with the default python3 (a
+# system Python may refuse pip installs: PEP 668).  PYTHON=... overrides.
+SYS_PYTHON ?= python3
+IN_VENV := $(shell $(SYS_PYTHON) -c 'import sys; print(int(sys.prefix != sys.base_prefix))' 2>/dev/null)
+ifeq ($(IN_VENV),1)
+PYTHON ?= $(SYS_PYTHON)
+VENV_NOTE = using the active virtual environment ($(shell $(SYS_PYTHON) -c 'import sys; print(sys.prefix)'))
+else
+PYTHON ?= .venv/bin/python
+VENV_NOTE = not in a virtual environment: using .venv/ in the project (made with $(SYS_PYTHON))
+endif
+PIP = $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: demo test install test-deps test-c test-py clean
+.PHONY: demo test install venv test-deps test-c test-py test-dist clean
 
-install:
-	$(PIP) install -q --disable-pip-version-check .
+# Only when PYTHON is the project's .venv: made once, with pip.
+.venv/bin/python:
+	@echo "make: not in a virtual environment: making .venv/ with $(SYS_PYTHON)"
+	$(SYS_PYTHON) -m venv .venv || { echo "make: could not make .venv with '$(SYS_PYTHON) -m venv'" \
+	    "(on Debian/Ubuntu: apt-get install python3-venv)"; rm -rf .venv; exit 1; }
+
+venv: $(filter .venv/bin/python,$(PYTHON))
+	@echo "make: $(VENV_NOTE); python: $(PYTHON)"
+
+install: venv
+	$(PIP) install -q .
 
 demo: install
 	$(PYTHON) -m parmapper
 
-test-deps:
+test-deps: venv
 	@command -v valgrind >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq valgrind)
 	@command -v pkg-config >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pkg-config)
-	$(PIP) install -q --disable-pip-version-check ".[test]"
+	$(PIP) install -q ".[test,release]"
 
 test-c:
 	$(MAKE) -C engine check asan valgrind tsan
 	$(MAKE) -C engine install-check
 
+# The whole suite against the package installed from the tree by test-deps
+# (for iterating; `make test` runs the suite through test-dist instead).
 test-py:
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
-test: test-deps test-c test-py
+# The sdist and the wheel, auditwheel, and the suite against the sdist
+# installed on every CPython 3.9-3.13 found; the slow tests/reliability on
+# one version only, PYTHON's.
+test-dist:
+	PM_RELIABILITY_ON=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+	    .ci/pymatrix $(PYTHON)
+
+test: test-deps test-c test-dist
 
 clean:
 	$(MAKE) -C engine clean
-	rm -rf build *.egg-info
+	rm -rf build dist *.egg-info python/*.egg-info

@@ -76,6 +76,7 @@ static PyObject *ItemShapeError;  /* TypeError subclass, made here */
 static PyObject *errors_module;   /* parmapper._errors, imported lazily */
 static PyObject *unsent_type;     /* parmapper._errors._Unsent, set before fork */
 static PyObject *gc_freeze;       /* gc.freeze, set before fork */
+static PyObject *fresh_stdio;     /* parmapper._worker.fresh_stdio, idem */
 
 /* 0 in the caller's process; 1 in a worker of a daemon map; 2 in a worker of
  * a map with daemon=False. */
@@ -676,15 +677,6 @@ static void buf_free(buf_t *b)
     PyMem_RawFree(b->p);
     PyMem_RawFree(b->sp);
     memset(b, 0, sizeof *b);
-}
-
-/* Bytes of the record: the encoding plus the spliced data. */
-static size_t buf_total(const buf_t *b)
-{
-    size_t n = b->len;
-    for (int i = 0; i < b->nsp; i++)
-        n += b->sp[i].n;
-    return n;
 }
 
 /* Describes the record as 2 * nsp + 1 pieces: iov must have room. */
@@ -1553,6 +1545,12 @@ static void hook_after_fork_child(void *ctx, int worker)
     MapIter *self = ctx;
     PyOS_AfterFork_Child();
     worker_malloc_policy();
+    /* Standard streams of its own: a thread of the caller may have held
+     * the inherited ones' locks at the fork (parmapper/_worker.py). */
+    PyObject *f = fresh_stdio ? PyObject_CallNoArgs(fresh_stdio) : NULL;
+    if (!f)
+        PyErr_Clear();
+    Py_XDECREF(f);
     /* Everything inherited goes to the permanent generation: a collection
      * in the worker then never walks the caller's objects, whose headers it
      * would write to, copying the caller's heap page by page (a full
@@ -2331,7 +2329,12 @@ static void raise_engine_error(MapIter *self, int rc)
     PyObject *cls = errors_attr("ParmapperError");
     if (!cls)
         return;
-    if (rc > -4000 && rc < 0)
+    /* A resource failure says which call failed, for which worker, and the
+     * limit most likely reached. */
+    const char *why = pm_map_why(self->map);
+    if (why && why[0])
+        PyErr_Format(cls, "parmap engine: %s", why);
+    else if (rc > -4000 && rc < 0)
         PyErr_Format(cls, "parmap engine: %s (errno %d)", pm_strerror(rc), -rc);
     else
         PyErr_Format(cls, "parmap engine: %s", pm_strerror(rc));
@@ -2571,6 +2574,13 @@ static int map_begin(MapIter *self)
         gc_freeze = gc ? PyObject_GetAttrString(gc, "freeze") : NULL;
         Py_XDECREF(gc);
         if (!gc_freeze)
+            return -1;
+    }
+    if (!fresh_stdio) {
+        PyObject *w = PyImport_ImportModule("parmapper._worker");
+        fresh_stdio = w ? PyObject_GetAttrString(w, "fresh_stdio") : NULL;
+        Py_XDECREF(w);
+        if (!fresh_stdio)
             return -1;
     }
     if (self->index_seq && index_snapshot(self) < 0)

@@ -357,6 +357,17 @@ PM_EXTERN int pm_map_resume(pm_map *m);
  * it.  NULL otherwise.  Valid until pm_map_destroy(). */
 PM_EXTERN const pm_death *pm_map_death(const pm_map *m);
 
+/*
+ * After a call on m failed for want of a resource (fork() or mmap() of a
+ * worker's shared memory): a sentence naming the call, the worker and the
+ * limit most likely reached (RLIMIT_NPROC, vm.max_map_count, memory); ""
+ * otherwise.  With m NULL: the same for the last pm_map_create() or
+ * pm_map_create_gather() of the calling thread (which leaves no map to
+ * ask).  Valid until the next call on the map (m NULL: the next create on
+ * this thread).
+ */
+PM_EXTERN const char *pm_map_why(const pm_map *m);
+
 /* Process ids of the workers (0 for a slot not started or already reaped),
  * nproc of them.  For diagnostics and tests. */
 PM_EXTERN const pid_t *pm_map_pids(const pm_map *m, int *n);
@@ -481,8 +492,16 @@ typedef void (*pm_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
 #define PM_TOTAL_UNKNOWN UINT64_MAX
 
+/* The CPUs this process may use: its affinity mask (sched_getaffinity on
+ * Linux, else the online CPUs), capped by the CPU quota of its cgroup or an
+ * ancestor (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us under
+ * /sys/fs/cgroup) rounded up; at least 1.  Read afresh at each call.  The
+ * default number of workers of a job. */
+PM_EXTERN int pm_cpu_count(void);
+
 typedef struct pm_job_options {
-    int nproc;          /* worker processes (0: one per online CPU) */
+    int nproc;          /* worker processes (0: pm_cpu_count(), the CPUs
+                           this process may use) */
     int nthreads;       /* threads per worker process, >= 1 */
     int ordered;        /* deliver items in input order (else as completed) */
     size_t chunk;       /* records per task (0: adaptive, aiming at a few
@@ -500,8 +519,8 @@ typedef struct pm_job_options {
                            progress callback (0: unknown) */
 } pm_job_options;
 
-/* Fills *o with defaults: one process per CPU, 1 thread, ordered, adaptive
- * chunks, no retries, no timeout, no progress callback. */
+/* Fills *o with defaults: one process per usable CPU (nproc 0), 1 thread,
+ * ordered, adaptive chunks, no retries, no timeout, no progress callback. */
 PM_EXTERN void pm_job_options_init(pm_job_options *o);
 
 typedef struct pm_job pm_job;
@@ -555,6 +574,12 @@ PM_EXTERN const char *pm_item_status_name(int status);
 
 /* Items delivered so far. */
 PM_EXTERN uint64_t pm_job_done(const pm_job *job);
+
+/* After a call on job failed for want of a resource: which call (fork,
+ * mmap), for which worker, and the limit most likely reached, as
+ * pm_map_why(); "" otherwise.  With job NULL: why the last pm_job_create()
+ * of the calling thread failed. */
+PM_EXTERN const char *pm_job_why(const pm_job *job);
 
 /*
  * Stops the job's workers (asking first, then SIGKILL after a short grace),

@@ -9,7 +9,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <poll.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "asm.h"
 #include "pm.h"
@@ -59,6 +61,14 @@ typedef struct pm_wctl {
     /* No task will come any more: exit once every task in the rings is done
      * and its result written (stop, by contrast, abandons them). */
     _Atomic uint32_t finish;
+    /* Job control (worker.c, on_tstp): the clock when the worker stopped
+     * itself on SIGTSTP, 0 once it runs again and has moved the start of
+     * its running tasks past the stop; stops counts the stops so ended, so
+     * that the parent, which was stopped too, does not judge a timeout on a
+     * clock read before it. */
+    _Atomic uint64_t stopped_at;
+    _Atomic uint32_t stops;
+    _Atomic uint32_t ready; /* the worker serves its rings (set once) */
 } pm_wctl;
 
 /* Shared, at the start of each slot (one thread of one worker). */
@@ -70,6 +80,10 @@ typedef struct pm_slot_ctl {
     _Alignas(64) _Atomic uint64_t run_first;
     _Atomic uint64_t run_start_ns;
 } pm_slot_ctl;
+
+/* run_start_ns while the running task's work function waits for room in
+ * the result ring (pm_write): that time is not the task's (worker.c). */
+#define PM_CLOCK_PAUSED UINT64_MAX
 
 /* States of a task in a slot's FIFO. */
 enum {
@@ -121,6 +135,10 @@ typedef struct pm_slot {
     int pend_active; /* bytes or the end marker still to write */
     /* A result that came in several fragments, or wrapped around. */
     pm_asm asm;
+    /* Timeouts: since when (0: not) the worker has tasks in its ring, no
+     * result waiting and runs nothing, and its progress then (task bytes
+     * taken + result bytes written). */
+    uint64_t stall_ns, stall_mark;
 } pm_slot;
 
 /* PM_W_DONE: told to finish (the input was exhausted), it exited with no
@@ -140,6 +158,8 @@ typedef struct pm_worker {
     pm_wctl *wctl;
     int uncharged; /* deaths in a row with no running task to blame */
     int finishing; /* wctl->finish is set: it gets no new task */
+    uint32_t seen_stops; /* wctl->stops when the parent last looked */
+    int pidfd; /* readable once the running worker exits (-1: none) */
 } pm_worker;
 
 struct pm_map {
@@ -195,7 +215,36 @@ struct pm_map {
                              inherits none but the ones pm__spawn lets
                              through for its worker */
     pm_task *lost;
+    char why[320]; /* pm_map_why(): what failed, when a call failed */
+    /* The parent's bell as a descriptor (eventfd, -1: none): the workers
+     * write it instead of waking the futex when the parent sleeps in poll()
+     * on it and the workers' pidfds together, to be woken by a result or by
+     * a death (map.c, parent_sleep). */
+    int efd;
+    struct pollfd *pfds; /* nproc + 1 entries for that poll */
 };
+
+/* Wakes the parent if it is (about to be) asleep; cheap otherwise (a fence
+ * and a load, as pm__bell_ring).  sleeping is 1 while the parent sleeps on
+ * the futex, 2 while it sleeps in poll() on the eventfd (map.c,
+ * parent_sleep). */
+static inline void pm__ring_parent(pm_map *m)
+{
+    pm_bell *b = &m->ctl->parent;
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t how = atomic_load_explicit(&b->sleeping, memory_order_relaxed);
+    if (how) {
+        atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
+        if (how == 2 && m->efd >= 0) {
+            uint64_t one = 1;
+            if (write(m->efd, &one, sizeof one) < 0) {
+                /* EAGAIN: the counter is full, the parent is woken. */
+            }
+        } else {
+            pm__futex_wake(&b->seq);
+        }
+    }
+}
 
 /* proc.c */
 
@@ -216,6 +265,12 @@ extern volatile int pm__forked_copy;
 /* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
  * still running, or when it was not running. */
 int pm__try_reap(pm_map *m, int w);
+
+/* Records in why[len] a sentence naming the call that failed with err
+ * (negative errno) for worker w (-1: none) and the limit most likely
+ * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
+void pm__explain(char *why, size_t len, const char *call, int err, int w,
+                 int nproc, size_t bytes);
 
 /* Kills worker w (SIGKILL) and reaps it. */
 void pm__kill_reap(pm_map *m, int w);

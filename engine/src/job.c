@@ -574,6 +574,11 @@ uint64_t pm_job_done(const pm_job *j)
     return j->done;
 }
 
+const char *pm_job_why(const pm_job *j)
+{
+    return pm_map_why(j ? j->map : NULL);
+}
+
 /* --- life cycle ----------------------------------------------------------- */
 
 int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
@@ -596,10 +601,8 @@ int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
     pm_options mo;
     pm_options_init(&mo);
     mo.nproc = opt->nproc;
-    if (!mo.nproc) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        mo.nproc = n > 0 ? (int)n : 1;
-    }
+    if (!mo.nproc)
+        mo.nproc = pm_cpu_count();
     mo.nthreads = opt->nthreads;
     mo.ordered = opt->ordered;
     mo.window = opt->window;

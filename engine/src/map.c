@@ -4,10 +4,15 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
 
 #include "internal.h"
 
 #define PARENT_SLEEP_MS 50
+#define PM_FUTEX_FIRST_MS 1 /* futex sleep before the poll on deaths too */
+#define STALL_MIN_NS 1000000000u /* see stall_limit() */
 #define HEALTH_EVERY_NS 20000000u /* look at the workers this often when busy */
 #define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
 #define STOP_GRACE_MS 200
@@ -62,6 +67,9 @@ static uint64_t pow2_at_least(uint64_t x)
     return p;
 }
 
+/* pm_map_why(NULL): why the last create of this thread failed. */
+static __thread char create_why[320];
+
 static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                   pm_gather_fn gather, pm_release_fn release,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
@@ -70,6 +78,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     int err = 0;
     pm_map *m = NULL;
     *out = NULL;
+    create_why[0] = '\0';
     if (!opt || !(produce || gather) || !work || opt->nproc < 1 || opt->nthreads < 1 ||
         opt->window < 0 || opt->nproc > PM_MAX_NPROC ||
         opt->nthreads > PM_MAX_NTHREADS || opt->retries < 0 ||
@@ -105,17 +114,28 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
     m->slot_bytes = ALIGN64(sizeof(pm_slot_ctl)) + 2 * ring_bytes(m);
 
+    m->efd = -1;
     m->workers = calloc((size_t)m->opt.nproc, sizeof *m->workers);
     m->slots = calloc((size_t)m->nslots, sizeof *m->slots);
     m->slot_of = calloc((size_t)m->win, sizeof *m->slot_of);
     m->pids = calloc((size_t)m->opt.nproc, sizeof *m->pids);
-    if (!m->workers || !m->slots || !m->slot_of || !m->pids) {
+    m->pfds = calloc((size_t)m->opt.nproc + 1, sizeof *m->pfds);
+    if (!m->workers || !m->slots || !m->slot_of || !m->pids || !m->pfds) {
         err = -ENOMEM;
         goto fail;
     }
+    for (int w = 0; w < m->opt.nproc; w++)
+        m->workers[w].pidfd = -1;
+#ifdef __linux__
+    /* Without it, the parent sleeps on the futex and notices deaths on
+     * naps (PARENT_SLEEP_MS). */
+    m->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+#endif
     m->ctl = map_shared(ALIGN64(sizeof(pm_ctl)));
     if (!m->ctl) {
         err = -errno;
+        pm__explain(create_why, sizeof create_why, "mmap", err, -1,
+                    m->opt.nproc, ALIGN64(sizeof(pm_ctl)));
         goto fail;
     }
     /* Isolation: the rings of this map reach its own workers only, not the
@@ -128,6 +148,8 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         wk->shm = map_shared(wk->shm_len);
         if (!wk->shm) {
             err = -errno;
+            pm__explain(create_why, sizeof create_why, "mmap", err, w,
+                        m->opt.nproc, wk->shm_len);
             goto fail;
         }
         m->dontfork &= no_fork(wk->shm, wk->shm_len);
@@ -708,6 +730,10 @@ static void reset_worker_shm(pm_map *m, int w)
 {
     atomic_store(&m->workers[w].wctl->stop, 0);
     atomic_store(&m->workers[w].wctl->finish, 0);
+    atomic_store(&m->workers[w].wctl->stopped_at, 0);
+    atomic_store(&m->workers[w].wctl->stops, 0);
+    atomic_store(&m->workers[w].wctl->ready, 0);
+    m->workers[w].seen_stops = 0;
     for (int t = 0; t < m->opt.nthreads; t++) {
         int si = w * m->opt.nthreads + t;
         pm_slot *s = &m->slots[si];
@@ -724,6 +750,7 @@ static void reset_worker_shm(pm_map *m, int w)
         pend_release(m, s);
         pm__asm_reset(&s->asm, &m->hooks);
         s->resend = 0;
+        s->stall_ns = 0;
         if (m->held_slot == si)
             m->held_slot = -1;
     }
@@ -787,7 +814,8 @@ static void mark_lost(pm_inflight *e, int st)
 }
 
 /*
- * Worker w is gone (it died, or was killed because a task timed out): keeps
+ * Worker w is gone (it died; killed 1: it was killed because a task timed
+ * out; killed 2: because it stalled with tasks unstarted): keeps
  * what it finished, charges the tasks it was running with one attempt each
  * (unless it was killed), and starts a fresh worker that is sent the rest
  * again.  When a task has used up its retries (or the worker keeps dying
@@ -823,8 +851,9 @@ static int handle_dead(pm_map *m, int w, int killed)
         wk->state = PM_W_DONE;
         return 0;
     }
-    if (!charged && !killed && ++wk->uncharged > 3)
-        fatal = 1; /* it dies between tasks: do not respawn forever */
+    if (!charged && killed != 1 && ++wk->uncharged > 3)
+        fatal = 1; /* it dies, or stalls, between tasks: do not respawn
+                      forever */
     if (fatal) {
         /* Not replaced: the results due before its lost task are still
          * delivered (from the live workers, and those it completed), then
@@ -894,34 +923,107 @@ static void finish_idle(pm_map *m)
     m->finish_scan = later;
 }
 
-/* Kills and replaces the workers whose running task is past the timeout.
- * Returns 1 when it did, 0, or a negative code. */
+/*
+ * Is slot s's worker stuck outside any task -- stopped (SIGSTOP), or hung
+ * between tasks -- for the timeout?  It runs nothing (the caller checked),
+ * tasks wait in its ring, no result waits for the parent (so it is not
+ * blocked on a full result ring), and it has taken no task byte and written
+ * no result byte since the parent first saw it so.  A healthy worker wakes
+ * within microseconds of a task's arrival.  Not before the worker serves
+ * its rings: starting up may take long (the caller's memory is large).
+ */
+/* How long a stall may last: the timeout, but at least STALL_MIN_NS, so
+ * that a tiny timeout does not take a worker the scheduler left waiting a
+ * few milliseconds (on a loaded machine) for a stuck one. */
+static uint64_t stall_limit(const pm_map *m)
+{
+    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
+    return limit < STALL_MIN_NS ? STALL_MIN_NS : limit;
+}
+
+static int stalled(pm_map *m, pm_slot *s, uint64_t now)
+{
+    uint64_t taken = atomic_load_explicit(&s->task_ring->tail,
+                                          memory_order_acquire);
+    uint64_t mark = taken + atomic_load_explicit(&s->result_ring->head,
+                                                 memory_order_acquire);
+    if (!atomic_load_explicit(&m->workers[s->worker].wctl->ready,
+                              memory_order_acquire) ||
+        (!s->pend_active &&
+         atomic_load_explicit(&s->task_ring->head, memory_order_relaxed) ==
+             taken) ||
+        pm__rx_ready(&s->rx)) {
+        s->stall_ns = 0;
+        return 0;
+    }
+    if (!s->stall_ns || mark != s->stall_mark) {
+        s->stall_ns = now;
+        s->stall_mark = mark;
+        return 0;
+    }
+    return now - s->stall_ns >= stall_limit(m);
+}
+
+/* The FIFO entry of slot s that its worker is running (run_first), or
+ * NULL. */
+static pm_inflight *running_entry(pm_map *m, pm_slot *s)
+{
+    uint64_t first = atomic_load(&s->ctl->run_first);
+    for (uint32_t i = 0; i < s->fifo_n; i++) {
+        pm_inflight *x = pm__fifo_at(m, s, i);
+        if (x->state == PM_T_SENT && x->task.first == first)
+            return x;
+    }
+    return NULL;
+}
+
+/*
+ * Kills and replaces the workers whose running task is past the timeout, or
+ * that have let their tasks wait unstarted for the timeout (stalled()): those
+ * tasks are sent again to the fresh worker, and no item is charged.  A
+ * worker stopped by job control (SIGTSTP) is left alone while stopped and
+ * just after (see proc.c, on_tstp).  Returns 1 when it did, 0, or a
+ * negative code.
+ */
 static int check_timeouts(pm_map *m, uint64_t now)
 {
     uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
-    for (int si = 0; si < m->nslots; si++) {
-        pm_slot *s = &m->slots[si];
-        if (!worker_alive(m, s->worker))
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (!worker_alive(m, w))
             continue;
-        uint64_t started =
-            atomic_load_explicit(&s->ctl->run_start_ns, memory_order_acquire);
-        if (!started || now <= started || now - started < limit)
-            continue;
-        uint64_t first = atomic_load(&s->ctl->run_first);
-        pm_inflight *e = NULL;
-        for (uint32_t i = 0; i < s->fifo_n; i++) {
-            pm_inflight *x = pm__fifo_at(m, s, i);
-            if (x->state == PM_T_SENT && x->task.first == first) {
-                e = x;
-                break;
+        uint32_t stops = atomic_load_explicit(&wk->wctl->stops,
+                                              memory_order_acquire);
+        int jc = atomic_load_explicit(&wk->wctl->stopped_at,
+                                      memory_order_acquire) != 0 ||
+                 stops != wk->seen_stops;
+        wk->seen_stops = stops;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            if (jc) {
+                s->stall_ns = 0;
+                continue;
             }
+            uint64_t started = atomic_load_explicit(&s->ctl->run_start_ns,
+                                                    memory_order_acquire);
+            if (!started) {
+                if (!stalled(m, s, now))
+                    continue;
+                pm__kill_reap(m, w);
+                int rc = handle_dead(m, w, 2);
+                return rc < 0 ? rc : 1;
+            }
+            s->stall_ns = 0;
+            if (now <= started || now - started < limit)
+                continue;
+            pm_inflight *e = running_entry(m, s);
+            if (!e)
+                continue;
+            e->state = PM_T_TIMEDOUT;
+            pm__kill_reap(m, w);
+            int rc = handle_dead(m, w, 1);
+            return rc < 0 ? rc : 1;
         }
-        if (!e)
-            continue;
-        e->state = PM_T_TIMEDOUT;
-        pm__kill_reap(m, s->worker);
-        int rc = handle_dead(m, s->worker, 1);
-        return rc < 0 ? rc : 1;
     }
     return 0;
 }
@@ -1024,6 +1126,92 @@ static int parent_ready_cb(void *m)
     return parent_ready(m);
 }
 
+/* Milliseconds until the next timeout or stall could be due (at least 1),
+ * or -1 when none can be. */
+static int next_due_ms(pm_map *m)
+{
+    if (!m->opt.timeout_ms)
+        return -1;
+    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
+    uint64_t now = pm__now_ns(), due = UINT64_MAX;
+    for (int i = 0; i < m->nslots; i++) {
+        pm_slot *s = &m->slots[i];
+        if (!worker_alive(m, s->worker))
+            continue;
+        uint64_t t = atomic_load_explicit(&s->ctl->run_start_ns,
+                                          memory_order_acquire);
+        if (t == PM_CLOCK_PAUSED)
+            continue;
+        uint64_t lim = limit;
+        if (!t) {
+            t = s->stall_ns;
+            lim = stall_limit(m);
+        }
+        if (t && t + lim < due)
+            due = t + lim;
+    }
+    if (due == UINT64_MAX)
+        return -1;
+    return due <= now ? 1 : (int)((due - now + 999999u) / 1000000u);
+}
+
+/*
+ * The parent's sleep.  First on the futex, at most PM_FUTEX_FIRST_MS (or
+ * until the next timeout is due): the usual wait while work flows, which
+ * costs the workers a futex wake and the parent nothing more.  Then, with
+ * the eventfd bell and a pidfd for every running worker, in poll() on all
+ * of them: woken by a result (the workers see sleeping == 2 and write the
+ * eventfd), by a worker's death itself, or when the next timeout is due.
+ * Without them (old kernels, descriptors short) on the futex, at most
+ * PARENT_SLEEP_MS, noticing deaths on the next look.  A signal ends either
+ * sleep (EINTR), for the check hook.
+ */
+static void parent_sleep(pm_map *m, uint32_t v)
+{
+    pm_bell *b = &m->ctl->parent;
+    /* Bounded all the same: the check hook is promised a call about every
+     * PARENT_SLEEP_MS while blocked, and a job-control stop moves the due
+     * time without telling the parent. */
+    int cap = m->hooks.check ? PARENT_SLEEP_MS : 1000;
+    int due = next_due_ms(m);
+    if (due >= 0 && due < cap)
+        cap = due;
+    int n = 0, all = m->efd >= 0;
+    if (!all || cap <= PM_FUTEX_FIRST_MS) {
+        pm__bell_sleep(b, v, all ? cap : PARENT_SLEEP_MS);
+        return;
+    }
+    if (pm__bell_sleep(b, v, PM_FUTEX_FIRST_MS) != -ETIMEDOUT)
+        return;
+    m->pfds[n].fd = m->efd;
+    m->pfds[n++].events = POLLIN;
+    for (int w = 0; w < m->opt.nproc && all; w++) {
+        if (!worker_alive(m, w))
+            continue;
+        all = m->workers[w].pidfd >= 0;
+        m->pfds[n].fd = m->workers[w].pidfd;
+        m->pfds[n++].events = POLLIN;
+    }
+    if (!all) {
+        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
+        return;
+    }
+    /* From now on a worker that publishes writes the eventfd.  A worker
+     * that saw sleeping == 1 published before this store: the recheck after
+     * the fence sees it (the same argument as the bell's). */
+    atomic_store_explicit(&b->sleeping, 2, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (parent_ready(m))
+        return;
+    if (poll(m->pfds, (nfds_t)n, cap - PM_FUTEX_FIRST_MS) > 0 &&
+        (m->pfds[0].revents & POLLIN)) {
+        uint64_t x;
+        if (read(m->efd, &x, sizeof x) < 0) {
+            /* EAGAIN: drained already. */
+        }
+    }
+}
+
 static int idle_wait(pm_map *m)
 {
     if (pm__spin_until(&m->spin, parent_ready_cb, m))
@@ -1035,7 +1223,7 @@ static int idle_wait(pm_map *m)
     if (rc == 0 && !parent_ready(m)) {
         if (m->hooks.wait_begin)
             m->hooks.wait_begin(m->hooks.ctx);
-        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
+        parent_sleep(m, v);
         if (m->hooks.wait_end)
             m->hooks.wait_end(m->hooks.ctx);
         rc = poll_health(m);
@@ -1156,6 +1344,11 @@ const pm_death *pm_map_death(const pm_map *m)
                : NULL;
 }
 
+const char *pm_map_why(const pm_map *m)
+{
+    return m ? m->why : create_why;
+}
+
 const pid_t *pm_map_pids(const pm_map *m, int *n)
 {
     *n = m->opt.nproc;
@@ -1184,6 +1377,12 @@ int pm_map_destroy(pm_map *m)
     }
     if (m->ctl && mapped)
         munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
+    if (m->efd >= 0)
+        close(m->efd);
+    for (int w = 0; m->workers && w < m->opt.nproc; w++)
+        if (m->workers[w].pidfd >= 0)
+            close(m->workers[w].pidfd);
+    free(m->pfds);
     free(m->held_copy);
     /* Owners are the creator's to release; a forked child only frees. */
     pm_hooks h = m->hooks;

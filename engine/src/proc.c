@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -50,6 +52,73 @@ static void let_fork(pm_map *m, int w, int let)
 #endif
 }
 
+/* The worker's parent, for the signal handlers below (one map per worker
+ * process: these are set once, in the child). */
+static pid_t worker_parent, worker_pid;
+static pm_map *worker_map;
+static int worker_index;
+
+#ifdef __linux__
+/* Forked from a thread other than the main one, a worker is sent this signal
+ * when that thread ends (PR_SET_PDEATHSIG is bound to the thread that
+ * forked): then again when its new parent thread ends, and so on, and last
+ * when the whole caller is gone and it is reparented to another process.
+ * Only that last one ends it. */
+#define PM_SIG_PDEATH (SIGRTMAX - 2)
+
+static void on_parent_death(int sig)
+{
+    (void)sig;
+    if (getppid() != worker_parent)
+        _exit(0);
+}
+#endif
+
+/*
+ * Job control (Ctrl+Z, then fg): the whole process group gets SIGTSTP, then
+ * SIGCONT (SIGTTIN and SIGTTOU are handled alike).  The worker stops itself
+ * as the default action would (which the kernel skips in an orphaned
+ * process group), and once continued moves the
+ * start of its running tasks past the stop, so that a timeout counts only
+ * the time the group ran.  stopped_at tells the parent, which was stopped
+ * too, not to judge the worker's tasks meanwhile.  Async-signal-safe: the
+ * clock, sigaction, raise and atomics on the worker's own shared memory.
+ */
+static void on_tstp(int sig)
+{
+    int saved = errno;
+    pm_map *m = worker_map;
+    /* A process the work function forked inherits the handler, not the
+     * worker's shared words: it stops as by default. */
+    pm_wctl *c = getpid() == worker_pid ? m->workers[worker_index].wctl
+                                         : NULL;
+    uint64_t t0 = pm__now_ns();
+    if (c)
+        atomic_store_explicit(&c->stopped_at, t0, memory_order_seq_cst);
+    struct sigaction dfl, mine;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, &mine);
+    raise(sig); /* stops here until SIGCONT (not in an orphaned group) */
+    sigaction(sig, &mine, NULL);
+    if (!c) {
+        errno = saved;
+        return;
+    }
+    uint64_t stopped = pm__now_ns() - t0;
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        _Atomic uint64_t *start = &pm__slot_ctl(m, worker_index, t)->run_start_ns;
+        uint64_t s0 = atomic_load(start);
+        while (s0 && s0 != PM_CLOCK_PAUSED &&
+               !atomic_compare_exchange_weak(start, &s0, s0 + stopped))
+            ;
+    }
+    atomic_fetch_add_explicit(&c->stops, 1, memory_order_seq_cst);
+    atomic_store_explicit(&c->stopped_at, 0, memory_order_seq_cst);
+    errno = saved;
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
@@ -72,26 +141,54 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
     let_fork(m, w, 0);
     if (m->hooks.after_fork_child)
         m->hooks.after_fork_child(m->hooks.ctx, w);
+    worker_parent = m->creator;
+    worker_pid = getpid();
+    worker_map = m;
+    worker_index = w;
+    sigset_t mask = *oldmask;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
 #ifdef __linux__
     /* Die with the parent.  PDEATHSIG fires when the *thread* that forked
-     * exits, so it is armed only when that is the main thread (whose end is
-     * the process's); otherwise the workers rely on their getppid() checks.
-     * If the parent is already gone, PDEATHSIG came too late: check. */
-    if (from_main_thread)
+     * exits.  From the main thread (whose end is the process's) it is
+     * SIGKILL; from another thread, a signal whose handler ends the worker
+     * only once the parent process is gone (see on_parent_death), so that
+     * the workers of a map started in any thread -- a thread of the caller,
+     * a worker thread of an outer map -- die with their caller.  If the
+     * parent is already gone, PDEATHSIG came too late: check. */
+    if (from_main_thread) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+    } else {
+        sa.sa_handler = on_parent_death;
+        sa.sa_flags = SA_RESTART;
+        sigaction(PM_SIG_PDEATH, &sa, NULL);
+        sigdelset(&mask, PM_SIG_PDEATH);
+        prctl(PR_SET_PDEATHSIG, PM_SIG_PDEATH);
+    }
 #else
     (void)from_main_thread;
 #endif
     if (getppid() != m->creator)
         _exit(0);
+    /* Job control; SIGTTIN and SIGTTOU stop a background job that uses the
+     * terminal.  Only where the caller left the default: a caller that
+     * ignores them (to write to the terminal from the background) or
+     * handles them keeps its choice. */
+    static const int stops[] = {SIGTSTP, SIGTTIN, SIGTTOU};
+    sa.sa_handler = on_tstp;
+    sa.sa_flags = SA_RESTART | SA_NODEFER;
+    for (int i = 0; i < 3; i++) {
+        struct sigaction cur;
+        if (sigaction(stops[i], NULL, &cur) == 0 && cur.sa_handler == SIG_DFL)
+            sigaction(stops[i], &sa, NULL);
+    }
     /* Ctrl+C goes to the whole process group: the parent handles it and
      * stops the workers; they must not print tracebacks of their own. */
-    struct sigaction sa;
     sa.sa_handler = SIG_IGN;
     sa.sa_flags = 0;
-    sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
-    pthread_sigmask(SIG_SETMASK, oldmask, NULL);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
     pm__worker_main(m, w);
 }
 
@@ -99,6 +196,16 @@ static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
  * out again: another map's spawn in another thread would otherwise fork
  * with them. */
 static pthread_mutex_t spawn_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int exit_fd(pm_map *m, int w);
+
+static void close_pidfd(pm_worker *wk)
+{
+    if (wk->pidfd >= 0) {
+        close(wk->pidfd);
+        wk->pidfd = -1;
+    }
+}
 
 int pm__spawn(pm_map *m, int w)
 {
@@ -128,6 +235,8 @@ int pm__spawn(pm_map *m, int w)
     }
     let_fork(m, w, 0);
     pthread_mutex_unlock(&spawn_lock);
+    if (err)
+        pm__explain(m->why, sizeof m->why, "fork", err, w, m->opt.nproc, 0);
     if (m->hooks.after_fork_parent)
         m->hooks.after_fork_parent(m->hooks.ctx);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -135,6 +244,7 @@ int pm__spawn(pm_map *m, int w)
         return err;
     m->workers[w].pid = pid;
     m->workers[w].state = PM_W_RUNNING;
+    m->workers[w].pidfd = exit_fd(m, w); /* -1: the parent naps instead */
     m->workers[w].finishing = 0;
     m->pids[w] = pid;
     return 0;
@@ -159,6 +269,7 @@ int pm__try_reap(pm_map *m, int w)
     wk->status = status;
     wk->state = PM_W_REAPED;
     m->pids[w] = 0;
+    close_pidfd(wk);
     return 1;
 }
 
@@ -220,6 +331,57 @@ static void sleep_us(long us)
     nanosleep(&ts, NULL);
 }
 
+/* Reads a number from a file of /proc, or -1. */
+static long proc_number(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    long v = -1;
+    if (f) {
+        if (fscanf(f, "%ld", &v) != 1)
+            v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+void pm__explain(char *why, size_t len, const char *call, int err, int w,
+                 int nproc, size_t bytes)
+{
+    char who[96] = "";
+    if (call[0] == 'm')
+        snprintf(who, sizeof who, " of %zu bytes of shared memory", bytes);
+    if (w >= 0)
+        snprintf(who + strlen(who), sizeof who - strlen(who),
+                 " for worker %d of %d", w, nproc);
+    const char *msg = strerror(-err);
+    char limit[224] = "";
+    if (call[0] == 'f') { /* fork */
+        struct rlimit rl;
+        char cur[32] = "unlimited";
+        if (getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+            snprintf(cur, sizeof cur, "%llu", (unsigned long long)rl.rlim_cur);
+        if (err == -EAGAIN)
+            snprintf(limit, sizeof limit,
+                     "the processes of this user reached RLIMIT_NPROC "
+                     "(ulimit -u: %s), or the system's kernel.pid_max or "
+                     "kernel.threads-max (or a cgroup's pids.max)", cur);
+        else if (err == -ENOMEM)
+            snprintf(limit, sizeof limit,
+                     "memory is short: the kernel could not copy the "
+                     "caller's page tables (free memory, swap, "
+                     "vm.overcommit_memory)");
+    } else { /* mmap */
+        long maps = proc_number("/proc/sys/vm/max_map_count");
+        if (err == -ENOMEM)
+            snprintf(limit, sizeof limit,
+                     "memory is short (free memory, RLIMIT_AS: ulimit -v, a "
+                     "cgroup's memory.max), or the process has as many "
+                     "mappings as vm.max_map_count allows (%ld)", maps);
+    }
+    snprintf(why, len, "%s()%s failed: %s (errno %d)%s%s", call, who, msg,
+             -err, limit[0] ? "; likely cause: " : "", limit);
+}
+
 void pm__kill_reap(pm_map *m, int w)
 {
     pm_worker *wk = &m->workers[w];
@@ -233,6 +395,7 @@ void pm__kill_reap(pm_map *m, int w)
     wk->status = r < 0 ? PM_WAIT_UNKNOWN : status; /* reaped elsewhere */
     wk->state = PM_W_REAPED;
     m->pids[w] = 0;
+    close_pidfd(wk);
 }
 
 #ifdef __linux__

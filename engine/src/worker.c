@@ -1,6 +1,7 @@
 /* worker.c -- the worker process: serve tasks from its rings, write results. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,7 +15,6 @@ struct pm_writer {
     pm_map *m;
     pm_slot_ctl *ctl;
     pm_wctl *wctl;
-    pm_bell *parent;
     pm_ring_rx rx; /* tasks */
     pm_ring_tx tx; /* results */
     pm_spin spin;
@@ -122,6 +122,18 @@ static void worker_exit(pm_map *m, int code)
 {
     if (m->hooks.worker_exit)
         m->hooks.worker_exit(m->hooks.ctx);
+    /* What the work function printf'd is still in this process's stdio
+     * buffers (a pipe or file is fully buffered): _exit would drop it.  The
+     * caller flushed its own before the fork, so nothing is written twice.
+     * Only if the stream's lock is free: a thread of the caller may have
+     * held it at the fork, and an exit must never wait on it. */
+    FILE *streams[2] = {stdout, stderr};
+    for (int i = 0; i < 2; i++) {
+        if (ftrylockfile(streams[i]) == 0) {
+            fflush_unlocked(streams[i]);
+            funlockfile(streams[i]);
+        }
+    }
     _exit(code);
 }
 
@@ -140,6 +152,31 @@ static void copy_exit(pm_map *m)
     worker_exit(m, 0);
 }
 
+/*
+ * Waits for room in the result ring while a task runs.  That time is the
+ * reader's, not the task's: the timeout's clock (run_start_ns) is paused
+ * meanwhile and moved on by the time waited.  Off the per-item path: only
+ * a result that does not fit in the ring waits.
+ */
+static int wait_room(struct pm_writer *w)
+{
+    _Atomic uint64_t *start = &w->ctl->run_start_ns;
+    uint64_t s0 = atomic_load_explicit(start, memory_order_relaxed);
+    uint64_t t0 = 0;
+    if (s0 && s0 != PM_CLOCK_PAUSED) {
+        t0 = pm__now_ns();
+        /* A job-control stop may move s0 meanwhile (proc.c, on_tstp): the
+         * exchange fails then, and the clock is simply not paused. */
+        if (!atomic_compare_exchange_strong(start, &s0, PM_CLOCK_PAUSED))
+            t0 = 0;
+    }
+    int rc = worker_wait(w, room_ready);
+    if (t0)
+        atomic_store_explicit(start, s0 + (pm__now_ns() - t0),
+                              memory_order_release);
+    return rc;
+}
+
 int pm_write(pm_writer *w, const void *data, size_t len)
 {
     if (pm__forked_copy)
@@ -151,12 +188,12 @@ int pm_write(pm_writer *w, const void *data, size_t len)
                                                memory_order_relaxed);
         size_t k = pm__tx_write(&w->tx, p, len);
         if (atomic_load_explicit(&w->tx.r->head, memory_order_relaxed) != before)
-            pm__bell_ring(w->parent);
+            pm__ring_parent(w->m);
         p += k;
         len -= k;
         if (len == 0)
             break;
-        int rc = worker_wait(w, room_ready);
+        int rc = wait_room(w);
         if (rc < 0)
             return rc;
         if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
@@ -202,7 +239,7 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
         if (rc < 0)
             return rc;
         pm__rx_consume(&w->rx, &f);
-        pm__bell_ring(w->parent);
+        pm__ring_parent(w->m);
         if (rc == 1) {
             w->routed = pm__asm_take_owner(&w->asm);
             *msg = w->asm.buf;
@@ -237,6 +274,10 @@ static int serve_one(struct pm_writer *w)
     atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
     atomic_store_explicit(&w->ctl->run_start_ns, pm__now_ns(),
                           memory_order_release);
+    /* With a timeout, a sleeping parent learns when this task is due (one
+     * item per task then, and nothing rung while the parent is awake). */
+    if (w->m->opt.timeout_ms)
+        pm__ring_parent(w->m);
     rc = w->m->work(w->m->work_ctx, &task, msg + sizeof hdr, len - sizeof hdr,
                     w);
     if (pm__forked_copy)
@@ -259,7 +300,7 @@ static int serve_one(struct pm_writer *w)
     }
     if (in_place)
         pm__rx_consume(&w->rx, &held);
-    pm__bell_ring(w->parent);
+    pm__ring_parent(w->m);
     return 1;
 }
 
@@ -279,6 +320,7 @@ static void *slot_main(void *arg)
 void pm__worker_main(pm_map *m, int w)
 {
     int nt = m->opt.nthreads;
+    atomic_store_explicit(&m->workers[w].wctl->ready, 1, memory_order_release);
     struct pm_writer *ws = calloc((size_t)nt, sizeof *ws);
     pthread_t *th = calloc((size_t)nt, sizeof *th);
     if (!ws || !th)
@@ -288,7 +330,6 @@ void pm__worker_main(pm_map *m, int w)
         ws[t].m = m;
         ws[t].ctl = s->ctl;
         ws[t].wctl = m->workers[w].wctl;
-        ws[t].parent = &m->ctl->parent;
         ws[t].spin.budget_ns = PM_SPIN_MIN_NS * 8;
         pm__rx_init(&ws[t].rx, s->task_ring, m->opt.ring_bytes);
         pm__tx_init(&ws[t].tx, s->result_ring, m->opt.ring_bytes);

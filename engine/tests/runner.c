@@ -42,6 +42,8 @@
 #define TESTS(X)                                                               \
     X(errors_every_code)                                                       \
     X(errors_int_min)                                                          \
+    X(cpu_cgroup_quota)                                                        \
+    X(cpu_affinity_default_workers)                                            \
     X(ring_small_roundtrip)                                                    \
     X(ring_empty_message)                                                      \
     X(ring_wraparound_prng)                                                    \
@@ -132,7 +134,15 @@
     X(job_progress)                                                            \
     X(job_run_callback)                                                        \
     X(job_misuse)                                                              \
-    X(job_fn_forks)
+    X(job_fn_forks)                                                             \
+    X(map_timeout_not_ring_room)                                               \
+    X(map_stalled_worker)                                                      \
+    X(map_orphans_of_a_thread)                                                 \
+    X(map_mmap_failure_why)                                                    \
+    X(map_fork_failure_why)                                                    \
+    X(map_worker_printf_flushed)                                              \
+    X(map_death_wakes_parent)                                                 \
+    X(map_timeout_wakes_parent)
 
 #define DECLARE(name) TEST_IMPL(name);
 TESTS(DECLARE)

@@ -18,8 +18,9 @@ if sys.platform == "win32":  # pragma: no cover
 
 from ._api import CPU_COUNT, parmap, parmapper, set_start_method
 from ._compat import ParEval, ReturnProcess
-from ._pool import Pool
+from ._pool import Pool, PoolTerminatedError
 from ._core import ItemShapeError
+from . import _worker  # imported with the package, not by the first map
 from ._errors import (
     ItemPicklingError,
     ParmapperError,
@@ -37,6 +38,7 @@ __all__ = [
     "CPU_COUNT",
     "set_start_method",
     "Pool",
+    "PoolTerminatedError",
     "ReturnProcess",
     "ParEval",
     "ParmapperError",

@@ -124,6 +124,8 @@ class ParEval:
 
 class ParmapperError(RuntimeError): ...
 
+class PoolTerminatedError(ParmapperError): ...
+
 class WorkerDiedError(ParmapperError):
     pid: Optional[int]
     exitcode: Optional[int]

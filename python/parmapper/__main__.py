@@ -6,6 +6,7 @@ bars; then the speed-up and the per-item overhead of the engine.
 """
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -56,6 +57,8 @@ def main(argv=None):
     items = range(a.items)
     print("parmapper {}: {} items of {} sin() calls each, N={} "
           "processes".format(__version__, a.items, a.size, a.N))
+    print("CPUs      {} usable by this process (CPU_COUNT; the host has {})"
+          .format(CPU_COUNT, os.cpu_count()))
     prog = (lambda label: False) if a.no_progress else (lambda label: label)
 
     # Warm-up, outside the timed region: the first progress bar imports

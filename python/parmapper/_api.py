@@ -1,5 +1,6 @@
 """parmap: the public map function and its serial and threaded paths."""
 import collections
+import contextvars
 import operator
 import os
 import sys
@@ -8,19 +9,27 @@ from collections.abc import Mapping
 
 from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
+from ._cpu import cpu_count
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
 from ._worker import hide_ours, note_item
 
 __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 
-CPU_COUNT = os.cpu_count() or 1
+# The CPUs this process may use (affinity, cgroup quota), read at import.
+CPU_COUNT = cpu_count()
 
 _MODES = {"raise": 0, "return": 1, "proc": 2}
 
 # The engine counts time in 64-bit nanoseconds: a timeout of at most 10^9 s
 # (about 31 years) keeps every deadline far inside that range.
 _MAX_TIMEOUT = 1e9
+
+# Set by Pool around its parmap() call: with N=1 a pool's worker is still a
+# process of its own (isolation, terminate()), where parmap would run in the
+# caller.  Read once, when parmap() is called.
+_one_worker_process = contextvars.ContextVar("parmapper_one_worker_process",
+                                             default=False)
 
 # chunksize=-1 makes tasks of at most this many items (the adaptive sizing's
 # own bound, in the binding).
@@ -240,7 +249,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                              "and at most {:g}, got {!r}".format(_MAX_TIMEOUT,
                                                                  timeout))
     # retries and timeout need a process that can be killed and replaced.
-    use_procs = user_N > 1 or retries > 0 or timeout is not None
+    use_procs = (user_N > 1 or retries > 0 or timeout is not None
+                 or _one_worker_process.get())
     if exception is None:
         exception = "raise" if use_procs or executor is not None else "proc"
     if not isinstance(exception, str) or exception not in _MODES:

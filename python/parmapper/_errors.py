@@ -3,6 +3,7 @@
 Every error a map raises names the item concerned through ``seq_index`` (the
 item's position in the input) when one item is concerned.
 """
+import multiprocessing.pool
 import pickle
 
 __all__ = [
@@ -62,11 +63,13 @@ class RemoteError(ParmapperError):
         self.remote_message = remote_message
 
 
-class RemoteTraceback(Exception):
+class RemoteTraceback(multiprocessing.pool.RemoteTraceback):
     """The formatted traceback of an exception raised in a worker process.
 
     Attached as the ``__cause__`` of the re-raised exception, so Python prints
-    the worker's traceback above the caller's.
+    the worker's traceback above the caller's.  Also a
+    ``multiprocessing.pool.RemoteTraceback``, so code written for
+    multiprocessing that looks for one finds it.
     """
 
     def __init__(self, tb):
@@ -81,18 +84,33 @@ class ItemPicklingError(ParmapperError, pickle.PicklingError):
     """An input item could not be pickled to send it to a worker."""
 
 
-class ResultPicklingError(ParmapperError, pickle.PicklingError):
+class ResultPicklingError(ParmapperError, pickle.PicklingError,
+                          multiprocessing.pool.MaybeEncodingError):
     """A result could not be pickled to send it back from a worker, or could
     not be rebuilt (unpickled) in the caller.
+
+    Also a ``multiprocessing.pool.MaybeEncodingError`` (what code written for
+    multiprocessing catches), with its ``exc`` and ``value``.
 
     Attributes
     ----------
     type_name : str or None
         When it could not be rebuilt: the class or callable that failed
         (``module.name``); the message has the unpickler's error.
+    exc : str
+        The message (multiprocessing: the pickling error's repr).
+    value : str
+        `type_name` when known, else the message (multiprocessing: the
+        result's repr, which the caller never has here).
     """
 
     type_name = None
+    # MaybeEncodingError's own __str__ and __repr__ read attributes its
+    # __init__ sets, which is not the one called: keep the exception's own.
+    __str__ = ParmapperError.__str__
+    __repr__ = ParmapperError.__repr__
+    exc = property(lambda self: str(self))
+    value = property(lambda self: self.type_name or str(self))
 
 
 class _Unsent:

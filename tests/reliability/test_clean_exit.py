@@ -97,7 +97,10 @@ res = list(parmapper.parmap(f, range(4), N=2, chunksize=1))
 emit(res=res, before=before, after=gc.get_freeze_count())
 ''')
     assert f["res"] == [[True, True]] * 4, f
-    assert f["before"] == f["after"] == 0, f
+    # The caller's permanent generation is untouched.  Not necessarily
+    # empty: CPython 3.12 starts with objects in it (get_freeze_count() is
+    # 375 in a fresh 3.12.1 interpreter, 0 on 3.9-3.11 and 3.13).
+    assert f["before"] == f["after"], f
 
 
 def test_maps_work_with_sigchld_ignored(run_facts):
