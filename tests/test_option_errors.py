@@ -51,10 +51,11 @@ def test_pool_default_option_named(name, value, exc, words):
 
 
 @pytest.mark.parametrize("kw,exc,words", [
-    ({"N": "x"}, TypeError, ["Pool: N", "'x'", "whole number >= 1"]),
-    ({"N": True}, TypeError, ["Pool: N", "True"]),
-    ({"processes": 0}, ValueError, ["Pool: processes", "0", ">= 1"]),
+    ({"N": "x"}, TypeError, ["processes (N)", "'x'", "whole number >= 1"]),
+    ({"N": True}, TypeError, ["processes (N)", "True"]),
+    ({"processes": 0}, ValueError, ["processes (processes)", "0", "at least 1"]),
     ({"Nt": 0}, ValueError, ["Pool: Nt", ">= 1"]),
+    ({"Nt": True}, TypeError, ["Pool: Nt", "True"]),
     ({"maxtasksperchild": 0}, ValueError, ["maxtasksperchild", "0"]),
     ({"initializer": 3}, TypeError, ["initializer", "3"]),
     ({"initargs": 3}, TypeError, ["initargs", "3"]),

@@ -14,6 +14,7 @@ thread.
 import builtins
 import multiprocessing
 import multiprocessing.pool
+import operator
 import os
 import signal
 import threading
@@ -414,8 +415,19 @@ class Pool:
             if N is not None:
                 raise TypeError("Pool: give N or processes, not both")
             N = processes
-        N = _count("N" if processes is None else "processes", N, None,
-                   who="parmapper.Pool")
+        if N is not None:
+            name = "N" if processes is None else "processes"
+            try:
+                if isinstance(N, bool):  # True is 1 to operator.index
+                    raise TypeError
+                N = operator.index(N)
+            except TypeError:
+                raise TypeError("parmapper.Pool: the number of processes ({}) "
+                                "must be a whole number >= 1, got {!r}".format(
+                                    name, N)) from None
+            if N < 1:
+                raise ValueError("parmapper.Pool: the number of processes ({}) "
+                                 "must be at least 1, got {}".format(name, N))
         Nt = _count("Nt", Nt, 1, who="parmapper.Pool")
         if initializer is not None and not callable(initializer):
             raise TypeError("parmapper.Pool: initializer must be a callable, "
