@@ -2456,7 +2456,7 @@ static int decode_result(MapIter *self, const pm_result *res)
  * inherited at fork.  A worker forked later (a replacement, after a death or
  * a timeout) must read the same items, not what the caller has put in the
  * list since: a list is replaced by a tuple of its items now (a pointer per
- * item); a writable numpy array by a copy, when the map can replace
+ * item); a numpy array by a copy, when the map can replace
  * workers to run tasks again (retries or a timeout).  Tuples and ranges
  * cannot change.  Sets self->length, the true length.  Returns 0, or -1
  * with an exception set.
@@ -2470,14 +2470,9 @@ static int index_snapshot(MapIter *self)
             return -1;
     } else if (!PyTuple_CheckExact(s) && !PyRange_Check(s) &&
                (self->opt.retries > 0 || self->opt.timeout_ms > 0)) {
-        PyObject *flags = PyObject_GetAttrString(s, "flags");
-        PyObject *w = flags ? PyObject_GetAttrString(flags, "writeable") : NULL;
-        Py_XDECREF(flags);
-        int writable = w ? PyObject_IsTrue(w) : -1;
-        Py_XDECREF(w);
-        if (writable < 0)
-            return -1;
-        if (writable && !(snap = PyObject_CallMethod(s, "copy", NULL)))
+        /* A numpy array: copied whatever its flags say (a read-only view
+         * of a writable array changes with it). */
+        if (!(snap = PyObject_CallMethod(s, "copy", NULL)))
             return -1;
     }
     if (snap)
@@ -2486,6 +2481,8 @@ static int index_snapshot(MapIter *self)
     return self->length < 0 ? -1 : 0;
 }
 
+/* Creates the map and forks the workers.  Returns 0, 1 when there is
+ * nothing to run (an empty list), or -1 with an exception set. */
 static int map_begin(MapIter *self)
 {
     if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
@@ -2504,8 +2501,12 @@ static int map_begin(MapIter *self)
         if (!fresh_stdio)
             return -1;
     }
-    if (self->index_seq && index_snapshot(self) < 0)
-        return -1;
+    if (self->index_seq) {
+        if (index_snapshot(self) < 0)
+            return -1;
+        if (self->length == 0)
+            return 1; /* an empty list (at the first next()): nothing to run */
+    }
     self->parent_pid = getpid();
     pm_hooks hooks = {
         .ctx = self,
@@ -2557,6 +2558,19 @@ static PyObject *MapIter_next(MapIter *self)
                     if (self->mode == MODE_RETURN && kind == ERR_CALL)
                         return exc;
                     map_teardown(self);
+                    if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_StopIteration)) {
+                        /* Out of __next__ it would end the results. */
+                        PyObject *wrap = errors_attr("item_stop_iteration");
+                        PyObject *e2 = wrap ? PyObject_CallFunction(
+                                                  wrap, "On", exc,
+                                                  self->chunk_first + j)
+                                            : NULL;
+                        Py_XDECREF(wrap);
+                        Py_DECREF(exc);
+                        if (!e2)
+                            return NULL;
+                        exc = e2;
+                    }
                     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
                     Py_DECREF(exc);
                     return NULL;
@@ -2575,9 +2589,13 @@ static PyObject *MapIter_next(MapIter *self)
         self->running = 1;
         if (!self->started) {
             self->started = 1;
-            if (map_begin(self) < 0) {
+            int rc = map_begin(self);
+            if (rc != 0) {
                 self->running = 0;
-                map_teardown_keep_error(self);
+                if (rc < 0)
+                    map_teardown_keep_error(self);
+                else
+                    map_teardown(self);
                 return NULL;
             }
         }

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from . import _core
 from ._core import ItemShapeError
 from ._cpu import cpu_count
+from ._errors import item_stop_iteration
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
 
@@ -241,7 +242,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     # range longer than sys.maxsize has no len(): it is iterated.
     try:
         n = len(seq)
-    except (TypeError, OverflowError):
+    except Exception:  # no len, or an unusable one: iterate
         n = None
     indexed = n is not None and _indexable(seq)
 
@@ -288,9 +289,11 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                                  "processes, got {}".format(
                                      name, _core.MAX_WORKERS, v))
         nproc = user_N
-        if n is not None:
+        # A list is read at the first next(), not now: it may be filled
+        # meanwhile (its length now is no bound).
+        if n is not None and not (n == 0 and type(seq) is list):
             nproc = max(1, min(nproc, n if adaptive else -(-n // chunksize)))
-        if n == 0 and indexed:
+        if n == 0 and indexed and type(seq) is not list:
             results = iter(())
         else:
             results = _core.MapIter(caller, seq, nproc, Nt,
@@ -314,6 +317,8 @@ def _indexable(seq):
 
 
 def _serial(caller, seq, mode):
+    if type(seq) is list:  # the items as they are at the first next()
+        seq = tuple(seq)
     for i, item in enumerate(seq):
         try:
             r = caller(i, item)
@@ -327,7 +332,7 @@ def _serial(caller, seq, mode):
             # A BaseException that is not an Exception (KeyboardInterrupt,
             # SystemExit...) always propagates, whatever the mode.
             if mode != "return" or not isinstance(e, Exception):
-                raise
+                raise item_stop_iteration(e, i)
             r = e
         yield r
 
@@ -399,7 +404,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                     except Exception:
                         pass
                     if kind != 2 or mode != "return":
-                        raise val
+                        raise item_stop_iteration(val, fut.first + j)
                 yield val
     finally:
         for f in pending:

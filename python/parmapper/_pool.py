@@ -49,6 +49,20 @@ class PoolTerminatedError(ParmapperError):
     leaving the pool's ``with`` block) stopped its workers first."""
 
 
+def _apply_value(res):
+    """The value of an apply call.  A StopIteration raised by the function
+    comes out of the results iterator as a RuntimeError (it would end them
+    silently); apply is no iterator, so it raises the StopIteration itself,
+    as multiprocessing's does."""
+    try:
+        return res._all()[0]
+    except RuntimeError as e:
+        stop = getattr(e, "_parmap_stop", None)
+        if stop is None:
+            raise
+        raise stop from None
+
+
 def _terminated():
     return PoolTerminatedError(
         "parmapper.Pool: terminate() stopped this call's workers before it "
@@ -554,7 +568,7 @@ class Pool:
 
     def apply(self, func, args=(), kwds=None):
         """``func(*args, **kwds)`` run in one worker process; its value."""
-        return self._apply_start(func, args, kwds)._all()[0]
+        return _apply_value(self._apply_start(func, args, kwds))
 
     def map_async(self, func, iterable, chunksize=None, callback=None,
                   error_callback=None, **options):
@@ -576,7 +590,7 @@ class Pool:
 
         def run():
             with self._apply_slots:
-                return res._all()[0]
+                return _apply_value(res)
         return self._async_call(run, callback, error_callback)
 
     def close(self):
