@@ -1393,7 +1393,7 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     if (!items)
         return PM_ECALLBACK;
     uint64_t t0 = coarse_ns();
-    int slow = 0;
+    int slow = 0, volatile_pieces = 0;
     for (Py_ssize_t k = 0; k < want; k++) {
         /* A slow input: send what was read (after 1, 2, 4... items, a
          * coarse clock says whether reading took SLOW_INPUT_NS already). */
@@ -1452,6 +1452,9 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
         if (bufs) {
             static const unsigned char tag = TASK_PICKLE | TASK_OOB;
             rc = (pieces = oob_pieces(&tag, 1, b, bufs)) ? 0 : -1;
+            /* Buffers of mutable objects (arrays, bytearrays) that the
+             * input may reuse for its next items. */
+            volatile_pieces = 1;
             Py_DECREF(bufs);
         } else {
             rc = buf_tag(enc, TASK_PICKLE);
@@ -1486,8 +1489,10 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;
-    /* Slow: the engine delivers a ready result before asking again. */
-    return slow || coarse_ns() - t0 >= SLOW_INPUT_NS ? PM_PRODUCED_SLOW : 1;
+    /* Slow: the engine delivers a ready result before asking again.
+     * Volatile: it writes the buffers whole before the input is read on. */
+    return (slow || coarse_ns() - t0 >= SLOW_INPUT_NS ? PM_PRODUCED_SLOW : 1) |
+           (volatile_pieces ? PM_PRODUCED_VOLATILE : 0);
 }
 
 static void hook_before_fork(void *ctx)
