@@ -2202,7 +2202,15 @@ static void raise_engine_error(MapIter *self, int rc)
                 "ended with status unknown (reaped elsewhere: SIGCHLD is "
                 "ignored or the program waits for any child)");
         } else {
-            how = PyUnicode_FromFormat("exited with code %d", d->exit_code);
+            how = d->exit_code == PM_EXIT_NO_THREADS
+                      ? PyUnicode_FromFormat(
+                            "exited with code %d: it could not start its "
+                            "threads (pthread_create failed: the limit on "
+                            "threads and processes, RLIMIT_NPROC, ulimit -u; "
+                            "the stack size, RLIMIT_STACK, ulimit -s; or "
+                            "memory)", d->exit_code)
+                      : PyUnicode_FromFormat("exited with code %d",
+                                             d->exit_code);
         }
         PyObject *what =
             d->nlost ? PyUnicode_FromFormat("with item%s %S in flight on it (lost)",

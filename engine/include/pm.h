@@ -75,6 +75,11 @@ typedef struct pm_task {
  * unknown (reaped elsewhere)", not an exit or a signal. */
 #define PM_EXIT_UNKNOWN (-2)
 
+/* Exit status of a worker that could not start its nthreads threads
+ * (pthread_create failed: the limit on processes and threads, RLIMIT_NPROC;
+ * the stack size, RLIMIT_STACK; or memory).  It says so on its stderr. */
+#define PM_EXIT_NO_THREADS 71
+
 /* Status of a delivered result. */
 enum {
     PM_RESULT_OK = 0,       /* data/len hold what the work function wrote */
