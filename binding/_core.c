@@ -644,12 +644,19 @@ typedef struct {
     size_t n;
 } splice_t;
 
+/* Lists one item may hold that are referenced elsewhere too (more are
+ * pickled, which keeps any sharing). */
+#define ENC_SEEN_MAX 16
+
 typedef struct {
     unsigned char *p;
     size_t len, cap;
     int splice;       /* refer to bytes of OOB_MIN or more (see splice_t) */
     int nsp, spcap;
     splice_t *sp;
+    int nseen;        /* lists inside the current item that other
+                         references may share (see enc_value) */
+    PyObject *seen[ENC_SEEN_MAX];
 } buf_t;
 
 static void buf_clear(buf_t *b)
@@ -745,6 +752,25 @@ static int enc_bytes_spliced(buf_t *b, PyObject *o)
 }
 
 /* Returns 0, ENC_UNSUPPORTED (nothing is raised), or -1 with an error. */
+/*
+ * A list inside an item that something else references too (refcount > 1;
+ * a list built for the item alone has 1) may be held twice in the item,
+ * as in [a, a]: the codec would rebuild two lists where pickle keeps one.
+ * Returns 1 when `o` was met before in this item, or when there are more
+ * such lists than ENC_SEEN_MAX (the item is then pickled), else records it
+ * and returns 0.  Borrowed pointers, compared only while encoding.
+ */
+static int enc_shared(buf_t *b, PyObject *o)
+{
+    for (int i = 0; i < b->nseen; i++)
+        if (b->seen[i] == o)
+            return 1;
+    if (b->nseen == ENC_SEEN_MAX)
+        return 1;
+    b->seen[b->nseen++] = o;
+    return 0;
+}
+
 static int enc_value(buf_t *b, PyObject *o, int depth)
 {
     PyTypeObject *t = Py_TYPE(o);
@@ -811,6 +837,8 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
         if (depth >= ENC_MAX_DEPTH)
             return ENC_UNSUPPORTED;
         int is_list = t == &PyList_Type;
+        if (is_list && depth >= 2 && Py_REFCNT(o) > 1 && enc_shared(b, o))
+            return ENC_UNSUPPORTED; /* held twice in one item: pickle it */
         Py_ssize_t n = is_list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o);
         if ((size_t)n > 0xffffffffu)
             return ENC_UNSUPPORTED;
@@ -826,6 +854,8 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
             if (is_list && i >= PyList_GET_SIZE(o))
                 return ENC_UNSUPPORTED;
             PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
+            if (depth == 0)
+                b->nseen = 0; /* sharing is looked for within one item */
             int rc = enc_value(b, x, depth + 1);
             if (rc)
                 return rc;
