@@ -658,12 +658,19 @@ typedef struct {
     size_t n;
 } splice_t;
 
+/* Lists one item may hold that are referenced elsewhere too (more are
+ * pickled, which keeps any sharing). */
+#define ENC_SEEN_MAX 16
+
 typedef struct {
     unsigned char *p;
     size_t len, cap;
     int splice;       /* refer to bytes of OOB_MIN or more (see splice_t) */
     int nsp, spcap;
     splice_t *sp;
+    int nseen;        /* lists inside the current item that other
+                         references may share (see enc_value) */
+    PyObject *seen[ENC_SEEN_MAX];
 } buf_t;
 
 static void buf_clear(buf_t *b)
@@ -759,6 +766,25 @@ static int enc_bytes_spliced(buf_t *b, PyObject *o)
 }
 
 /* Returns 0, ENC_UNSUPPORTED (nothing is raised), or -1 with an error. */
+/*
+ * A list inside an item that something else references too (refcount > 1;
+ * a list built for the item alone has 1) may be held twice in the item,
+ * as in [a, a]: the codec would rebuild two lists where pickle keeps one.
+ * Returns 1 when `o` was met before in this item, or when there are more
+ * such lists than ENC_SEEN_MAX (the item is then pickled), else records it
+ * and returns 0.  Borrowed pointers, compared only while encoding.
+ */
+static int enc_shared(buf_t *b, PyObject *o)
+{
+    for (int i = 0; i < b->nseen; i++)
+        if (b->seen[i] == o)
+            return 1;
+    if (b->nseen == ENC_SEEN_MAX)
+        return 1;
+    b->seen[b->nseen++] = o;
+    return 0;
+}
+
 static int enc_value(buf_t *b, PyObject *o, int depth)
 {
     PyTypeObject *t = Py_TYPE(o);
@@ -825,6 +851,8 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
         if (depth >= ENC_MAX_DEPTH)
             return ENC_UNSUPPORTED;
         int is_list = t == &PyList_Type;
+        if (is_list && depth >= 2 && Py_REFCNT(o) > 1 && enc_shared(b, o))
+            return ENC_UNSUPPORTED; /* held twice in one item: pickle it */
         Py_ssize_t n = is_list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o);
         if ((size_t)n > 0xffffffffu)
             return ENC_UNSUPPORTED;
@@ -840,6 +868,8 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
             if (is_list && i >= PyList_GET_SIZE(o))
                 return ENC_UNSUPPORTED;
             PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
+            if (depth == 0)
+                b->nseen = 0; /* sharing is looked for within one item */
             int rc = enc_value(b, x, depth + 1);
             if (rc)
                 return rc;
@@ -1410,7 +1440,7 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     if (!items)
         return PM_ECALLBACK;
     uint64_t t0 = coarse_ns();
-    int slow = 0;
+    int slow = 0, volatile_pieces = 0;
     for (Py_ssize_t k = 0; k < want; k++) {
         /* A slow input: send what was read (after 1, 2, 4... items, a
          * coarse clock says whether reading took SLOW_INPUT_NS already). */
@@ -1469,6 +1499,9 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
         if (bufs) {
             static const unsigned char tag = TASK_PICKLE | TASK_OOB;
             rc = (pieces = oob_pieces(&tag, 1, b, bufs)) ? 0 : -1;
+            /* Buffers of mutable objects (arrays, bytearrays) that the
+             * input may reuse for its next items. */
+            volatile_pieces = 1;
             Py_DECREF(bufs);
         } else {
             rc = buf_tag(enc, TASK_PICKLE);
@@ -1503,8 +1536,10 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;
-    /* Slow: the engine delivers a ready result before asking again. */
-    return slow || coarse_ns() - t0 >= SLOW_INPUT_NS ? PM_PRODUCED_SLOW : 1;
+    /* Slow: the engine delivers a ready result before asking again.
+     * Volatile: it writes the buffers whole before the input is read on. */
+    return (slow || coarse_ns() - t0 >= SLOW_INPUT_NS ? PM_PRODUCED_SLOW : 1) |
+           (volatile_pieces ? PM_PRODUCED_VOLATILE : 0);
 }
 
 static void hook_before_fork(void *ctx)
@@ -2266,7 +2301,15 @@ static void raise_engine_error(MapIter *self, int rc)
                 "ended with status unknown (reaped elsewhere: SIGCHLD is "
                 "ignored or the program waits for any child)");
         } else {
-            how = PyUnicode_FromFormat("exited with code %d", d->exit_code);
+            how = d->exit_code == PM_EXIT_NO_THREADS
+                      ? PyUnicode_FromFormat(
+                            "exited with code %d: it could not start its "
+                            "threads (pthread_create failed: the limit on "
+                            "threads and processes, RLIMIT_NPROC, ulimit -u; "
+                            "the stack size, RLIMIT_STACK, ulimit -s; or "
+                            "memory)", d->exit_code)
+                      : PyUnicode_FromFormat("exited with code %d",
+                                             d->exit_code);
         }
         PyObject *what =
             d->nlost ? PyUnicode_FromFormat("with item%s %S in flight on it (lost)",
@@ -2535,7 +2578,7 @@ static int decode_result(MapIter *self, const pm_result *res)
  * inherited at fork.  A worker forked later (a replacement, after a death or
  * a timeout) must read the same items, not what the caller has put in the
  * list since: a list is replaced by a tuple of its items now (a pointer per
- * item); a writable numpy array by a copy, when the map can replace
+ * item); a numpy array by a copy, when the map can replace
  * workers to run tasks again (retries or a timeout).  Tuples and ranges
  * cannot change.  Sets self->length, the true length.  Returns 0, or -1
  * with an exception set.
@@ -2549,14 +2592,9 @@ static int index_snapshot(MapIter *self)
             return -1;
     } else if (!PyTuple_CheckExact(s) && !PyRange_Check(s) &&
                (self->opt.retries > 0 || self->opt.timeout_ms > 0)) {
-        PyObject *flags = PyObject_GetAttrString(s, "flags");
-        PyObject *w = flags ? PyObject_GetAttrString(flags, "writeable") : NULL;
-        Py_XDECREF(flags);
-        int writable = w ? PyObject_IsTrue(w) : -1;
-        Py_XDECREF(w);
-        if (writable < 0)
-            return -1;
-        if (writable && !(snap = PyObject_CallMethod(s, "copy", NULL)))
+        /* A numpy array: copied whatever its flags say (a read-only view
+         * of a writable array changes with it). */
+        if (!(snap = PyObject_CallMethod(s, "copy", NULL)))
             return -1;
     }
     if (snap)
@@ -2565,6 +2603,8 @@ static int index_snapshot(MapIter *self)
     return self->length < 0 ? -1 : 0;
 }
 
+/* Creates the map and forks the workers.  Returns 0, 1 when there is
+ * nothing to run (an empty list), or -1 with an exception set. */
 static int map_begin(MapIter *self)
 {
     if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
@@ -2583,8 +2623,12 @@ static int map_begin(MapIter *self)
         if (!fresh_stdio)
             return -1;
     }
-    if (self->index_seq && index_snapshot(self) < 0)
-        return -1;
+    if (self->index_seq) {
+        if (index_snapshot(self) < 0)
+            return -1;
+        if (self->length == 0)
+            return 1; /* an empty list (at the first next()): nothing to run */
+    }
     self->parent_pid = getpid();
     pm_hooks hooks = {
         .ctx = self,
@@ -2636,6 +2680,19 @@ static PyObject *MapIter_next(MapIter *self)
                     if (self->mode == MODE_RETURN && kind == ERR_CALL)
                         return exc;
                     map_teardown(self);
+                    if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_StopIteration)) {
+                        /* Out of __next__ it would end the results. */
+                        PyObject *wrap = errors_attr("item_stop_iteration");
+                        PyObject *e2 = wrap ? PyObject_CallFunction(
+                                                  wrap, "On", exc,
+                                                  self->chunk_first + j)
+                                            : NULL;
+                        Py_XDECREF(wrap);
+                        Py_DECREF(exc);
+                        if (!e2)
+                            return NULL;
+                        exc = e2;
+                    }
                     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
                     Py_DECREF(exc);
                     return NULL;
@@ -2654,9 +2711,13 @@ static PyObject *MapIter_next(MapIter *self)
         self->running = 1;
         if (!self->started) {
             self->started = 1;
-            if (map_begin(self) < 0) {
+            int rc = map_begin(self);
+            if (rc != 0) {
                 self->running = 0;
-                map_teardown_keep_error(self);
+                if (rc < 0)
+                    map_teardown_keep_error(self);
+                else
+                    map_teardown(self);
                 return NULL;
             }
         }

@@ -75,6 +75,11 @@ typedef struct pm_task {
  * unknown (reaped elsewhere)", not an exit or a signal. */
 #define PM_EXIT_UNKNOWN (-2)
 
+/* Exit status of a worker that could not start its nthreads threads
+ * (pthread_create failed: the limit on processes and threads, RLIMIT_NPROC;
+ * the stack size, RLIMIT_STACK; or memory).  It says so on its stderr. */
+#define PM_EXIT_NO_THREADS 71
+
 /* Status of a delivered result. */
 enum {
     PM_RESULT_OK = 0,       /* data/len hold what the work function wrote */
@@ -127,6 +132,16 @@ typedef struct pm_writer pm_writer;
  * until pm_map_destroy().
  */
 #define PM_PRODUCED_SLOW 2
+
+/*
+ * A gathering source (pm_gather_fn) may also add PM_PRODUCED_VOLATILE to its
+ * return value (PM_PRODUCED_VOLATILE | 1, or | PM_PRODUCED_SLOW) when the
+ * task's owned pieces point into memory that asking the source for the next
+ * task may change (a buffer the input reuses): the engine then writes all of
+ * them into the ring before it calls the function again, so the worker gets
+ * the bytes as they were when the task was made.
+ */
+#define PM_PRODUCED_VOLATILE 4
 typedef int (*pm_produce_fn)(void *ctx, pm_task *task, const void **data,
                              size_t *len);
 

@@ -192,6 +192,10 @@ struct pm_map {
     unsigned checks;      /* deliveries since the last check hook */
     unsigned loops;       /* rounds of pm_map_next's loop, for health checks */
 
+    int volatile_slot;    /* this slot is still writing a task's volatile
+                             pieces (PM_PRODUCED_VOLATILE): the source is
+                             not asked again until they are in the ring
+                             (-1: none) */
     int held_slot;        /* fragment delivered in place, consumed next call */
     pm_frag held;
     unsigned char *held_copy; /* a saved result delivered, freed next call */

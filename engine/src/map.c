@@ -106,6 +106,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (hooks)
         m->hooks = *hooks;
     m->held_slot = -1;
+    m->volatile_slot = -1;
     m->asm_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
               m->opt.deliver_lost;
@@ -457,7 +458,10 @@ static int dispatch(pm_map *m, int *progress)
                 return rc;
         }
     }
-    while (!m->input_done && !m->draining && m->outstanding < m->win) {
+    if (m->volatile_slot >= 0 && !m->slots[m->volatile_slot].pend_active)
+        m->volatile_slot = -1; /* written (or its worker died) */
+    while (!m->input_done && !m->draining && m->outstanding < m->win &&
+           m->volatile_slot < 0) {
         pm_slot *s = choose_slot(m);
         if (!s) {
             int rc = restart_done(m);
@@ -488,12 +492,14 @@ static int dispatch(pm_map *m, int *progress)
             release_owner(m, owner);
             return -EINVAL;
         }
-        int slow = rc == PM_PRODUCED_SLOW;
+        int flags = rc;
         rc = send_task(m, s, &task, iov, niov, owner);
         if (rc < 0)
             return rc;
         *progress = 1;
-        if (slow)
+        if ((flags & PM_PRODUCED_VOLATILE) && owner && s->pend_active)
+            m->volatile_slot = (int)(s - m->slots);
+        if (flags & PM_PRODUCED_SLOW)
             break; /* deliver what is ready before waiting on the input */
     }
     return 0;

@@ -337,14 +337,20 @@ void pm__worker_main(pm_map *m, int w)
     if (nt == 1) {
         slot_main(&ws[0]);
     } else {
-        int started = 0;
+        int started = 0, err = 0;
         for (int t = 0; t < nt; t++) {
-            if (pthread_create(&th[t], NULL, slot_main, &ws[t]) != 0)
+            if ((err = pthread_create(&th[t], NULL, slot_main, &ws[t])) != 0)
                 break;
             started++;
         }
-        if (started < nt)
-            worker_exit(m, PM_WORKER_FATAL_EXIT);
+        if (started < nt) {
+            /* Threads already started wait on their rings: the exit ends
+             * them.  The parent names the cause from the status. */
+            fprintf(stderr, "parmapper: worker %d could not start thread %d "
+                    "of %d: pthread_create: %s\n", w, started + 1, nt,
+                    strerror(err));
+            worker_exit(m, PM_EXIT_NO_THREADS);
+        }
         for (int t = 0; t < started; t++)
             pthread_join(th[t], NULL);
     }

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._cpu import cpu_count
+from ._errors import item_stop_iteration
 from ._input import ChunkReader
 from ._progress import check_progress, progress_iter, wants_progress
 from ._worker import hide_ours, note_item
@@ -278,7 +279,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     # range longer than sys.maxsize has no len(): it is iterated.
     try:
         n = len(seq)
-    except (TypeError, OverflowError):
+    except Exception:  # no len, or an unusable one: iterate
         n = None
     indexed = n is not None and _indexable(seq)
 
@@ -331,9 +332,11 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             import multiprocessing.process  # noqa: F401
         _worker.prepare()
         nproc = user_N
-        if n is not None:
+        # A list is read at the first next(), not now: it may be filled
+        # meanwhile (its length now is no bound).
+        if n is not None and not (n == 0 and type(seq) is list):
             nproc = max(1, min(nproc, n if adaptive else -(-n // chunksize)))
-        if n == 0 and indexed:
+        if n == 0 and indexed and type(seq) is not list:
             results = iter(())
         else:
             results = _core.MapIter(caller, seq, nproc, Nt,
@@ -360,6 +363,8 @@ def _indexable(seq):
 
 
 def _serial(caller, seq, mode, has_item=True):
+    if type(seq) is list:  # the items as they are at the first next()
+        seq = tuple(seq)
     for i, item in enumerate(seq):
         try:
             r = caller(i, item)
@@ -370,8 +375,11 @@ def _serial(caller, seq, mode, has_item=True):
             # A BaseException that is not an Exception (KeyboardInterrupt,
             # SystemExit...) always propagates, whatever the mode.
             if mode != "return" or not isinstance(e, Exception):
-                hide_ours(e)
-                raise  # bare: adds no frame of ours
+                err = item_stop_iteration(e, i)
+                if err is e:
+                    hide_ours(e)
+                    raise  # bare: adds no frame of ours
+                raise err
             r = e
         yield r
 
@@ -445,8 +453,9 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
                     except Exception:
                         pass
                     if kind != 2 or mode != "return":
+                        err = item_stop_iteration(val, fut.first + j)
                         try:
-                            raise val
+                            raise err
                         except BaseException as e:
                             hide_ours(e)
                             raise  # bare: adds no frame of ours

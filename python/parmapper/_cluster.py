@@ -19,7 +19,7 @@ import os
 import pickle
 import warnings
 
-from ._errors import RemoteError, RemoteTraceback
+from ._errors import RemoteError, RemoteTraceback, item_stop_iteration
 from ._input import ChunkReader
 from ._progress import progress_iter, wants_progress
 from ._worker import hide_ours
@@ -181,7 +181,7 @@ def _raise_or_return(kind, exc, tb, index, mode):
     if tb and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(tb)
     if kind != _CALL or mode != "return":
-        raise exc
+        raise item_stop_iteration(exc, index)
     return exc
 
 

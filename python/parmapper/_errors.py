@@ -127,3 +127,22 @@ class _Unsent:
 
     def __reduce__(self):
         return (_Unsent, (self.error,))
+
+
+def item_stop_iteration(exc, index):
+    """The error to raise for a ``StopIteration`` that `fun` raised on item
+    `index`: raised out of an iterator's ``__next__`` as it is, it would end
+    the results silently, so it becomes a ``RuntimeError`` naming the item
+    with the ``StopIteration`` as its ``__cause__`` (as a generator turns
+    one, PEP 479).  Any other exception is returned as it is."""
+    if not isinstance(exc, StopIteration):
+        return exc
+    err = RuntimeError(
+        "parmap: item {}: fun raised StopIteration ({!r}); raised as this "
+        "RuntimeError, as it would otherwise end the results".format(
+            index, exc))
+    err.seq_index = index
+    err.__cause__ = exc
+    err.__traceback__ = None
+    err._parmap_stop = exc  # Pool.apply raises the StopIteration itself
+    return err

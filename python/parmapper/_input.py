@@ -30,7 +30,9 @@ class ChunkReader:
     __slots__ = ("_it", "done", "error")
 
     def __init__(self, seq):
-        self._it = iter(seq)
+        # A list is read as it is now (the map's first next()), as the
+        # worker processes read it: changes to it during the map are not seen.
+        self._it = iter(tuple(seq) if type(seq) is list else seq)
         self.done = False   # the input will not be asked again
         self.error = None   # the Exception that ended the input, if any
 

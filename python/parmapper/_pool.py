@@ -50,6 +50,20 @@ class PoolTerminatedError(ParmapperError):
     leaving the pool's ``with`` block) stopped its workers first."""
 
 
+def _apply_value(res):
+    """The value of an apply call.  A StopIteration raised by the function
+    comes out of the results iterator as a RuntimeError (it would end them
+    silently); apply is no iterator, so it raises the StopIteration itself,
+    as multiprocessing's does."""
+    try:
+        return res._all()[0]
+    except RuntimeError as e:
+        stop = getattr(e, "_parmap_stop", None)
+        if stop is None:
+            raise
+        raise stop from None
+
+
 def _terminated():
     return PoolTerminatedError(
         "parmapper.Pool: terminate() stopped this call's workers before it "
@@ -585,7 +599,7 @@ class Pool:
     def apply(self, func, args=(), kwds=None):
         """``func(*args, **kwds)`` run in one worker process; its value."""
         try:
-            return self._apply_start(func, args, kwds)._all()[0]
+            return _apply_value(self._apply_start(func, args, kwds))
         except BaseException as e:
             hide_ours(e)
             raise
@@ -610,7 +624,7 @@ class Pool:
 
         def run():
             with self._apply_slots:
-                return res._all()[0]
+                return _apply_value(res)
         return self._async_call(run, callback, error_callback)
 
     def close(self):
