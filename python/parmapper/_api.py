@@ -3,6 +3,7 @@ import collections
 import contextvars
 import operator
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 
@@ -337,13 +338,17 @@ def _serial(caller, seq, mode):
         yield r
 
 
-def _run_chunk(caller, first, items):
+def _run_chunk(caller, first, items, stop=None):
     """Runs a chunk in a thread: ``[(kind, value)]``, kind 0 a result, 1 an
     ItemShapeError, 2 an Exception, 3 a BaseException that is not an
     Exception, which ends the chunk there (as it would end a serial loop);
-    the results before it are kept, to be delivered before it is raised."""
+    the results before it are kept, to be delivered before it is raised.
+    A set `stop` (the map was closed or failed) ends it before the next item
+    (a running call cannot be stopped)."""
     out = []
     for j, x in enumerate(items):
+        if stop is not None and stop.is_set():
+            break
         try:
             out.append((0, caller(first + j, x)))
         except ItemShapeError as e:
@@ -369,6 +374,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     src = ChunkReader(seq)
+    stop = threading.Event()
     pending = collections.deque() if ordered else set()
     ahead = 2 * Nt
     ex = ThreadPoolExecutor(max_workers=Nt)
@@ -379,7 +385,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                 items = src.take(chunksize)
                 if not items:
                     break
-                fut = ex.submit(_run_chunk, caller, first, items)
+                fut = ex.submit(_run_chunk, caller, first, items, stop)
                 fut.first = first
                 first += len(items)
                 if ordered:
@@ -407,6 +413,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode):
                         raise item_stop_iteration(val, fut.first + j)
                 yield val
     finally:
+        stop.set()  # chunks running in threads end after their current item
         for f in pending:
             f.cancel()
         ex.shutdown(wait=False)
