@@ -322,3 +322,36 @@ def test_results_do_not_wait_behind_a_slow_input(path):
         ex.shutdown()
     assert sorted(got) == list(range(1, 31))
     assert max(behind) <= 6, behind
+
+
+# --- a closed thread-pool map stops calling fun ------------------------------
+
+def test_closed_thread_map_stops_its_chunks():
+    # N=1, Nt=2 with chunks of 50: after close(), the chunks already running
+    # in threads used to go on through every item (98 more calls); now each
+    # ends after the call it is in.
+    import threading
+    import time
+    calls = []
+    lock = threading.Lock()
+
+    def slow(x):
+        with lock:
+            calls.append(x)
+        time.sleep(0.005)
+        return x
+
+    it = parmapper.parmap(slow, range(1000), N=1, Nt=2, chunksize=50)
+    assert next(it) == 0
+    with lock:
+        at_close = len(calls)
+    it.close()
+    time.sleep(0.5)
+    with lock:
+        n = len(calls)
+    time.sleep(0.3)
+    with lock:
+        assert len(calls) == n  # nothing runs any more
+    # At most the call each of the 2 threads was in (and one racing the
+    # close), not the rest of their chunks.
+    assert n - at_close <= 4, (at_close, n)

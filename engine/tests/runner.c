@@ -90,6 +90,7 @@
     X(map_gather_released_on_destroy)                                          \
     X(map_gather_retry)                                                        \
     X(map_gather_einval)                                                       \
+    X(map_gather_volatile)                                                     \
     X(map_take_input)                                                          \
     X(map_big_tasks)                                                           \
     X(map_big_tasks_and_results)                                               \

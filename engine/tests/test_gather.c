@@ -292,3 +292,82 @@ TEST_IMPL(map_gather_einval)
               -EINVAL);
     ASSERT(m == NULL);
 }
+
+/* One buffer the source refills for every task (as an input that reuses an
+ * array): with PM_PRODUCED_VOLATILE the engine writes a task's pieces whole
+ * before it asks for the next one, so no task arrives mixed from two fills. */
+typedef struct vgen {
+    unsigned char *buf;
+    size_t len;
+    uint64_t next, n;
+    int flag;     /* PM_PRODUCED_VOLATILE, or 0 for the broken control */
+    pm_iov iov;
+    long live;
+} vgen;
+
+static int vgen_gather(void *ctx, pm_task *task, const pm_iov **iov,
+                       int *niov, void **owner)
+{
+    vgen *v = ctx;
+    if (v->next == v->n)
+        return 0;
+    memset(v->buf, (int)(v->next & 0xff), v->len); /* the refill */
+    task->first = v->next++;
+    task->count = 1;
+    v->iov = (pm_iov){v->buf, v->len};
+    *iov = &v->iov;
+    *niov = 1;
+    *owner = v; /* written from v->buf itself, no copy */
+    v->live++;
+    return 1 | v->flag;
+}
+
+static void vgen_release(void *ctx, void *owner)
+{
+    (void)owner;
+    ((vgen *)ctx)->live--;
+}
+
+/* Result: 1 when every byte of the task is its index's, else 0. */
+static int vwork(void *ctx, const pm_task *task, const void *in, size_t len,
+                 pm_writer *out)
+{
+    (void)ctx;
+    const unsigned char *p = in;
+    uint64_t whole = 1;
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != (unsigned char)(task->first & 0xff))
+            whole = 0;
+    return pm_write(out, &whole, sizeof whole);
+}
+
+TEST_IMPL(map_gather_volatile)
+{
+    vgen v = {.len = 1u << 18, .n = N_(64, 16), .flag = PM_PRODUCED_VOLATILE};
+    v.buf = malloc(v.len);
+    ASSERT(v.buf != NULL);
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 2;
+    opt.ring_bytes = 1u << 16; /* a quarter of a task: written in steps */
+    pm_map *m;
+    ASSERT_OK(pm_map_create_gather(&m, &opt, vgen_gather, vgen_release, &v,
+                                   vwork, NULL, NULL));
+    pm_result res;
+    int rc;
+    uint64_t n = 0;
+    while ((rc = pm_map_next(m, &res)) == 1) {
+        uint64_t whole;
+        ASSERT_UEQ(res.len, sizeof whole);
+        memcpy(&whole, res.data, sizeof whole);
+        ASSERT_MSG(whole == 1, "task %llu arrived mixed from two fills",
+                   (unsigned long long)res.task.first);
+        n++;
+    }
+    ASSERT_RC(rc, 0);
+    ASSERT_UEQ(n, v.n);
+    ASSERT_OK(pm_map_destroy(m));
+    ASSERT_EQ(v.live, 0);
+    ASSERT_NO_CHILDREN();
+    free(v.buf);
+}

@@ -4,6 +4,7 @@ import contextvars
 import operator
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Mapping
 
@@ -384,13 +385,17 @@ def _serial(caller, seq, mode, has_item=True):
         yield r
 
 
-def _run_chunk(caller, first, items, has_item=True):
+def _run_chunk(caller, first, items, stop=None, has_item=True):
     """Runs a chunk in a thread: ``[(kind, value)]``, kind 0 a result, 1 an
     ItemShapeError, 2 an Exception, 3 a BaseException that is not an
     Exception, which ends the chunk there (as it would end a serial loop);
-    the results before it are kept, to be delivered before it is raised."""
+    the results before it are kept, to be delivered before it is raised.
+    A set `stop` (the map was closed or failed) ends it before the next item
+    (a running call cannot be stopped)."""
     out = []
     for j, x in enumerate(items):
+        if stop is not None and stop.is_set():
+            break
         try:
             out.append((0, caller(first + j, x)))
         except ItemShapeError as e:
@@ -418,6 +423,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     src = ChunkReader(seq)
+    stop = threading.Event()
     pending = collections.deque() if ordered else set()
     ahead = 2 * Nt
     ex = ThreadPoolExecutor(max_workers=Nt)
@@ -428,7 +434,8 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
                 items = src.take(chunksize)
                 if not items:
                     break
-                fut = ex.submit(_run_chunk, caller, first, items, has_item)
+                fut = ex.submit(_run_chunk, caller, first, items, stop,
+                                has_item)
                 fut.first = first
                 first += len(items)
                 if ordered:
@@ -461,6 +468,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
                             raise  # bare: adds no frame of ours
                 yield val
     finally:
+        stop.set()  # chunks running in threads end after their current item
         for f in pending:
             f.cancel()
         ex.shutdown(wait=False)
