@@ -135,7 +135,7 @@ def test_readme_cluster_example_runs(capfd):
     code = _readme_block("## From one machine to a cluster")
     code = code.replace("LocalCluster(n_workers=2)",
                         "LocalCluster(n_workers=2, threads_per_worker=1, "
-                        "dashboard_address=None)")
+                        "dashboard_address=':0')")
     ns = {}
     try:
         exec(code, ns)
