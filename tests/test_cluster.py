@@ -170,7 +170,7 @@ def test_executor_option_errors(thread_ex):
 def client():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                  processes=True, dashboard_address=None) as cl:
+                                  processes=True, dashboard_address=":0") as cl:
         with distributed.Client(cl) as c:
             yield c
 

@@ -135,8 +135,8 @@ def test_readme_cluster_example_runs(capfd):
     code = _readme_block("## From one machine to a cluster")
     code = code.replace("LocalCluster(n_workers=2)",
                         "LocalCluster(n_workers=2, threads_per_worker=1, "
-                        "dashboard_address=\":0\")")
-    ns = {"__name__": "__main__"}
+                        "dashboard_address=':0')")
+    ns = {"__name__": "__main__"}  # the example is guarded, as a script
     try:
         exec(code, ns)
         assert ns["results"] == [x * x for x in range(1000)]

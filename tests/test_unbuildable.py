@@ -108,7 +108,7 @@ def test_unbuildable_dask():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2,
                                   processes=True,
-                                  dashboard_address=None) as cl:
+                                  dashboard_address=":0") as cl:
         with distributed.Client(cl) as client:
             check_values(list(parmapper.parmap(H.fun, range(8),
                                                executor=client, chunksize=3,
