@@ -1087,6 +1087,8 @@ typedef struct {
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
     Py_ssize_t chunk_pos;
     Py_ssize_t chunk_first;
+    long oom_base;         /* OOM kills counted when the map started (see
+                              oom_kills), -1 when unknown */
 } MapIter;
 
 /* hooks.route: a compact record with a route table, being assembled: its
@@ -2162,6 +2164,83 @@ static const char *signal_name(int sig)
     }
 }
 
+/*
+ * The kernel's count of OOM kills that would include a worker of this
+ * process: the oom_kill line of its memory cgroup (v2 memory.events, v1
+ * memory.oom_control; the workers share the caller's cgroup), else the
+ * machine's (/proc/vmstat).  Returns it and names the file in src, or -1.
+ * Read at the start of a map and when a worker died of SIGKILL: never on
+ * the per-item path.
+ */
+static long oom_kills(char *src, size_t n)
+{
+    char line[512], path[600];
+    long v = -1;
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    while (f && v < 0 && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        const char *cg = NULL, *file = NULL, *root = NULL;
+        if (strncmp(line, "0::", 3) == 0) {
+            cg = line + 3;
+            root = "/sys/fs/cgroup";
+            file = "memory.events";
+        } else {
+            char *c = strchr(line, ':');
+            char *c2 = c ? strchr(c + 1, ':') : NULL;
+            if (c2 && c2 - c == 7 && strncmp(c + 1, "memory", 6) == 0) {
+                cg = c2 + 1;
+                root = "/sys/fs/cgroup/memory";
+                file = "memory.oom_control";
+            }
+        }
+        if (!cg)
+            continue;
+        snprintf(path, sizeof path, "%s%s/%s", root,
+                 strcmp(cg, "/") == 0 ? "" : cg, file);
+        FILE *g = fopen(path, "re");
+        char key[64];
+        long x;
+        while (g && fscanf(g, "%63s %ld", key, &x) == 2)
+            if (strcmp(key, "oom_kill") == 0) {
+                v = x;
+                snprintf(src, n, "%s", path);
+            }
+        if (g)
+            fclose(g);
+    }
+    if (f)
+        fclose(f);
+    if (v < 0 && (f = fopen("/proc/vmstat", "re"))) {
+        char key[64];
+        long x;
+        while (fscanf(f, "%63s %ld", key, &x) == 2)
+            if (strcmp(key, "oom_kill") == 0) {
+                v = x;
+                snprintf(src, n, "/proc/vmstat");
+            }
+        fclose(f);
+    }
+    return v;
+}
+
+/* Why a worker died of SIGKILL: the engine sends it only for a timeout (or
+ * a broken ring), reported otherwise; so the kernel's OOM killer, told by
+ * its counter, or probably. */
+static PyObject *sigkill_reason(MapIter *self)
+{
+    char src[600] = "";
+    long now = oom_kills(src, sizeof src);
+    if (now >= 0 && self->oom_base >= 0 && now > self->oom_base)
+        return PyUnicode_FromFormat(
+            "was killed by signal %d (SIGKILL): the kernel's OOM killer "
+            "killed it for memory (oom_kill in %s rose by %ld during the "
+            "map; workers volunteer first, oom_score_adj 1000),",
+            SIGKILL, src, now - self->oom_base);
+    return PyUnicode_FromFormat(
+        "was killed by signal %d (SIGKILL), probably by the kernel's OOM "
+        "killer for memory (or by a kill -9 from outside),", SIGKILL);
+}
+
 /* Sets the Python exception for an engine error code. */
 static void raise_engine_error(MapIter *self, int rc)
 {
@@ -2189,6 +2268,8 @@ static void raise_engine_error(MapIter *self, int rc)
                 "wrote a malformed record into its ring (a wild write in "
                 "the worker, e.g. by a C extension or ctypes, over the "
                 "engine's shared memory) and was killed,");
+        } else if (d->signal == SIGKILL) {
+            how = sigkill_reason(self);
         } else if (d->signal) {
             how = PyUnicode_FromFormat("was killed by signal %d (%s)",
                                        d->signal, signal_name(d->signal));
@@ -2526,6 +2607,8 @@ static int map_begin(MapIter *self)
         raise_engine_error(self, rc);
         return -1;
     }
+    char src[600];
+    self->oom_base = oom_kills(src, sizeof src);
     /* Children must not inherit unflushed output they would write again. */
     flush_std();
     rc = pm_map_start(self->map);

@@ -1,5 +1,6 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -119,12 +120,33 @@ static void on_tstp(int sig)
     errno = saved;
 }
 
+/*
+ * OOM ordering: a worker makes itself the kernel's first choice when memory
+ * runs out (oom_score_adj 1000, the most; any process may raise its own), so
+ * that the OOM killer takes a worker -- whose item is then reported, or run
+ * again -- and not the caller, which holds every result so far and would
+ * take every worker with it.  Best effort: without /proc nothing changes.
+ */
+static void oom_first(void)
+{
+#ifdef __linux__
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (write(fd, "1000", 4) < 0) {
+            /* e.g. a sandbox without it: the kernel's own choice stands */
+        }
+        close(fd);
+    }
+#endif
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
                         int from_main_thread)
 {
     pm__forked_copy = 0; /* this one is a worker, not a copy */
+    oom_first();
     /* Isolation: a worker keeps only its own rings (and the parent's bell),
      * so a wild write can damage nothing but its own slots.  With dontfork
      * the others were not inherited at all; unmapping their (empty) ranges

@@ -135,6 +135,7 @@
     X(job_run_callback)                                                        \
     X(job_misuse)                                                              \
     X(job_fn_forks)                                                             \
+    X(job_oom_score)                                                            \
     X(map_timeout_not_ring_room)                                               \
     X(map_stalled_worker)                                                      \
     X(map_orphans_of_a_thread)                                                 \

@@ -793,3 +793,61 @@ TEST_IMPL(job_fn_forks)
     ASSERT_NO_CHILDREN();
     munmap(lg, sizeof *lg);
 }
+
+/* --- memory: OOM ordering --------------------------------------------------- */
+
+static int read_adj(void)
+{
+    FILE *f = fopen("/proc/self/oom_score_adj", "re");
+    int v = -12345;
+    if (f) {
+        if (fscanf(f, "%d", &v) != 1)
+            v = -12345;
+        fclose(f);
+    }
+    return v;
+}
+
+static int adj_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    (void)ctx;
+    (void)in;
+    (void)len;
+    int v = read_adj();
+    return pm_write(out, &v, sizeof v);
+}
+
+/* Every worker volunteers for the kernel's OOM killer (oom_score_adj 1000)
+ * so that it, not the caller, is killed when memory runs out; the caller
+ * keeps its own score. */
+TEST_IMPL(job_oom_score)
+{
+    if (read_adj() == -12345)
+        return; /* no /proc */
+    int mine = read_adj();
+    pm_record recs[16];
+    for (int i = 0; i < 16; i++)
+        recs[i] = (pm_record){&recs[i], 1};
+    pm_job_options o;
+    pm_job_options_init(&o);
+    o.nproc = 2;
+    o.nthreads = 2;
+    o.chunk = 1;
+    pm_job *job;
+    ASSERT_EQ(pm_job_create(&job, &o, adj_fn, NULL), 0);
+    ASSERT_EQ(pm_job_feed_array(job, recs, 16), 0);
+    pm_item it;
+    int rc, n = 0;
+    while ((rc = pm_job_next(job, &it)) > 0) {
+        int v;
+        ASSERT_EQ(it.status, PM_ITEM_OK);
+        ASSERT_UEQ(it.len, sizeof v);
+        memcpy(&v, it.data, sizeof v);
+        ASSERT_EQ(v, 1000);
+        n++;
+    }
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(n, 16);
+    pm_job_destroy(job);
+    ASSERT_EQ(read_adj(), mine);
+}

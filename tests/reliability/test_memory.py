@@ -1,0 +1,164 @@
+"""A runaway item never takes the caller down: OOM ordering (issue 18).
+
+Each case runs in a child interpreter (``run_facts``) with a deadline.
+"""
+import os
+import uuid
+
+import pytest
+
+ADJ = r'''
+import parmapper
+
+def adj(_):
+    with open("/proc/self/oom_score_adj") as fh:
+        return os.getpid(), int(fh.read())
+'''
+
+
+@pytest.mark.parametrize("N,Nt,ordered,chunksize", [
+    (2, 1, True, None), (2, 2, False, 1), (3, 1, True, 4)])
+def test_workers_volunteer_for_the_oom_killer(run_facts, N, Nt, ordered,
+                                              chunksize):
+    f = run_facts(ADJ + r'''
+with open("/proc/self/oom_score_adj") as fh:
+    mine = int(fh.read())
+got = list(parmapper.parmap(adj, range(40), N=P["N"], Nt=P["Nt"],
+                            ordered=P["ordered"], chunksize=P["chunksize"]))
+# A replaced worker (retries after a death) volunteers too.
+def die_once(x):
+    if x == 2 and not os.path.exists(os.path.join(TMP, "died")):
+        open(os.path.join(TMP, "died"), "w").close()
+        os._exit(3)
+    return adj(x)
+again = list(parmapper.parmap(die_once, range(6), N=2, retries=1))
+with open("/proc/self/oom_score_adj") as fh:
+    after = int(fh.read())
+emit(mine=mine, after=after, me=os.getpid(), got=got, again=again)
+''', params={"N": N, "Nt": Nt, "ordered": ordered, "chunksize": chunksize})
+    assert len(f["got"]) == 40 and len(f["again"]) == 6
+    assert {a for _, a in f["got"] + f["again"]} == {1000}
+    assert f["me"] not in {p for p, _ in f["got"]}
+    # The caller keeps its own score.
+    assert f["after"] == f["mine"] < 1000
+
+
+def test_sigkill_is_reported_as_probably_the_oom_killer(run_facts):
+    f = run_facts(r'''
+import parmapper
+def f(x):
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+try:
+    list(parmapper.parmap(f, range(8), N=2, chunksize=1))
+    e = None
+except Exception as exc:
+    e = exc
+emit(e=exc_facts(e))
+''')
+    e = f["e"]
+    assert e["type"] == "WorkerDiedError"
+    assert e["seq_index"] == 3 and e["signal"] == 9
+    assert "killed by signal 9 (SIGKILL)" in e["str"]
+    # Nothing was short of memory: the engine does not claim it was.
+    assert "probably by the kernel's OOM killer" in e["str"]
+    assert e["seq_indices"][0] == 3
+
+
+def _memcg(limit):
+    """A memory cgroup of this test's own making, limited to ``limit``
+    bytes: (procs file to join, directory), or pytest.skip saying why."""
+    name = "parmapper-test-" + uuid.uuid4().hex[:12]
+    v2 = "/sys/fs/cgroup"
+    if os.path.exists(os.path.join(v2, "cgroup.controllers")):
+        try:
+            with open(os.path.join(v2, "cgroup.subtree_control")) as fh:
+                if "memory" not in fh.read().split():
+                    with open(os.path.join(v2, "cgroup.subtree_control"),
+                              "w") as fh2:
+                        fh2.write("+memory")
+            d = os.path.join(v2, name)
+            os.mkdir(d)
+        except OSError as e:
+            pytest.skip("cannot make a cgroup v2 with the memory controller "
+                        "under {}: {}".format(v2, e))
+        try:
+            with open(os.path.join(d, "memory.max"), "w") as fh:
+                fh.write(str(limit))
+            if os.path.exists(os.path.join(d, "memory.swap.max")):
+                with open(os.path.join(d, "memory.swap.max"), "w") as fh:
+                    fh.write("0")
+        except OSError as e:
+            os.rmdir(d)
+            pytest.skip("cannot set memory.max in {}: {}".format(d, e))
+        return os.path.join(d, "cgroup.procs"), d
+    v1 = "/sys/fs/cgroup/memory"
+    if not os.path.exists(os.path.join(v1, "memory.limit_in_bytes")):
+        pytest.skip("no cgroup v2 with a memory controller, nor a cgroup v1 "
+                    "memory hierarchy, under /sys/fs/cgroup")
+    d = os.path.join(v1, name)
+    try:
+        os.mkdir(d)
+        with open(os.path.join(d, "memory.limit_in_bytes"), "w") as fh:
+            fh.write(str(limit))
+    except OSError as e:
+        if os.path.isdir(d):
+            os.rmdir(d)
+        pytest.skip("cannot make a cgroup v1 memory cgroup with a limit "
+                    "under {}: {}".format(v1, e))
+    return os.path.join(d, "cgroup.procs"), d
+
+
+def test_real_oom_kills_the_worker_not_the_caller(run_facts):
+    """Under a real OOM the caller, holding more memory than the worker
+    whose item runs away, survives; the item is named and said killed by the
+    kernel's OOM killer."""
+    limit = 400 << 20
+    procs, d = _memcg(limit)
+    try:
+        f = run_facts(r'''
+with open(P["procs"], "w") as fh:
+    fh.write(str(os.getpid()))
+import parmapper
+MB = 1 << 20
+BALLAST = os.path.join(TMP, "ballast")
+
+def f(x):
+    if x == 3:
+        t = time.monotonic() + 20
+        while not os.path.exists(BALLAST) and time.monotonic() < t:
+            time.sleep(0.005)
+        hog = []
+        while True:  # runs away until the kernel steps in
+            hog.append(b"\x01" * (8 * MB))
+    return x
+
+got, e, ballast = [], None, None
+try:
+    for r in parmapper.parmap(f, range(8), N=2, chunksize=1):
+        got.append(r)
+        if ballast is None:
+            # The caller holds more than the runaway worker will: without
+            # OOM ordering the kernel would pick the caller.
+            ballast = b"\x02" * (250 * MB)
+            open(BALLAST, "w").close()
+except Exception as exc:
+    e = exc
+emit(e=exc_facts(e), got=got, ballast=len(ballast or b""))
+''', params={"procs": procs}, timeout=60)
+    finally:
+        for _ in range(100):
+            try:
+                os.rmdir(d)
+                break
+            except OSError:
+                import time
+                time.sleep(0.05)
+    e = f["e"]
+    assert f["ballast"] == 250 << 20
+    assert e is not None and e["type"] == "WorkerDiedError", f
+    assert e["seq_index"] == 3 and e["signal"] == 9
+    assert e["seq_indices"][0] == 3
+    assert "OOM killer killed it for memory" in e["str"], e["str"]
+    assert f["got"] == [0, 1, 2]
