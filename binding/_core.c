@@ -1210,6 +1210,11 @@ static Py_ssize_t next_chunk_size(MapIter *self)
     Py_ssize_t n = size < 1.0 ? 1 : (Py_ssize_t)size;
     if (n > 1 << 20)
         n = 1 << 20;
+    /* max_tasks_per_worker: the task that reaches it is a worker's last, so
+     * a worker runs fewer than twice as many items. */
+    if (self->opt.max_items_per_worker &&
+        (uint64_t)n > self->opt.max_items_per_worker)
+        n = (Py_ssize_t)self->opt.max_items_per_worker;
     self->last_chunk = n;
     return n;
 }
@@ -2727,16 +2732,17 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
                              "chunksize", "ordered", "mode", "daemon",
                              "window", "ring_bytes", "retries", "timeout",
-                             "index", "length", NULL};
+                             "index", "length", "max_tasks", NULL};
     PyObject *caller, *seq, *timeout = Py_None;
     int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
     int index = 0;
     Py_ssize_t chunksize, ring = 0, length = -1;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpn", kwlist, &CallerType,
+    unsigned long long max_tasks = 0;
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnK", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
                                      &window, &ring, &retries, &timeout,
-                                     &index, &length))
+                                     &index, &length, &max_tasks))
         return -1;
     if (index && length < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: index dispatch needs the length");
@@ -2767,6 +2773,7 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     self->opt.window = window;
     self->opt.ring_bytes = (size_t)ring;
     self->opt.retries = retries;
+    self->opt.max_items_per_worker = max_tasks;
     self->opt.timeout_ms = timeout != Py_None ? (int64_t)(tsec * 1000.0 + 0.5) : 0;
     if (timeout != Py_None && self->opt.timeout_ms < 1)
         self->opt.timeout_ms = 1;

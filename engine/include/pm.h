@@ -273,6 +273,14 @@ typedef struct pm_options {
                            A task of more than one item is delivered at its
                            first loss, not retried, so the caller can split
                            it and find the item that kills the worker. */
+    uint64_t max_items_per_worker; /* a worker process is replaced by a
+                           fresh one once it has been sent this many items
+                           (the sum of its tasks' pm_task.count; the task
+                           that reaches the count is its last): it gets no
+                           new task, finishes those it has, writes their
+                           results and exits, and a fresh process takes its
+                           place.  No task is lost or run twice.  Tasks sent
+                           again after a death are not counted (0: never) */
 } pm_options;
 
 /* Fills *o with defaults: 1 process, 1 thread, ordered, default window and
@@ -517,6 +525,11 @@ typedef struct pm_job_options {
     void *progress_ctx;
     uint64_t total;     /* items to expect from a feed function, for the
                            progress callback (0: unknown) */
+    uint64_t max_items_per_worker; /* a worker process is replaced by a
+                           fresh one once it has been sent this many records
+                           (the chunk that reaches the count is its last; a
+                           fixed chunk of 1 makes it exact); no record is
+                           lost or run twice by it (0: never) */
 } pm_job_options;
 
 /* Fills *o with defaults: one process per usable CPU (nproc 0), 1 thread,

@@ -160,6 +160,12 @@ typedef struct pm_worker {
     int finishing; /* wctl->finish is set: it gets no new task */
     uint32_t seen_stops; /* wctl->stops when the parent last looked */
     int pidfd; /* readable once the running worker exits (-1: none) */
+    /* opt.max_items_per_worker: items sent to this process; retiring 1 when
+     * they reached the limit (it gets no new task: finishing is set too), 2
+     * once told to finish (wctl->finish), after its last task is whole in
+     * its rings. */
+    uint64_t items_sent;
+    int retiring;
 } pm_worker;
 
 struct pm_map {
@@ -203,6 +209,8 @@ struct pm_map {
     int draining;         /* a worker died for good: send no new task */
     int finish_scan;      /* the input is exhausted and a running worker
                              may not have been told to finish yet */
+    int retire_scan;      /* a retiring worker may not have been told to
+                             finish yet (retire_idle) */
     int keep;             /* keep task copies: retries, timeout or
                              deliver_lost are set */
     uint64_t next_health_ns; /* when to look at the workers again while busy */

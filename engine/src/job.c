@@ -610,6 +610,7 @@ int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
     mo.retries = opt->retries;
     mo.timeout_ms = opt->timeout_ms;
     mo.deliver_lost = 1;
+    mo.max_items_per_worker = opt->max_items_per_worker;
     j->nslots = mo.nproc * mo.nthreads;
     int rc = pm_map_create(&j->map, &mo, job_produce, j, job_work, j, NULL);
     if (rc < 0) {

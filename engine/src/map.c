@@ -383,6 +383,17 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     m->slot_of[m->next_seq & (m->win - 1)] = (int32_t)(s - m->slots);
     m->next_seq++;
     m->outstanding++;
+    if (m->opt.max_items_per_worker) {
+        /* This task is its last: it is told to finish once the task is
+         * whole in its ring (retire_idle), and replaced when it exits. */
+        pm_worker *wk = &m->workers[s->worker];
+        wk->items_sent += task->count;
+        if (wk->items_sent >= m->opt.max_items_per_worker) {
+            wk->finishing = 1;
+            wk->retiring = 1;
+            m->retire_scan = 1;
+        }
+    }
 
     int rc = 0;
     size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
@@ -870,24 +881,61 @@ static int handle_dead(pm_map *m, int w, int killed)
  * task: starts again a worker that had finished, after saving the results
  * left in its rings.  Returns 1 when it did, 0 when there is none, or the
  * -errno of fork(). */
+static int restart_one(pm_map *m, int w)
+{
+    for (int t = 0; t < m->opt.nthreads; t++)
+        drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
+    if (undone(m, w)) {
+        /* A result is missing: delivery reports the death. */
+        m->workers[w].state = PM_W_REAPED;
+        return 0;
+    }
+    reset_worker_shm(m, w);
+    m->finish_scan = 1;
+    int rc = pm__spawn(m, w);
+    return rc < 0 ? rc : 1;
+}
+
 static int restart_done(pm_map *m)
 {
     for (int w = 0; w < m->opt.nproc; w++) {
         if (m->workers[w].state != PM_W_DONE)
             continue;
-        for (int t = 0; t < m->opt.nthreads; t++)
-            drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
-        if (undone(m, w)) {
-            /* A result is missing: delivery reports the death. */
-            m->workers[w].state = PM_W_REAPED;
-            continue;
-        }
-        reset_worker_shm(m, w);
-        m->finish_scan = 1;
-        int rc = pm__spawn(m, w);
-        return rc < 0 ? rc : 1;
+        int rc = restart_one(m, w);
+        if (rc != 0)
+            return rc;
     }
     return 0;
+}
+
+/*
+ * opt.max_items_per_worker: tells each retiring worker whose last task is
+ * whole in its rings (nothing pending, nothing to send again) to finish:
+ * it runs what it has, writes the results and exits; poll_health then
+ * forks its replacement.  The same handshake as finish_idle's.
+ */
+static void retire_idle(pm_map *m)
+{
+    int later = 0;
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (wk->state != PM_W_RUNNING || wk->retiring != 1)
+            continue;
+        int busy = 0;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            busy |= s->pend_active || s->resend < s->fifo_n;
+        }
+        if (busy) {
+            later = 1;
+            continue;
+        }
+        wk->retiring = 2;
+        atomic_store_explicit(&wk->wctl->finish, 1, memory_order_release);
+        for (int t = 0; t < m->opt.nthreads; t++)
+            pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+    }
+    m->retire_scan = later;
 }
 
 /*
@@ -1045,6 +1093,14 @@ static int poll_health(pm_map *m)
             /* Its results are read from its rings as usual; one missing
              * is reported when delivery reaches it. */
             m->workers[w].state = PM_W_DONE;
+        }
+        /* Retired after opt.max_items_per_worker: a fresh process takes
+         * its place while input remains. */
+        if (m->workers[w].retiring && m->workers[w].state == PM_W_DONE &&
+            !m->input_done && !m->draining) {
+            int rc = restart_one(m, w);
+            if (rc < 0)
+                return rc;
         }
     }
     uint64_t now = pm__now_ns();
@@ -1283,6 +1339,8 @@ int pm_map_next(pm_map *m, pm_result *res)
             return fail(m, rc);
         if (m->finish_scan && m->input_done)
             finish_idle(m);
+        if (m->retire_scan)
+            retire_idle(m);
         rc = deliver(m, res, &progress);
         if (rc < 0)
             return fail(m, rc);

@@ -268,6 +268,8 @@ int pm__spawn(pm_map *m, int w)
     m->workers[w].state = PM_W_RUNNING;
     m->workers[w].pidfd = exit_fd(m, w); /* -1: the parent naps instead */
     m->workers[w].finishing = 0;
+    m->workers[w].retiring = 0;
+    m->workers[w].items_sent = 0;
     m->pids[w] = pid;
     return 0;
 }

@@ -37,6 +37,7 @@ class _Parmap(Protocol):
         executor: Any = ...,
         retries: int = ...,
         timeout: Optional[float] = ...,
+        max_tasks_per_worker: Optional[int] = ...,
     ) -> Iterator[_R]: ...
     map: "_Parmap"
     imap: "_Parmap"

@@ -52,7 +52,7 @@ def _count(name, value, default):
 def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
            progress=False, total=None, args=(), kwargs=None, star=False,
            kwstar=False, exception=None, executor=None, retries=0,
-           timeout=None):
+           timeout=None, max_tasks_per_worker=None):
     """Map `fun` over `seq` in parallel processes and/or threads.
 
     The function is inherited by forked worker processes, never pickled, so
@@ -129,6 +129,13 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         ``seq_index`` (raised or returned according to `exception`).  Each
         task then holds one item.  With `retries` or `timeout`, ``N=1`` also
         runs in one worker process (a thread cannot be stopped).
+    max_tasks_per_worker : int, optional
+        A worker process is replaced by a fresh one after it has been given
+        this many items (items, not chunks: the chunk that reaches the count
+        is its last; adaptive chunks are capped at this many items, and
+        ``chunksize=1`` makes it exact).  It finishes the items it has, and
+        no item is lost or run twice.  For functions that leak memory.
+        Needs worker processes: with ``N=1`` one worker process is used.
     executor : dask.distributed.Client or concurrent.futures.Executor, optional
         Run the map on this executor (a cluster, an ``MPIPoolExecutor``, a
         ``ProcessPoolExecutor``...) instead of forked workers.  Chunks of
@@ -211,8 +218,20 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             raise ValueError("parmap: timeout must be a number of seconds > 0 "
                              "and at most {:g}, got {!r}".format(_MAX_TIMEOUT,
                                                                  timeout))
-    # retries and timeout need a process that can be killed and replaced.
+    if max_tasks_per_worker is not None:
+        if isinstance(max_tasks_per_worker, bool):
+            raise TypeError("parmap: max_tasks_per_worker must be a whole "
+                            "number >= 1 or None, got {!r}".format(
+                                max_tasks_per_worker))
+        max_tasks_per_worker = _count("max_tasks_per_worker",
+                                      max_tasks_per_worker, None)
+        if max_tasks_per_worker >= 1 << 64:
+            raise ValueError("parmap: max_tasks_per_worker must be below "
+                             "2**64, got {}".format(max_tasks_per_worker))
+    # retries, timeout and worker recycling need a process that can be
+    # killed and replaced.
     use_procs = (user_N > 1 or retries > 0 or timeout is not None
+                 or max_tasks_per_worker is not None
                  or _one_worker_process.get())
     if exception is None:
         exception = "raise" if use_procs or executor is not None else "proc"
@@ -246,6 +265,9 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     indexed = n is not None and _indexable(seq)
 
     check_progress(progress)
+    if executor is not None and max_tasks_per_worker is not None:
+        raise ValueError("parmap: max_tasks_per_worker cannot be used with "
+                         "executor= (the executor owns its workers)")
     if executor is not None:
         from ._cluster import executor_map
         return executor_map(executor, fun, seq, n, N, Nt,
@@ -298,7 +320,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                                     bool(ordered), _MODES[exception],
                                     bool(daemon), retries=retries,
                                     timeout=timeout, index=indexed,
-                                    length=-1 if n is None else n)
+                                    length=-1 if n is None else n,
+                                    max_tasks=max_tasks_per_worker or 0)
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results

@@ -162,3 +162,85 @@ emit(e=exc_facts(e), got=got, ballast=len(ballast or b""))
     assert e["seq_indices"][0] == 3
     assert "OOM killer killed it for memory" in e["str"], e["str"]
     assert f["got"] == [0, 1, 2]
+
+
+# ------------------------------------------------------- max_tasks_per_worker
+
+RECYCLE = r'''
+import parmapper
+
+def log_run(x):
+    fd = os.open(os.path.join(TMP, "runs"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\n" % x)
+    os.close(fd)
+
+def f(x):
+    log_run(x)
+    return os.getpid(), x * 3
+
+n = P["n"]
+seq = range(n) if P["indexed"] else (i for i in range(n))
+got = list(parmapper.parmap(f, seq, N=P["N"], Nt=P["Nt"],
+                            ordered=P["ordered"], chunksize=P["chunksize"],
+                            retries=P["retries"],
+                            max_tasks_per_worker=P["limit"]))
+with open(os.path.join(TMP, "runs")) as fh:
+    runs = [int(x) for x in fh.read().split()]
+emit(got=got, runs=runs, me=os.getpid())
+'''
+
+
+@pytest.mark.parametrize("N,Nt,ordered,chunksize,indexed,retries", [
+    (2, 1, True, 1, True, 0),
+    (2, 1, False, 1, False, 0),
+    (2, 2, True, None, True, 0),
+    (3, 1, True, 4, False, 1),
+    (2, 2, False, None, False, 2),
+    (1, 1, True, None, True, 0),
+])
+def test_max_tasks_per_worker_replaces_workers(run_facts, N, Nt, ordered,
+                                               chunksize, indexed, retries):
+    n, limit = 200, 7
+    f = run_facts(RECYCLE, params={
+        "n": n, "N": N, "Nt": Nt, "ordered": ordered, "chunksize": chunksize,
+        "indexed": indexed, "retries": retries, "limit": limit})
+    got = f["got"]
+    values = [v for _, v in got]
+    if ordered:
+        assert values == [3 * i for i in range(n)]
+    else:
+        assert sorted(values) == [3 * i for i in range(n)]
+    # Each item ran exactly once: none lost, none repeated by a retiring
+    # worker.
+    assert sorted(f["runs"]) == list(range(n))
+    pids = [p for p, _ in got]
+    assert f["me"] not in pids
+    per = {p: pids.count(p) for p in set(pids)}
+    # The task that reaches the limit is a worker's last; tasks hold at
+    # most `limit` items (adaptive chunks are capped at it).
+    most = limit + (chunksize or limit) - 1
+    assert max(per.values()) <= most, per
+    assert len(per) >= n // most, per
+
+
+@pytest.mark.parametrize("value,exc,match", [
+    (0, ValueError, "max_tasks_per_worker must be >= 1"),
+    (-3, ValueError, "max_tasks_per_worker must be >= 1"),
+    (2.5, TypeError, "max_tasks_per_worker must be a whole number"),
+    ("4", TypeError, "max_tasks_per_worker must be a whole number"),
+    (True, TypeError, "max_tasks_per_worker must be a whole number"),
+    (1 << 64, ValueError, "max_tasks_per_worker must be below 2\\*\\*64"),
+])
+def test_max_tasks_per_worker_is_validated(value, exc, match):
+    import parmapper
+    with pytest.raises(exc, match=match):
+        parmapper.parmap(abs, [1, 2], N=2, max_tasks_per_worker=value)
+
+
+def test_max_tasks_per_worker_is_refused_with_an_executor():
+    import concurrent.futures
+    import parmapper
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        with pytest.raises(ValueError, match="max_tasks_per_worker cannot be "
+                                             "used with executor="):
+            parmapper.parmap(abs, [1, 2], executor=ex, max_tasks_per_worker=3)
