@@ -2471,10 +2471,78 @@ static int bad_record(const pm_result *res, const char *what)
     return -1;
 }
 
+/* A task whose worker passed max_memory (the engine killed and replaced
+ * it): every item of it (one: max_memory makes tasks of one item) gets a
+ * WorkerMemoryError with seq_index, limit and rss. */
+static int decode_memory(MapIter *self, const pm_result *res)
+{
+    Py_ssize_t n = (Py_ssize_t)res->task.count;
+    unsigned long long rss = pm_map_result_rss(self->map);
+    unsigned long long limit = self->opt.max_rss_bytes;
+    PyObject *cls = errors_attr("WorkerMemoryError");
+    PyObject *results = PyList_New(n);
+    PyObject *errors = PyDict_New();
+    if (!cls || !results || !errors)
+        goto fail;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(results, j, Py_None);
+        Py_ssize_t idx = (Py_ssize_t)res->task.first + j;
+        PyObject *msg = PyUnicode_FromFormat(
+            "item %zd: its worker process grew by %llu bytes (%llu MiB) of "
+            "resident memory, past max_memory=%llu bytes (%llu MiB); it was "
+            "killed and replaced",
+            idx, rss, rss >> 20, limit, limit >> 20);
+        PyObject *exc = msg ? PyObject_CallOneArg(cls, msg) : NULL;
+        Py_XDECREF(msg);
+        if (exc) {
+            PyObject *v = PyLong_FromSsize_t(idx);
+            if (!v || PyObject_SetAttrString(exc, "seq_index", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+        if (exc) {
+            PyObject *v = PyLong_FromUnsignedLongLong(limit);
+            if (!v || PyObject_SetAttrString(exc, "limit", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+        if (exc) {
+            PyObject *v = PyLong_FromUnsignedLongLong(rss);
+            if (!v || PyObject_SetAttrString(exc, "rss", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+        PyObject *entry = exc ? Py_BuildValue("(Osssi)", exc, "WorkerMemoryError",
+                                              "", "", ERR_CALL)
+                              : NULL;
+        Py_XDECREF(exc);
+        PyObject *pj = PyLong_FromSsize_t(j);
+        int rc = (entry && pj) ? PyDict_SetItem(errors, pj, entry) : -1;
+        Py_XDECREF(entry);
+        Py_XDECREF(pj);
+        if (rc < 0)
+            goto fail;
+    }
+    Py_DECREF(cls);
+    Py_XSETREF(self->chunk, results);
+    Py_XSETREF(self->chunk_errors, errors);
+    self->chunk_pos = 0;
+    self->chunk_first = (Py_ssize_t)res->task.first;
+    return 0;
+fail:
+    Py_XDECREF(cls);
+    Py_XDECREF(results);
+    Py_XDECREF(errors);
+    return -1;
+}
+
 static int decode_result(MapIter *self, const pm_result *res)
 {
     if (res->status == PM_RESULT_TIMEDOUT)
         return decode_timeout(self, res);
+    if (res->status == PM_RESULT_MEMORY)
+        return decode_memory(self, res);
     const unsigned char *p = res->data;
     if (res->len < REC_HDR)
         return bad_record(res, "shorter than its header");
@@ -2732,17 +2800,18 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
                              "chunksize", "ordered", "mode", "daemon",
                              "window", "ring_bytes", "retries", "timeout",
-                             "index", "length", "max_tasks", NULL};
+                             "index", "length", "max_tasks", "max_memory",
+                             NULL};
     PyObject *caller, *seq, *timeout = Py_None;
     int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
     int index = 0;
     Py_ssize_t chunksize, ring = 0, length = -1;
-    unsigned long long max_tasks = 0;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnK", kwlist, &CallerType,
+    unsigned long long max_tasks = 0, max_memory = 0;
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnKK", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
                                      &window, &ring, &retries, &timeout,
-                                     &index, &length, &max_tasks))
+                                     &index, &length, &max_tasks, &max_memory))
         return -1;
     if (index && length < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: index dispatch needs the length");
@@ -2774,6 +2843,7 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     self->opt.ring_bytes = (size_t)ring;
     self->opt.retries = retries;
     self->opt.max_items_per_worker = max_tasks;
+    self->opt.max_rss_bytes = max_memory;
     self->opt.timeout_ms = timeout != Py_None ? (int64_t)(tsec * 1000.0 + 0.5) : 0;
     if (timeout != Py_None && self->opt.timeout_ms < 1)
         self->opt.timeout_ms = 1;

@@ -270,6 +270,10 @@ int pm__spawn(pm_map *m, int w)
     m->workers[w].finishing = 0;
     m->workers[w].retiring = 0;
     m->workers[w].items_sent = 0;
+    /* The fork copied the caller's page tables: what the worker holds at
+     * birth is the caller's, not its own. */
+    if (m->opt.max_rss_bytes)
+        m->workers[w].rss_base = pm__rss_bytes(pid);
     m->pids[w] = pid;
     return 0;
 }
@@ -404,6 +408,29 @@ void pm__explain(char *why, size_t len, const char *call, int err, int w,
     }
     snprintf(why, len, "%s()%s failed: %s (errno %d)%s%s", call, who, msg,
              -err, limit[0] ? "; likely cause: " : "", limit);
+}
+
+uint64_t pm__rss_bytes(pid_t pid)
+{
+#ifdef __linux__
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    unsigned long long size = 0, resident = 0;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        return 0;
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+#else
+    (void)pid;
+    return 0;
+#endif
 }
 
 void pm__kill_reap(pm_map *m, int w)

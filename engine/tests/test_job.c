@@ -936,3 +936,64 @@ TEST_IMPL(job_max_items_per_worker)
         munmap((void *)r.runs, bytes);
     }
 }
+
+/* --- memory: max_rss_bytes -------------------------------------------------- */
+
+static int hog_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    (void)ctx;
+    (void)in;
+    (void)len;
+    uint64_t i = pm_writer_item(out);
+    if (i == 3) {
+        /* Grows until the parent kills it (or gives up after 30 s). */
+        for (int k = 0; k < 3000; k++) {
+            unsigned char *p = malloc(4u << 20);
+            if (p)
+                memset(p, 1, 4u << 20);
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return pm_write(out, &i, sizeof i);
+}
+
+/* A worker that grows past max_rss_bytes is killed and replaced: its item
+ * is PM_ITEM_MEMORY, every other item comes back. */
+TEST_IMPL(job_max_rss)
+{
+    enum { N = 12 };
+    pm_record recs[N];
+    for (int i = 0; i < N; i++)
+        recs[i] = (pm_record){&recs[i], 1};
+    for (int ordered = 0; ordered < 2; ordered++) {
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        o.ordered = ordered;
+        o.max_rss_bytes = 48u << 20;
+        pm_job *job;
+        ASSERT_EQ(pm_job_create(&job, &o, hog_fn, NULL), 0);
+        ASSERT_EQ(pm_job_feed_array(job, recs, N), 0);
+        pm_item it;
+        int rc, n = 0, bad = 0;
+        while ((rc = pm_job_next(job, &it)) > 0) {
+            if (it.index == 3) {
+                ASSERT_EQ(it.status, PM_ITEM_MEMORY);
+                ASSERT_STREQ(pm_item_status_name(it.status), "over memory");
+                bad++;
+            } else {
+                uint64_t v;
+                ASSERT_EQ(it.status, PM_ITEM_OK);
+                ASSERT_UEQ(it.len, sizeof v);
+                memcpy(&v, it.data, sizeof v);
+                ASSERT_UEQ(v, it.index);
+            }
+            n++;
+        }
+        ASSERT_EQ(rc, 0);
+        ASSERT_EQ(n, N);
+        ASSERT_EQ(bad, 1);
+        pm_job_destroy(job);
+    }
+}

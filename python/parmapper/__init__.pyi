@@ -38,6 +38,7 @@ class _Parmap(Protocol):
         retries: int = ...,
         timeout: Optional[float] = ...,
         max_tasks_per_worker: Optional[int] = ...,
+        max_memory: Optional[int | str] = ...,
     ) -> Iterator[_R]: ...
     map: "_Parmap"
     imap: "_Parmap"
@@ -133,6 +134,11 @@ class WorkerDiedError(ParmapperError):
     signal: Optional[int]
     seq_indices: list[int]
     seq_index: int
+
+class WorkerMemoryError(ParmapperError, MemoryError):
+    seq_index: int
+    limit: int
+    rss: int
 
 class RemoteError(ParmapperError):
     type_name: Optional[str]

@@ -244,3 +244,127 @@ def test_max_tasks_per_worker_is_refused_with_an_executor():
         with pytest.raises(ValueError, match="max_tasks_per_worker cannot be "
                                              "used with executor="):
             parmapper.parmap(abs, [1, 2], executor=ex, max_tasks_per_worker=3)
+
+
+# ------------------------------------------------------------------ max_memory
+
+HOG = r'''
+import parmapper
+MB = 1 << 20
+
+def f(x):
+    if x in P["hogs"]:
+        flag = os.path.join(TMP, "hogged-%d" % x)
+        first = not os.path.exists(flag)
+        open(flag, "a").write("x")
+        if first or not P["once"]:
+            hog = []
+            t = time.monotonic() + 30
+            while time.monotonic() < t:   # until the parent kills it
+                hog.append(b"\x01" * (4 * MB))
+                time.sleep(0.002)
+            return "not stopped"
+    return x * 2
+
+n = P["n"]
+seq = range(n) if P["indexed"] else (i for i in range(n))
+it = parmapper.parmap(f, seq, N=P["N"], Nt=P["Nt"], ordered=P["ordered"],
+                      exception=P["exception"], retries=P["retries"],
+                      max_memory=P["limit"])
+got, e = [], None
+try:
+    for r in it:
+        if isinstance(r, BaseException):
+            r = {"exc": exc_facts(r), "limit": r.limit, "rss": r.rss}
+        got.append(r)
+except BaseException as exc:
+    e = {"exc": exc_facts(exc), "limit": getattr(exc, "limit", None),
+         "rss": getattr(exc, "rss", None)}
+emit(got=got, e=e, children=my_children())
+'''
+
+
+def _hog(run_facts, **kw):
+    p = {"n": 16, "N": 2, "Nt": 1, "ordered": True, "indexed": True,
+         "exception": "return", "retries": 0, "limit": "64MB", "hogs": [5],
+         "once": False}
+    p.update(kw)
+    return run_facts(HOG, params=p, timeout=60)
+
+
+def _is_memory_error(r, index, limit):
+    assert r["exc"]["type"] == "WorkerMemoryError", r
+    assert "MemoryError" in r["exc"]["mro"] and "ParmapperError" in r["exc"]["mro"]
+    assert r["exc"]["seq_index"] == index
+    assert r["limit"] == limit
+    assert r["rss"] > limit
+    assert "item {}".format(index) in r["exc"]["str"]
+    assert "max_memory" in r["exc"]["str"]
+
+
+@pytest.mark.parametrize("N,Nt,ordered,indexed", [
+    (2, 1, True, True), (2, 2, False, False), (1, 1, True, False),
+    (3, 1, True, True)])
+def test_max_memory_names_the_item_and_the_others_arrive(run_facts, N, Nt,
+                                                         ordered, indexed):
+    f = _hog(run_facts, N=N, Nt=Nt, ordered=ordered, indexed=indexed,
+             hogs=[3, 11])
+    got = f["got"]
+    assert f["e"] is None
+    assert len(got) == 16
+    errs = [r for r in got if isinstance(r, dict)]
+    vals = [r for r in got if not isinstance(r, dict)]
+    assert sorted(vals) == [2 * i for i in range(16) if i not in (3, 11)]
+    assert sorted(r["exc"]["seq_index"] for r in errs) == [3, 11]
+    for r in errs:
+        _is_memory_error(r, r["exc"]["seq_index"], 64 * 10 ** 6)
+    if ordered:
+        assert got[3] == errs[0] and got[11] == errs[1]
+        assert [g for i, g in enumerate(got) if i not in (3, 11)] == vals
+    assert f["children"] == []
+
+
+def test_max_memory_raises_with_exception_raise(run_facts):
+    f = _hog(run_facts, exception="raise", limit=80 << 20)
+    assert f["got"] == [0, 2, 4, 6, 8]
+    _is_memory_error(f["e"], 5, 80 << 20)
+
+
+def test_max_memory_retries_the_item_on_a_fresh_worker(run_facts):
+    f = _hog(run_facts, retries=1, once=True, exception="raise")
+    assert f["e"] is None
+    assert f["got"] == [2 * i for i in range(16)]
+
+
+@pytest.mark.parametrize("value,exc,match", [
+    ("2 parsecs", ValueError, "max_memory must be a number of bytes or a string"),
+    ("GB", ValueError, "max_memory must be a number of bytes or a string"),
+    (1000, ValueError, "max_memory must be at least 1 MiB"),
+    (0, ValueError, "max_memory must be at least 1 MiB"),
+    (-5, ValueError, "max_memory must be at least 1 MiB"),
+    ("20000000TB", ValueError, "below 2\\*\\*64"),
+    (2.5e9, TypeError, "max_memory must be a number of bytes"),
+    (True, TypeError, "max_memory must be a number of bytes"),
+    ([1], TypeError, "max_memory must be a number of bytes"),
+])
+def test_max_memory_is_validated(value, exc, match):
+    import parmapper
+    with pytest.raises(exc, match=match):
+        parmapper.parmap(abs, [1, 2], N=2, max_memory=value)
+
+
+@pytest.mark.parametrize("text,size", [
+    ("2GB", 2 * 10 ** 9), ("512MiB", 512 << 20), ("1.5GiB", 3 << 29),
+    (" 100 mb ", 10 ** 8), ("3000000", 3000000)])
+def test_max_memory_strings(text, size):
+    from parmapper import _api
+    assert _api._memory(text) == size
+
+
+def test_max_memory_is_refused_with_an_executor():
+    import concurrent.futures
+    import parmapper
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        with pytest.raises(ValueError, match="max_memory cannot be used with "
+                                             "executor="):
+            parmapper.parmap(abs, [1, 2], executor=ex, max_memory="1GB")
