@@ -2241,6 +2241,14 @@ static PyObject *sigkill_reason(MapIter *self)
             "killed it for memory (oom_kill in %s rose by %ld during the "
             "map; workers volunteer first, oom_score_adj 1000),",
             SIGKILL, src, now - self->oom_base);
+    if (self->opt.max_rss_bytes)
+        /* check_memory kills a worker over the limit that runs no item,
+         * and gives up after three in a row. */
+        return PyUnicode_FromFormat(
+            "was killed by signal %d (SIGKILL): by parmapper for growing "
+            "past max_memory=%llu bytes while it ran no item (e.g. memory "
+            "taken at its start), or by the kernel's OOM killer,", SIGKILL,
+            (unsigned long long)self->opt.max_rss_bytes);
     return PyUnicode_FromFormat(
         "was killed by signal %d (SIGKILL), probably by the kernel's OOM "
         "killer for memory (or by a kill -9 from outside),", SIGKILL);
