@@ -882,10 +882,9 @@ static int handle_dead(pm_map *m, int w, int killed)
     return pm__spawn(m, w);
 }
 
-/* The input was re-opened (pm_map_resume) and no running worker can take a
- * task: starts again a worker that had finished, after saving the results
- * left in its rings.  Returns 1 when it did, 0 when there is none, or the
- * -errno of fork(). */
+/* Starts finished worker w again, after saving the results left in its
+ * rings: 1 when it did, 0 when a result of its is missing (it is marked
+ * reaped: delivery reports the death), or the -errno of fork(). */
 static int restart_one(pm_map *m, int w)
 {
     for (int t = 0; t < m->opt.nthreads; t++)
@@ -901,6 +900,11 @@ static int restart_one(pm_map *m, int w)
     return rc < 0 ? rc : 1;
 }
 
+/* The input was re-opened (pm_map_resume), or a worker retired after
+ * opt.max_items_per_worker is not replaced yet, and no running worker can take a
+ * task: starts again a worker that had finished, after saving the results
+ * left in its rings.  Returns 1 when it did, 0 when there is none, or the
+ * -errno of fork(). */
 static int restart_done(pm_map *m)
 {
     for (int w = 0; w < m->opt.nproc; w++) {
