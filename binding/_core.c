@@ -1134,6 +1134,8 @@ typedef struct {
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
     Py_ssize_t chunk_pos;
     Py_ssize_t chunk_first;
+    long oom_base;         /* OOM kills counted when the map started (see
+                              oom_kills), -1 when unknown */
 } MapIter;
 
 /* hooks.route: a compact record with a route table, being assembled: its
@@ -1255,6 +1257,11 @@ static Py_ssize_t next_chunk_size(MapIter *self)
     Py_ssize_t n = size < 1.0 ? 1 : (Py_ssize_t)size;
     if (n > 1 << 20)
         n = 1 << 20;
+    /* max_tasks_per_worker: the task that reaches it is a worker's last, so
+     * a worker runs fewer than twice as many items. */
+    if (self->opt.max_items_per_worker &&
+        (uint64_t)n > self->opt.max_items_per_worker)
+        n = (Py_ssize_t)self->opt.max_items_per_worker;
     self->last_chunk = n;
     return n;
 }
@@ -2266,6 +2273,91 @@ static const char *signal_name(int sig)
     }
 }
 
+/*
+ * The kernel's count of OOM kills that would include a worker of this
+ * process: the oom_kill line of its memory cgroup (v2 memory.events, v1
+ * memory.oom_control; the workers share the caller's cgroup), else the
+ * machine's (/proc/vmstat).  Returns it and names the file in src, or -1.
+ * Read at the start of a map and when a worker died of SIGKILL: never on
+ * the per-item path.
+ */
+static long oom_kills(char *src, size_t n)
+{
+    char line[512], path[600];
+    long v = -1;
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    while (f && v < 0 && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        const char *cg = NULL, *file = NULL, *root = NULL;
+        if (strncmp(line, "0::", 3) == 0) {
+            cg = line + 3;
+            root = "/sys/fs/cgroup";
+            file = "memory.events";
+        } else {
+            char *c = strchr(line, ':');
+            char *c2 = c ? strchr(c + 1, ':') : NULL;
+            if (c2 && c2 - c == 7 && strncmp(c + 1, "memory", 6) == 0) {
+                cg = c2 + 1;
+                root = "/sys/fs/cgroup/memory";
+                file = "memory.oom_control";
+            }
+        }
+        if (!cg)
+            continue;
+        snprintf(path, sizeof path, "%s%s/%s", root,
+                 strcmp(cg, "/") == 0 ? "" : cg, file);
+        FILE *g = fopen(path, "re");
+        char key[64];
+        long x;
+        while (g && fscanf(g, "%63s %ld", key, &x) == 2)
+            if (strcmp(key, "oom_kill") == 0) {
+                v = x;
+                snprintf(src, n, "%s", path);
+            }
+        if (g)
+            fclose(g);
+    }
+    if (f)
+        fclose(f);
+    if (v < 0 && (f = fopen("/proc/vmstat", "re"))) {
+        char key[64];
+        long x;
+        while (fscanf(f, "%63s %ld", key, &x) == 2)
+            if (strcmp(key, "oom_kill") == 0) {
+                v = x;
+                snprintf(src, n, "/proc/vmstat");
+            }
+        fclose(f);
+    }
+    return v;
+}
+
+/* Why a worker died of SIGKILL: the engine sends it only for a timeout (or
+ * a broken ring), reported otherwise; so the kernel's OOM killer, told by
+ * its counter, or probably. */
+static PyObject *sigkill_reason(MapIter *self)
+{
+    char src[600] = "";
+    long now = oom_kills(src, sizeof src);
+    if (now >= 0 && self->oom_base >= 0 && now > self->oom_base)
+        return PyUnicode_FromFormat(
+            "was killed by signal %d (SIGKILL): the kernel's OOM killer "
+            "killed it for memory (oom_kill in %s rose by %ld during the "
+            "map; workers volunteer first, oom_score_adj 1000),",
+            SIGKILL, src, now - self->oom_base);
+    if (self->opt.max_rss_bytes)
+        /* check_memory kills a worker over the limit that runs no item,
+         * and gives up after three in a row. */
+        return PyUnicode_FromFormat(
+            "was killed by signal %d (SIGKILL): by parmapper for growing "
+            "past max_memory=%llu bytes while it ran no item (e.g. memory "
+            "taken at its start), or by the kernel's OOM killer,", SIGKILL,
+            (unsigned long long)self->opt.max_rss_bytes);
+    return PyUnicode_FromFormat(
+        "was killed by signal %d (SIGKILL), probably by the kernel's OOM "
+        "killer for memory (or by a kill -9 from outside),", SIGKILL);
+}
+
 /* Sets the Python exception for an engine error code. */
 static void raise_engine_error(MapIter *self, int rc)
 {
@@ -2293,6 +2385,8 @@ static void raise_engine_error(MapIter *self, int rc)
                 "wrote a malformed record into its ring (a wild write in "
                 "the worker, e.g. by a C extension or ctypes, over the "
                 "engine's shared memory) and was killed,");
+        } else if (d->signal == SIGKILL) {
+            how = sigkill_reason(self);
         } else if (d->signal) {
             how = PyUnicode_FromFormat("was killed by signal %d (%s)",
                                        d->signal, signal_name(d->signal));
@@ -2507,10 +2601,78 @@ static int bad_record(const pm_result *res, const char *what)
     return -1;
 }
 
+/* A task whose worker passed max_memory (the engine killed and replaced
+ * it): every item of it (one: max_memory makes tasks of one item) gets a
+ * WorkerMemoryError with seq_index, limit and rss. */
+static int decode_memory(MapIter *self, const pm_result *res)
+{
+    Py_ssize_t n = (Py_ssize_t)res->task.count;
+    unsigned long long rss = pm_map_result_rss(self->map);
+    unsigned long long limit = self->opt.max_rss_bytes;
+    PyObject *cls = errors_attr("WorkerMemoryError");
+    PyObject *results = PyList_New(n);
+    PyObject *errors = PyDict_New();
+    if (!cls || !results || !errors)
+        goto fail;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(results, j, Py_None);
+        Py_ssize_t idx = (Py_ssize_t)res->task.first + j;
+        PyObject *msg = PyUnicode_FromFormat(
+            "item %zd: its worker process grew by %llu bytes (%llu MiB) of "
+            "resident memory, past max_memory=%llu bytes (%llu MiB); it was "
+            "killed and replaced",
+            idx, rss, rss >> 20, limit, limit >> 20);
+        PyObject *exc = msg ? PyObject_CallOneArg(cls, msg) : NULL;
+        Py_XDECREF(msg);
+        if (exc) {
+            PyObject *v = PyLong_FromSsize_t(idx);
+            if (!v || PyObject_SetAttrString(exc, "seq_index", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+        if (exc) {
+            PyObject *v = PyLong_FromUnsignedLongLong(limit);
+            if (!v || PyObject_SetAttrString(exc, "limit", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+        if (exc) {
+            PyObject *v = PyLong_FromUnsignedLongLong(rss);
+            if (!v || PyObject_SetAttrString(exc, "rss", v) < 0)
+                Py_CLEAR(exc);
+            Py_XDECREF(v);
+        }
+        PyObject *entry = exc ? Py_BuildValue("(Osssi)", exc, "WorkerMemoryError",
+                                              "", "", ERR_CALL)
+                              : NULL;
+        Py_XDECREF(exc);
+        PyObject *pj = PyLong_FromSsize_t(j);
+        int rc = (entry && pj) ? PyDict_SetItem(errors, pj, entry) : -1;
+        Py_XDECREF(entry);
+        Py_XDECREF(pj);
+        if (rc < 0)
+            goto fail;
+    }
+    Py_DECREF(cls);
+    Py_XSETREF(self->chunk, results);
+    Py_XSETREF(self->chunk_errors, errors);
+    self->chunk_pos = 0;
+    self->chunk_first = (Py_ssize_t)res->task.first;
+    return 0;
+fail:
+    Py_XDECREF(cls);
+    Py_XDECREF(results);
+    Py_XDECREF(errors);
+    return -1;
+}
+
 static int decode_result(MapIter *self, const pm_result *res)
 {
     if (res->status == PM_RESULT_TIMEDOUT)
         return decode_timeout(self, res);
+    if (res->status == PM_RESULT_MEMORY)
+        return decode_memory(self, res);
     const unsigned char *p = res->data;
     if (res->len < REC_HDR)
         return bad_record(res, "shorter than its header");
@@ -2649,6 +2811,8 @@ static int map_begin(MapIter *self)
         raise_engine_error(self, rc);
         return -1;
     }
+    char src[600];
+    self->oom_base = oom_kills(src, sizeof src);
     /* Children must not inherit unflushed output they would write again. */
     flush_std();
     rc = pm_map_start(self->map);
@@ -2784,16 +2948,19 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
                              "chunksize", "ordered", "mode", "daemon",
                              "window", "ring_bytes", "retries", "timeout",
-                             "index", "length", "proc_log", NULL};
+                             "index", "length", "proc_log", "max_tasks",
+                             "max_memory", NULL};
     PyObject *caller, *seq, *timeout = Py_None, *proc_log = Py_None;
     int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
     int index = 0;
     Py_ssize_t chunksize, ring = 0, length = -1;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnO", kwlist, &CallerType,
+    unsigned long long max_tasks = 0, max_memory = 0;
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnOKK", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
                                      &window, &ring, &retries, &timeout,
-                                     &index, &length, &proc_log))
+                                     &index, &length, &proc_log, &max_tasks,
+                                     &max_memory))
         return -1;
     if (index && length < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: index dispatch needs the length");
@@ -2824,6 +2991,8 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     self->opt.window = window;
     self->opt.ring_bytes = (size_t)ring;
     self->opt.retries = retries;
+    self->opt.max_items_per_worker = max_tasks;
+    self->opt.max_rss_bytes = max_memory;
     self->opt.timeout_ms = timeout != Py_None ? (int64_t)(tsec * 1000.0 + 0.5) : 0;
     if (timeout != Py_None && self->opt.timeout_ms < 1)
         self->opt.timeout_ms = 1;

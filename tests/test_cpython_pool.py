@@ -33,11 +33,6 @@ except ImportError as e:  # pragma: no cover - depends on the interpreter
                     sys.executable, type(e).__name__, e),
                 allow_module_level=True)
 
-# multiprocessing's own tests give maxtasksperchild; parmapper.Pool accepts
-# it with a warning that it is not implemented (docs/migrating.md).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:parmapper.Pool. maxtasksperchild=.* not implemented:UserWarning")
-
 # CPython tests left out, and why: tests that read multiprocessing's
 # internals, that assert what parmapper does differently by design (items
 # of a list are not pickled; results read before a failing input are all

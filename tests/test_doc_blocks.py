@@ -45,7 +45,7 @@ def signature_of(code):
             and isinstance(tree.body[0].value.func, ast.Name)
             and tree.body[0].value.func.id in parmapper.__all__
             and "\n" not in code.strip().split("(", 1)[0]
-            and len(code.strip().splitlines()) <= 3
+            and len(code.strip().splitlines()) <= 6
             and not any(isinstance(a, ast.Constant)
                         for a in tree.body[0].value.args)):
         return tree.body[0].value.func.id

@@ -189,12 +189,23 @@ def test_maxtasksperchild_invalid_values_are_refused(value):
         parmapper.Pool(2, maxtasksperchild=value)
 
 
-def test_maxtasksperchild_says_it_is_not_implemented():
-    with pytest.warns(UserWarning, match="maxtasksperchild=10 is accepted but "
-                                         "not implemented"):
-        pool = parmapper.Pool(2, maxtasksperchild=10)
-    with pool:
-        assert pool.map(abs, [-1, -2]) == [1, 2]
+def _pid_of(x):
+    return os.getpid(), x * x
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 3])
+def test_maxtasksperchild_replaces_workers(chunksize):
+    # A worker is replaced after 5 items (items, not chunks), every result
+    # comes back in order, with no warning.
+    with parmapper.Pool(2, maxtasksperchild=5) as pool:
+        got = pool.map(_pid_of, range(60), chunksize=chunksize)
+        also = list(pool.imap(_pid_of, range(20)))
+    assert [r for _, r in got] == [x * x for x in range(60)]
+    assert [r for _, r in also] == [x * x for x in range(20)]
+    pids = [p for p, _ in got]
+    per = {p: pids.count(p) for p in set(pids)}
+    assert len(per) >= 60 // (5 + (chunksize or 5) - 1)
+    assert max(per.values()) <= 5 + (chunksize or 5) - 1
 
 
 def test_processes_must_be_a_whole_number():
@@ -248,8 +259,8 @@ def test_multiprocessing_positional_order_and_context():
     with parmapper.Pool(2, initialize, ("a", 1)) as pool:
         assert pool.map(report_init, range(3)) == [[("a", 1)]] * 3
     ctx = multiprocessing.get_context("spawn")
-    with pytest.warns(UserWarning, match="maxtasksperchild=5"):
-        pool = parmapper.Pool(2, initialize, ("b", 2), 5, ctx)
+    pool = parmapper.Pool(2, initialize, ("b", 2), 5, ctx)
+    assert pool._maxtasksperchild == 5   # the fourth positional argument
     with pool:
         assert pool.map(report_init, range(2)) == [[("b", 2)]] * 2
     with parmapper.Pool(processes=2, context=ctx) as pool:

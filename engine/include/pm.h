@@ -91,6 +91,11 @@ enum {
                                while running the task (after its retries);
                                data/len hold the task's input, signal and
                                exit_code say how the worker ended */
+    PM_RESULT_MEMORY = 3,   /* the worker's resident memory passed
+                               opt.max_rss_bytes while it ran the task
+                               (after its retries): it was killed (SIGKILL)
+                               and replaced; data/len hold the task's input;
+                               pm_map_result_rss() says what was measured */
 };
 
 /* One delivered result. */
@@ -288,6 +293,21 @@ typedef struct pm_options {
                            A task of more than one item is delivered at its
                            first loss, not retried, so the caller can split
                            it and find the item that kills the worker. */
+    uint64_t max_items_per_worker; /* a worker process is replaced by a
+                           fresh one once it has been sent this many items
+                           (the sum of its tasks' pm_task.count; the task
+                           that reaches the count is its last): it gets no
+                           new task, finishes those it has, writes their
+                           results and exits, and a fresh process takes its
+                           place.  No task is lost or run twice.  Tasks sent
+                           again after a death are not counted (0: never) */
+    uint64_t max_rss_bytes; /* a worker process whose resident memory grew
+                           by more than this since its fork (statm resident
+                           now minus at the fork, read by the parent on its
+                           health schedule, about every 20 ms) is killed and
+                           replaced; the tasks it was running are run again
+                           (opt.retries) or delivered as PM_RESULT_MEMORY.
+                           Keeps task copies, as retries do (0: no limit) */
 } pm_options;
 
 /* Fills *o with defaults: 1 process, 1 thread, ordered, default window and
@@ -350,6 +370,11 @@ PM_EXTERN int pm_map_next(pm_map *m, pm_result *res);
  * keep a large result without copying it again.
  */
 PM_EXTERN void *pm_map_take_result(pm_map *m);
+
+/* After pm_map_next() returned a PM_RESULT_MEMORY result: the bytes of
+ * resident memory the worker had grown by since its fork when it was
+ * killed (0 for any other result). */
+PM_EXTERN uint64_t pm_map_result_rss(const pm_map *m);
 
 /* After pm_map_next() returned a result: takes the owner hooks.route set
  * for its message (NULL when nothing was routed), which the caller now
@@ -452,6 +477,9 @@ enum {
                              attempt): item.signal / item.exit_code */
     PM_ITEM_TIMEDOUT = 3, /* it ran longer than opt.timeout_ms: its worker
                              was killed and replaced */
+    PM_ITEM_MEMORY = 4,   /* its worker's resident memory passed
+                             opt.max_rss_bytes while it ran (every attempt):
+                             the worker was killed and replaced */
 };
 
 /* One delivered item.  data/len stay valid until the next call on the job
@@ -532,6 +560,15 @@ typedef struct pm_job_options {
     void *progress_ctx;
     uint64_t total;     /* items to expect from a feed function, for the
                            progress callback (0: unknown) */
+    uint64_t max_items_per_worker; /* a worker process is replaced by a
+                           fresh one once it has been sent this many records
+                           (the chunk that reaches the count is its last; a
+                           fixed chunk of 1 makes it exact); no record is
+                           lost or run twice by it (0: never) */
+    uint64_t max_rss_bytes; /* per worker: as pm_options.max_rss_bytes; an
+                           item running when its worker passes it is run
+                           again (retries) or reported PM_ITEM_MEMORY.
+                           Makes chunk 1 (0: no limit) */
 } pm_job_options;
 
 /* Fills *o with defaults: one process per usable CPU (nproc 0), 1 thread,
@@ -584,7 +621,7 @@ PM_EXTERN int pm_job_next(pm_job *job, pm_item *item);
 PM_EXTERN int pm_job_run(pm_job *job, pm_item_cb on_item, void *ctx);
 
 /* A static name for a PM_ITEM_ status: "ok", "failed", "crashed",
- * "timed out", or "unknown".  Never NULL. */
+ * "timed out", "over memory", or "unknown".  Never NULL. */
 PM_EXTERN const char *pm_item_status_name(int status);
 
 /* Items delivered so far. */

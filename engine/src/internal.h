@@ -91,6 +91,8 @@ enum {
     PM_T_TIMEDOUT, /* abandoned: delivered as PM_RESULT_TIMEDOUT */
     PM_T_DONE,     /* its result was saved from a dead worker's ring */
     PM_T_LOST,     /* opt.deliver_lost: delivered as PM_RESULT_DIED */
+    PM_T_MEMORY,   /* its worker passed opt.max_rss_bytes: delivered as
+                      PM_RESULT_MEMORY */
 };
 
 /* A task in flight on a slot. */
@@ -107,6 +109,7 @@ typedef struct pm_inflight {
     size_t result_len;
     void *routed;          /* PM_T_DONE: its routed ranges' owner */
     int signal, exit_code; /* PM_T_LOST: how its worker ended */
+    uint64_t rss;          /* PM_T_MEMORY: bytes its worker had grown by */
 } pm_inflight;
 
 /* Parent's private view of one slot. */
@@ -160,6 +163,13 @@ typedef struct pm_worker {
     int finishing; /* wctl->finish is set: it gets no new task */
     uint32_t seen_stops; /* wctl->stops when the parent last looked */
     int pidfd; /* readable once the running worker exits (-1: none) */
+    /* opt.max_items_per_worker: items sent to this process; retiring 1 when
+     * they reached the limit (it gets no new task: finishing is set too), 2
+     * once told to finish (wctl->finish), after its last task is whole in
+     * its rings. */
+    uint64_t items_sent;
+    int retiring;
+    uint64_t rss_base; /* opt.max_rss_bytes: resident bytes at the fork */
 } pm_worker;
 
 struct pm_map {
@@ -207,6 +217,9 @@ struct pm_map {
     int draining;         /* a worker died for good: send no new task */
     int finish_scan;      /* the input is exhausted and a running worker
                              may not have been told to finish yet */
+    uint64_t result_rss;  /* pm_map_result_rss() */
+    int retire_scan;      /* a retiring worker may not have been told to
+                             finish yet (retire_idle) */
     int keep;             /* keep task copies: retries, timeout or
                              deliver_lost are set */
     uint64_t next_health_ns; /* when to look at the workers again while busy */
@@ -275,6 +288,9 @@ int pm__try_reap(pm_map *m, int w);
  * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
 void pm__explain(char *why, size_t len, const char *call, int err, int w,
                  int nproc, size_t bytes);
+
+/* Resident bytes of process pid (/proc/PID/statm), or 0 when unknown. */
+uint64_t pm__rss_bytes(pid_t pid);
 
 /* Kills worker w (SIGKILL) and reaps it. */
 void pm__kill_reap(pm_map *m, int w);

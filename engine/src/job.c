@@ -524,6 +524,7 @@ int pm_job_next(pm_job *j, pm_item *item)
         }
         int status = res.status == PM_RESULT_OK         ? PM_ITEM_OK
                      : res.status == PM_RESULT_TIMEDOUT ? PM_ITEM_TIMEDOUT
+                     : res.status == PM_RESULT_MEMORY   ? PM_ITEM_MEMORY
                                                         : PM_ITEM_CRASHED;
         if (status == PM_ITEM_CRASHED && res.task.count > 1) {
             rc = split_lost(j, &res);
@@ -565,6 +566,8 @@ const char *pm_item_status_name(int status)
         return "crashed";
     case PM_ITEM_TIMEDOUT:
         return "timed out";
+    case PM_ITEM_MEMORY:
+        return "over memory";
     }
     return "unknown";
 }
@@ -595,8 +598,9 @@ int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
     j->fn = fn;
     j->fn_ctx = fn_ctx;
     j->total = opt->total ? opt->total : PM_TOTAL_UNKNOWN;
-    if (j->opt.timeout_ms)
-        j->opt.chunk = 1; /* the engine times tasks: one item each */
+    if (j->opt.timeout_ms || j->opt.max_rss_bytes)
+        j->opt.chunk = 1; /* the engine times (and measures) tasks: one
+                             item each */
 
     pm_options mo;
     pm_options_init(&mo);
@@ -610,6 +614,8 @@ int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
     mo.retries = opt->retries;
     mo.timeout_ms = opt->timeout_ms;
     mo.deliver_lost = 1;
+    mo.max_items_per_worker = opt->max_items_per_worker;
+    mo.max_rss_bytes = opt->max_rss_bytes;
     j->nslots = mo.nproc * mo.nthreads;
     int rc = pm_map_create(&j->map, &mo, job_produce, j, job_work, j, NULL);
     if (rc < 0) {

@@ -109,7 +109,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->volatile_slot = -1;
     m->asm_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
-              m->opt.deliver_lost;
+              m->opt.deliver_lost || m->opt.max_rss_bytes;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
@@ -384,6 +384,17 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     m->slot_of[m->next_seq & (m->win - 1)] = (int32_t)(s - m->slots);
     m->next_seq++;
     m->outstanding++;
+    if (m->opt.max_items_per_worker) {
+        /* This task is its last: it is told to finish once the task is
+         * whole in its ring (retire_idle), and replaced when it exits. */
+        pm_worker *wk = &m->workers[s->worker];
+        wk->items_sent += task->count;
+        if (wk->items_sent >= m->opt.max_items_per_worker) {
+            wk->finishing = 1;
+            wk->retiring = 1;
+            m->retire_scan = 1;
+        }
+    }
 
     int rc = 0;
     size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
@@ -572,7 +583,10 @@ static void pop_entry(pm_map *m, pm_slot *s)
 static int deliver_abandoned(pm_map *m, pm_slot *s, pm_inflight *e,
                              pm_result *res)
 {
-    res->status = e->state == PM_T_LOST ? PM_RESULT_DIED : PM_RESULT_TIMEDOUT;
+    res->status = e->state == PM_T_LOST     ? PM_RESULT_DIED
+                  : e->state == PM_T_MEMORY ? PM_RESULT_MEMORY
+                                            : PM_RESULT_TIMEDOUT;
+    m->result_rss = e->state == PM_T_MEMORY ? e->rss : 0;
     res->signal = e->signal;
     res->exit_code = e->exit_code;
     res->data = e->copy ? e->copy + sizeof(pm_msg_hdr) : NULL;
@@ -599,7 +613,8 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     res->task = e->task;
     res->signal = 0;
     res->exit_code = 0;
-    if (e->state == PM_T_TIMEDOUT || e->state == PM_T_LOST) {
+    if (e->state == PM_T_TIMEDOUT || e->state == PM_T_LOST ||
+        e->state == PM_T_MEMORY) {
         return deliver_abandoned(m, s, e, res);
     }
     if (e->state == PM_T_DONE) {
@@ -779,7 +794,8 @@ static void drain_dead(pm_map *m, pm_slot *s)
         pm_inflight *e = NULL;
         for (; i < s->fifo_n; i++) {
             e = pm__fifo_at(m, s, i);
-            if ((e->state == PM_T_SENT || e->state == PM_T_TIMEDOUT) &&
+            if ((e->state == PM_T_SENT || e->state == PM_T_TIMEDOUT ||
+                 e->state == PM_T_MEMORY) &&
                 msg_answers(msg, len, &e->task))
                 break;
         }
@@ -872,7 +888,26 @@ static int handle_dead(pm_map *m, int w, int killed)
     return pm__spawn(m, w);
 }
 
-/* The input was re-opened (pm_map_resume) and no running worker can take a
+/* Starts finished worker w again, after saving the results left in its
+ * rings: 1 when it did, 0 when a result of its is missing (it is marked
+ * reaped: delivery reports the death), or the -errno of fork(). */
+static int restart_one(pm_map *m, int w)
+{
+    for (int t = 0; t < m->opt.nthreads; t++)
+        drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
+    if (undone(m, w)) {
+        /* A result is missing: delivery reports the death. */
+        m->workers[w].state = PM_W_REAPED;
+        return 0;
+    }
+    reset_worker_shm(m, w);
+    m->finish_scan = 1;
+    int rc = pm__spawn(m, w);
+    return rc < 0 ? rc : 1;
+}
+
+/* The input was re-opened (pm_map_resume), or a worker retired after
+ * opt.max_items_per_worker is not replaced yet, and no running worker can take a
  * task: starts again a worker that had finished, after saving the results
  * left in its rings.  Returns 1 when it did, 0 when there is none, or the
  * -errno of fork(). */
@@ -881,19 +916,41 @@ static int restart_done(pm_map *m)
     for (int w = 0; w < m->opt.nproc; w++) {
         if (m->workers[w].state != PM_W_DONE)
             continue;
-        for (int t = 0; t < m->opt.nthreads; t++)
-            drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
-        if (undone(m, w)) {
-            /* A result is missing: delivery reports the death. */
-            m->workers[w].state = PM_W_REAPED;
-            continue;
-        }
-        reset_worker_shm(m, w);
-        m->finish_scan = 1;
-        int rc = pm__spawn(m, w);
-        return rc < 0 ? rc : 1;
+        int rc = restart_one(m, w);
+        if (rc != 0)
+            return rc;
     }
     return 0;
+}
+
+/*
+ * opt.max_items_per_worker: tells each retiring worker whose last task is
+ * whole in its rings (nothing pending, nothing to send again) to finish:
+ * it runs what it has, writes the results and exits; poll_health then
+ * forks its replacement.  The same handshake as finish_idle's.
+ */
+static void retire_idle(pm_map *m)
+{
+    int later = 0;
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (wk->state != PM_W_RUNNING || wk->retiring != 1)
+            continue;
+        int busy = 0;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            busy |= s->pend_active || s->resend < s->fifo_n;
+        }
+        if (busy) {
+            later = 1;
+            continue;
+        }
+        wk->retiring = 2;
+        atomic_store_explicit(&wk->wctl->finish, 1, memory_order_release);
+        for (int t = 0; t < m->opt.nthreads; t++)
+            pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+    }
+    m->retire_scan = later;
 }
 
 /*
@@ -1034,8 +1091,51 @@ static int check_timeouts(pm_map *m, uint64_t now)
     return 0;
 }
 
+/*
+ * opt.max_rss_bytes: reads each running worker's resident memory
+ * (/proc/PID/statm, one open and read per worker, on the health schedule,
+ * never on the path of an item).  A worker that grew by more than the limit
+ * since its fork is killed and replaced: each task it was running is
+ * charged an attempt, run again while retries last, else delivered as
+ * PM_RESULT_MEMORY; its other tasks are sent again.  A worker over the
+ * limit with no task running (memory kept after a task) is replaced too,
+ * no task charged; three such in a row fail the map as a stall does.
+ * Returns 1 when it killed one, 0, or a negative code.
+ */
+static int check_memory(pm_map *m)
+{
+    for (int w = 0; w < m->opt.nproc; w++) {
+        pm_worker *wk = &m->workers[w];
+        if (!worker_alive(m, w))
+            continue;
+        uint64_t rss = pm__rss_bytes(wk->pid);
+        if (rss <= wk->rss_base || rss - wk->rss_base <= m->opt.max_rss_bytes)
+            continue;
+        int charged = 0;
+        for (int t = 0; t < m->opt.nthreads; t++) {
+            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+            if (!atomic_load_explicit(&s->ctl->run_start_ns,
+                                      memory_order_acquire))
+                continue;
+            pm_inflight *e = running_entry(m, s);
+            if (!e)
+                continue;
+            charged = 1;
+            if (++e->attempts > (uint32_t)m->opt.retries) {
+                e->state = PM_T_MEMORY;
+                e->rss = rss - wk->rss_base;
+            }
+        }
+        pm__kill_reap(m, w);
+        int rc = handle_dead(m, w, charged ? 1 : 2);
+        return rc < 0 ? rc : 1;
+    }
+    return 0;
+}
+
 /* Reaps dead workers, replaces them when tasks may be re-run, enforces the
- * timeout.  Returns 1 when anything changed, 0, or a negative code. */
+ * timeout and the memory limit.  Returns 1 when anything changed, 0, or a
+ * negative code. */
 static int poll_health(pm_map *m)
 {
     int changed = 0;
@@ -1052,10 +1152,24 @@ static int poll_health(pm_map *m)
              * is reported when delivery reaches it. */
             m->workers[w].state = PM_W_DONE;
         }
+        /* Retired after opt.max_items_per_worker: a fresh process takes
+         * its place while input remains. */
+        if (m->workers[w].retiring && m->workers[w].state == PM_W_DONE &&
+            !m->input_done && !m->draining) {
+            int rc = restart_one(m, w);
+            if (rc < 0)
+                return rc;
+        }
     }
     uint64_t now = pm__now_ns();
     if (m->opt.timeout_ms) {
         int rc = check_timeouts(m, now);
+        if (rc < 0)
+            return rc;
+        changed |= rc;
+    }
+    if (m->opt.max_rss_bytes) {
+        int rc = check_memory(m);
         if (rc < 0)
             return rc;
         changed |= rc;
@@ -1179,6 +1293,9 @@ static void parent_sleep(pm_map *m, uint32_t v)
      * PARENT_SLEEP_MS while blocked, and a job-control stop moves the due
      * time without telling the parent. */
     int cap = m->hooks.check ? PARENT_SLEEP_MS : 1000;
+    /* The memory limit is sampled on the health schedule while asleep too. */
+    if (m->opt.max_rss_bytes && cap > (int)(HEALTH_EVERY_NS / 1000000u))
+        cap = (int)(HEALTH_EVERY_NS / 1000000u);
     int due = next_due_ms(m);
     if (due >= 0 && due < cap)
         cap = due;
@@ -1289,6 +1406,8 @@ int pm_map_next(pm_map *m, pm_result *res)
             return fail(m, rc);
         if (m->finish_scan && m->input_done)
             finish_idle(m);
+        if (m->retire_scan)
+            retire_idle(m);
         rc = deliver(m, res, &progress);
         if (rc < 0)
             return fail(m, rc);
@@ -1325,6 +1444,11 @@ void *pm_map_take_result(pm_map *m)
         m->held_copy = NULL;
     }
     return p;
+}
+
+uint64_t pm_map_result_rss(const pm_map *m)
+{
+    return m->result_rss;
 }
 
 void *pm_map_take_routed(pm_map *m)

@@ -1,5 +1,6 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -119,12 +120,33 @@ static void on_tstp(int sig)
     errno = saved;
 }
 
+/*
+ * OOM ordering: a worker makes itself the kernel's first choice when memory
+ * runs out (oom_score_adj 1000, the most; any process may raise its own), so
+ * that the OOM killer takes a worker -- whose item is then reported, or run
+ * again -- and not the caller, which holds every result so far and would
+ * take every worker with it.  Best effort: without /proc nothing changes.
+ */
+static void oom_first(void)
+{
+#ifdef __linux__
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (write(fd, "1000", 4) < 0) {
+            /* e.g. a sandbox without it: the kernel's own choice stands */
+        }
+        close(fd);
+    }
+#endif
+}
+
 /* Runs in the child right after fork(): nothing here may return into the
  * caller's frames. */
 static void child_setup(pm_map *m, int w, const sigset_t *oldmask,
                         int from_main_thread)
 {
     pm__forked_copy = 0; /* this one is a worker, not a copy */
+    oom_first();
     /* Isolation: a worker keeps only its own rings (and the parent's bell),
      * so a wild write can damage nothing but its own slots.  With dontfork
      * the others were not inherited at all; unmapping their (empty) ranges
@@ -246,6 +268,12 @@ int pm__spawn(pm_map *m, int w)
     m->workers[w].state = PM_W_RUNNING;
     m->workers[w].pidfd = exit_fd(m, w); /* -1: the parent naps instead */
     m->workers[w].finishing = 0;
+    m->workers[w].retiring = 0;
+    m->workers[w].items_sent = 0;
+    /* The fork copied the caller's page tables: what the worker holds at
+     * birth is the caller's, not its own. */
+    if (m->opt.max_rss_bytes)
+        m->workers[w].rss_base = pm__rss_bytes(pid);
     m->pids[w] = pid;
     return 0;
 }
@@ -380,6 +408,29 @@ void pm__explain(char *why, size_t len, const char *call, int err, int w,
     }
     snprintf(why, len, "%s()%s failed: %s (errno %d)%s%s", call, who, msg,
              -err, limit[0] ? "; likely cause: " : "", limit);
+}
+
+uint64_t pm__rss_bytes(pid_t pid)
+{
+#ifdef __linux__
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    unsigned long long size = 0, resident = 0;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        return 0;
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+#else
+    (void)pid;
+    return 0;
+#endif
 }
 
 void pm__kill_reap(pm_map *m, int w)

@@ -136,6 +136,9 @@
     X(job_run_callback)                                                        \
     X(job_misuse)                                                              \
     X(job_fn_forks)                                                             \
+    X(job_oom_score)                                                            \
+    X(job_max_items_per_worker)                                                 \
+    X(job_max_rss)                                                              \
     X(map_timeout_not_ring_room)                                               \
     X(map_stalled_worker)                                                      \
     X(map_orphans_of_a_thread)                                                 \

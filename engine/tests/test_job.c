@@ -793,3 +793,207 @@ TEST_IMPL(job_fn_forks)
     ASSERT_NO_CHILDREN();
     munmap(lg, sizeof *lg);
 }
+
+/* --- memory: OOM ordering --------------------------------------------------- */
+
+static int read_adj(void)
+{
+    FILE *f = fopen("/proc/self/oom_score_adj", "re");
+    int v = -12345;
+    if (f) {
+        if (fscanf(f, "%d", &v) != 1)
+            v = -12345;
+        fclose(f);
+    }
+    return v;
+}
+
+static int adj_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    (void)ctx;
+    (void)in;
+    (void)len;
+    int v = read_adj();
+    return pm_write(out, &v, sizeof v);
+}
+
+/* Every worker volunteers for the kernel's OOM killer (oom_score_adj 1000)
+ * so that it, not the caller, is killed when memory runs out; the caller
+ * keeps its own score. */
+TEST_IMPL(job_oom_score)
+{
+    if (read_adj() == -12345)
+        return; /* no /proc */
+    int mine = read_adj();
+    pm_record recs[16];
+    for (int i = 0; i < 16; i++)
+        recs[i] = (pm_record){&recs[i], 1};
+    pm_job_options o;
+    pm_job_options_init(&o);
+    o.nproc = 2;
+    o.nthreads = 2;
+    o.chunk = 1;
+    pm_job *job;
+    ASSERT_EQ(pm_job_create(&job, &o, adj_fn, NULL), 0);
+    ASSERT_EQ(pm_job_feed_array(job, recs, 16), 0);
+    pm_item it;
+    int rc, n = 0;
+    while ((rc = pm_job_next(job, &it)) > 0) {
+        int v;
+        ASSERT_EQ(it.status, PM_ITEM_OK);
+        ASSERT_UEQ(it.len, sizeof v);
+        memcpy(&v, it.data, sizeof v);
+        ASSERT_EQ(v, 1000);
+        n++;
+    }
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(n, 16);
+    pm_job_destroy(job);
+    ASSERT_EQ(read_adj(), mine);
+}
+
+/* --- worker recycling: max_items_per_worker --------------------------------- */
+
+typedef struct recyc {
+    _Atomic uint32_t *runs; /* shared: runs per record */
+} recyc;
+
+static int recyc_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    recyc *r = ctx;
+    (void)in;
+    (void)len;
+    uint64_t i = pm_writer_item(out);
+    atomic_fetch_add(&r->runs[i], 1);
+    struct { uint64_t i; int32_t pid; } res = {i, (int32_t)getpid()};
+    return pm_write(out, &res, sizeof res);
+}
+
+/* A worker is replaced after max_items_per_worker records: the pids change,
+ * every record runs once and comes back, in order when ordered. */
+TEST_IMPL(job_max_items_per_worker)
+{
+    enum { N = 300, LIMIT = 7 };
+    size_t bytes = N * sizeof(_Atomic uint32_t);
+    pm_record recs[N];
+    for (int i = 0; i < N; i++)
+        recs[i] = (pm_record){&recs[i], 1};
+    for (int v = 0; v < 8; v++) {
+        int ordered = v & 1, nthreads = v & 2 ? 2 : 1, chunk1 = !(v & 4);
+        recyc r;
+        r.runs = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        ASSERT(r.runs != MAP_FAILED);
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        o.nthreads = nthreads;
+        o.ordered = ordered;
+        o.chunk = chunk1 ? 1 : 0;
+        o.max_items_per_worker = LIMIT;
+        pm_job *job;
+        ASSERT_EQ(pm_job_create(&job, &o, recyc_fn, &r), 0);
+        ASSERT_EQ(pm_job_feed_array(job, recs, N), 0);
+        pm_item it;
+        int rc, n = 0, npids = 0;
+        int32_t pids[N];
+        int per_pid[N];
+        unsigned char seen[N] = {0};
+        while ((rc = pm_job_next(job, &it)) > 0) {
+            struct { uint64_t i; int32_t pid; } res;
+            ASSERT_EQ(it.status, PM_ITEM_OK);
+            ASSERT_UEQ(it.len, sizeof res);
+            memcpy(&res, it.data, sizeof res);
+            ASSERT_UEQ(res.i, it.index);
+            if (ordered)
+                ASSERT_UEQ(it.index, (uint64_t)n);
+            ASSERT_EQ(seen[it.index], 0);
+            seen[it.index] = 1;
+            int k = 0;
+            while (k < npids && pids[k] != res.pid)
+                k++;
+            if (k == npids) {
+                pids[npids] = res.pid;
+                per_pid[npids++] = 0;
+            }
+            per_pid[k]++;
+            n++;
+        }
+        ASSERT_EQ(rc, 0);
+        ASSERT_EQ(n, N);
+        for (int i = 0; i < N; i++)
+            ASSERT_UEQ(atomic_load(&r.runs[i]), 1);
+        /* Each process ran at most LIMIT records with chunks of 1; with
+         * adaptive chunks the chunk that reaches it is its last. */
+        if (chunk1) {
+            ASSERT_GE(npids, N / LIMIT);
+            for (int k = 0; k < npids; k++)
+                ASSERT_LE(per_pid[k], LIMIT);
+        } else {
+            ASSERT_GE(npids, 3);
+        }
+        pm_job_destroy(job);
+        munmap((void *)r.runs, bytes);
+    }
+}
+
+/* --- memory: max_rss_bytes -------------------------------------------------- */
+
+static int hog_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    (void)ctx;
+    (void)in;
+    (void)len;
+    uint64_t i = pm_writer_item(out);
+    if (i == 3) {
+        /* Grows until the parent kills it (or gives up after 30 s). */
+        for (int k = 0; k < 3000; k++) {
+            unsigned char *p = malloc(4u << 20);
+            if (p)
+                memset(p, 1, 4u << 20);
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return pm_write(out, &i, sizeof i);
+}
+
+/* A worker that grows past max_rss_bytes is killed and replaced: its item
+ * is PM_ITEM_MEMORY, every other item comes back. */
+TEST_IMPL(job_max_rss)
+{
+    enum { N = 12 };
+    pm_record recs[N];
+    for (int i = 0; i < N; i++)
+        recs[i] = (pm_record){&recs[i], 1};
+    for (int ordered = 0; ordered < 2; ordered++) {
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        o.ordered = ordered;
+        o.max_rss_bytes = 48u << 20;
+        pm_job *job;
+        ASSERT_EQ(pm_job_create(&job, &o, hog_fn, NULL), 0);
+        ASSERT_EQ(pm_job_feed_array(job, recs, N), 0);
+        pm_item it;
+        int rc, n = 0, bad = 0;
+        while ((rc = pm_job_next(job, &it)) > 0) {
+            if (it.index == 3) {
+                ASSERT_EQ(it.status, PM_ITEM_MEMORY);
+                ASSERT_STREQ(pm_item_status_name(it.status), "over memory");
+                bad++;
+            } else {
+                uint64_t v;
+                ASSERT_EQ(it.status, PM_ITEM_OK);
+                ASSERT_UEQ(it.len, sizeof v);
+                memcpy(&v, it.data, sizeof v);
+                ASSERT_UEQ(v, it.index);
+            }
+            n++;
+        }
+        ASSERT_EQ(rc, 0);
+        ASSERT_EQ(n, N);
+        ASSERT_EQ(bad, 1);
+        pm_job_destroy(job);
+    }
+}

@@ -28,6 +28,7 @@ from ._errors import (
     RemoteTraceback,
     ResultPicklingError,
     WorkerDiedError,
+    WorkerMemoryError,
 )
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "ParEval",
     "ParmapperError",
     "WorkerDiedError",
+    "WorkerMemoryError",
     "RemoteError",
     "RemoteTraceback",
     "ItemShapeError",

@@ -37,6 +37,8 @@ class _Parmap(Protocol):
         executor: Any = ...,
         retries: int = ...,
         timeout: Optional[float] = ...,
+        max_tasks_per_worker: Optional[int] = ...,
+        max_memory: Optional[int | str] = ...,
     ) -> Iterator[_R]: ...
     map: "_Parmap"
     imap: "_Parmap"
@@ -133,6 +135,11 @@ class WorkerDiedError(ParmapperError):
     seq_indices: list[int]
     seq_index: int
     remote_traceback: Optional[str]
+
+class WorkerMemoryError(ParmapperError, MemoryError):
+    seq_index: int
+    limit: int
+    rss: int
 
 class RemoteError(ParmapperError):
     type_name: Optional[str]

@@ -3,6 +3,7 @@ import collections
 import contextvars
 import operator
 import os
+import re
 import sys
 import threading
 import warnings
@@ -84,10 +85,47 @@ def _total(total):
     return total
 
 
+_MEMORY_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9,
+                 "tb": 10 ** 12, "kib": 1 << 10, "mib": 1 << 20,
+                 "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _memory(value):
+    """Validates max_memory: bytes (a whole number >= 1) or a string such as
+    "2GB" (10**9) or "512MiB" (2**20); returns bytes, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*",
+                         value)
+        unit = m and _MEMORY_UNITS.get(m.group(2).lower())
+        if not unit:
+            raise ValueError(
+                "parmap: max_memory must be a number of bytes or a string "
+                "such as '2GB', '512MB' or '1.5GiB' (units B, kB, MB, GB, TB, "
+                "KiB, MiB, GiB, TiB), got {!r}".format(value))
+        n = int(float(m.group(1)) * unit)
+    else:
+        if isinstance(value, bool):
+            raise TypeError("parmap: max_memory must be a number of bytes or a "
+                            "string such as '2GB', got {!r}".format(value))
+        try:
+            n = operator.index(value)
+        except TypeError:
+            raise TypeError("parmap: max_memory must be a number of bytes or "
+                            "a string such as '2GB', got {!r}".format(
+                                value)) from None
+    if n < 1 << 20 or n >= 1 << 64:
+        raise ValueError("parmap: max_memory must be at least 1 MiB (1048576 "
+                         "bytes) and below 2**64 bytes, got {!r} ({} bytes)"
+                         .format(value, n))
+    return n
+
+
 def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
            progress=False, total=None, args=(), kwargs=None, star=False,
            kwstar=False, exception=None, executor=None, retries=0,
-           timeout=None):
+           timeout=None, max_tasks_per_worker=None, max_memory=None):
     """Map `fun` over `seq` in parallel processes and/or threads.
 
     The function is inherited by forked worker processes, never pickled, so
@@ -164,6 +202,23 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         ``seq_index`` (raised or returned according to `exception`).  Each
         task then holds one item.  With `retries` or `timeout`, ``N=1`` also
         runs in one worker process (a thread cannot be stopped).
+    max_tasks_per_worker : int, optional
+        A worker process is replaced by a fresh one after it has been given
+        this many items (items, not chunks: the chunk that reaches the count
+        is its last; adaptive chunks are capped at this many items, and
+        ``chunksize=1`` makes it exact).  It finishes the items it has, and
+        no item is lost or run twice.  For functions that leak memory.
+        Needs worker processes: with ``N=1`` one worker process is used.
+    max_memory : int or str, optional
+        Per worker process: bytes (at least 1 MiB), or a string such as
+        ``"2GB"`` (10**9) or ``"512MiB"`` (2**20).  A worker whose resident
+        memory grew by more than this since it was forked is killed and
+        replaced; the item it was running fails with
+        :class:`WorkerMemoryError` (a ``MemoryError``) carrying
+        ``seq_index``, ``limit`` and ``rss``, raised or returned according
+        to `exception`, or run again with `retries`.  Measured by the
+        parent about every 20 ms: an allocation faster than that can pass
+        it (docs/design.md).  Each task then holds one item.
     executor : dask.distributed.Client or concurrent.futures.Executor, optional
         Run the map on this executor (a cluster, an ``MPIPoolExecutor``, a
         ``ProcessPoolExecutor``...) instead of forked workers.  Chunks of
@@ -250,8 +305,22 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             raise ValueError("parmap: timeout must be a number of seconds > 0 "
                              "and at most {:g}, got {!r}".format(_MAX_TIMEOUT,
                                                                  timeout))
-    # retries and timeout need a process that can be killed and replaced.
+    if max_tasks_per_worker is not None:
+        if isinstance(max_tasks_per_worker, bool):
+            raise TypeError("parmap: max_tasks_per_worker must be a whole "
+                            "number >= 1 or None, got {!r}".format(
+                                max_tasks_per_worker))
+        max_tasks_per_worker = _count("max_tasks_per_worker",
+                                      max_tasks_per_worker, None)
+        if max_tasks_per_worker >= 1 << 64:
+            raise ValueError("parmap: max_tasks_per_worker must be below "
+                             "2**64, got {}".format(max_tasks_per_worker))
+    max_memory = _memory(max_memory)
+    # retries, timeout, worker recycling and the memory limit need a process
+    # that can be killed and replaced.
     use_procs = (user_N > 1 or retries > 0 or timeout is not None
+                 or max_tasks_per_worker is not None
+                 or max_memory is not None
                  or _one_worker_process.get())
     if exception is None:
         exception = "raise" if use_procs or executor is not None else "proc"
@@ -285,6 +354,11 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     indexed = n is not None and _indexable(seq)
 
     check_progress(progress)
+    for name, v in (("max_tasks_per_worker", max_tasks_per_worker),
+                    ("max_memory", max_memory)):
+        if executor is not None and v is not None:
+            raise ValueError("parmap: {} cannot be used with executor= (the "
+                             "executor owns its workers)".format(name))
     if executor is not None:
         from ._cluster import executor_map
         return executor_map(executor, fun, seq, n, N, Nt,
@@ -304,8 +378,9 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             chunksize = Nt
     if not adaptive:
         chunksize = min(max(chunksize, Nt), _core.TASK_MAX_ITEMS)
-    if timeout is not None:
-        chunksize, adaptive = 1, False  # the timeout is per item: one per task
+    if timeout is not None or max_memory is not None:
+        # The timeout and the memory limit are per item: one per task.
+        chunksize, adaptive = 1, False
 
     if use_procs and _core.in_worker() == 1:
         raise RuntimeError(
@@ -348,7 +423,9 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                                     length=-1 if n is None else n,
                                     proc_log=(_worker.ProcLog()
                                               if exception == "proc"
-                                              else None))
+                                              else None),
+                                    max_tasks=max_tasks_per_worker or 0,
+                                    max_memory=max_memory or 0)
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results

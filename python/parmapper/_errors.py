@@ -9,6 +9,7 @@ import pickle
 __all__ = [
     "ParmapperError",
     "WorkerDiedError",
+    "WorkerMemoryError",
     "RemoteError",
     "RemoteTraceback",
     "ItemPicklingError",
@@ -48,6 +49,29 @@ class WorkerDiedError(ParmapperError):
     exitcode = None
     signal = None
     seq_indices = ()
+
+
+class WorkerMemoryError(ParmapperError, MemoryError):
+    """The worker running an item grew past ``max_memory`` and was killed
+    (and replaced by a fresh worker that runs the other items).
+
+    Raised or returned in the item's place according to ``exception``, after
+    ``retries`` further attempts.  Catchable as ``MemoryError``.
+
+    Attributes
+    ----------
+    seq_index : int
+        The item's index.
+    limit : int
+        The ``max_memory`` limit, in bytes.
+    rss : int
+        What the worker had grown by (resident bytes since its fork) when it
+        was measured over the limit.
+    """
+
+    seq_index = None
+    limit = None
+    rss = None
 
 
 class RemoteError(ParmapperError):

@@ -19,7 +19,6 @@ import os
 import signal
 import threading
 import time
-import warnings
 import weakref
 
 from ._api import _count, _one_worker_process, CPU_COUNT, parmap
@@ -347,12 +346,6 @@ def _check_maxtasksperchild(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError("parmapper.Pool: maxtasksperchild must be a whole "
                          "number >= 1 or None, got {!r}".format(value))
-    warnings.warn(
-        "parmapper.Pool: maxtasksperchild={} is accepted but not implemented:"
-        " a worker is not replaced after {} tasks.  Each worker lives for one "
-        "call (map, imap, apply...) and runs as many of that call's tasks as "
-        "it is given; see docs/migrating.md".format(value, value),
-        UserWarning, stacklevel=3)
     return value
 
 
@@ -372,9 +365,10 @@ class Pool:
     initargs : tuple, default ()
         Arguments for `initializer`.
     maxtasksperchild : int, optional
-        Validated (a whole number >= 1, else ValueError) but not
-        implemented: a warning says so.  Workers are fresh for every call,
-        but within a call a worker is not replaced after this many tasks.
+        A worker is replaced by a fresh process after this many items: it is
+        parmap's `max_tasks_per_worker` for every call (which counts items,
+        where multiprocessing counts chunks of ``chunksize`` items).  No
+        item is lost or run twice.
     processes : int, optional
         multiprocessing's name for `N` (give one of the two).
     context : optional
@@ -487,6 +481,8 @@ class Pool:
         opts.update(options)
         opts.setdefault("N", self._N)
         opts.setdefault("Nt", self._Nt)
+        if self._maxtasksperchild is not None:
+            opts.setdefault("max_tasks_per_worker", self._maxtasksperchild)
         if chunksize is not None:
             opts["chunksize"] = chunksize
         progress = opts.pop("progress", False)
