@@ -36,6 +36,10 @@ static inline int pm__grow(unsigned char **p, size_t *cap, size_t need)
 #define PM_DEFAULT_WINDOW 32
 #define PM_DEFAULT_RING (1u << 20)
 #define PM_MSG_MAGIC 0x4d41504du /* "MPAM" */
+/* The magic of a task to run alone in its worker process (a suspect: it was
+ * running when a worker died with other threads running too); results
+ * always echo PM_MSG_MAGIC. */
+#define PM_MSG_MAGIC_SOLO 0x4f4c4f53u /* "SOLO" */
 #define PM_WORKER_FATAL_EXIT 70  /* the work function asked to stop */
 #define PM_WORKER_CORRUPT_EXIT 71
 
@@ -93,6 +97,9 @@ typedef struct pm_inflight {
     size_t result_len;
     void *routed;          /* PM_T_DONE: its routed ranges' owner */
     int signal, exit_code; /* PM_T_LOST: how its worker ended */
+    int suspect;           /* it was running when its worker died with other
+                              threads running: not charged, sent again to
+                              run alone in its process (PM_MSG_MAGIC_SOLO) */
 } pm_inflight;
 
 /* Parent's private view of one slot. */

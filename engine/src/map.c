@@ -394,7 +394,8 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
         pm_inflight *e = pm__fifo_at(m, s, s->resend++);
         if (e->state != PM_T_SENT)
             continue;
-        pm_msg_hdr hdr = {e->task.first, e->task.count, PM_MSG_MAGIC};
+        pm_msg_hdr hdr = {e->task.first, e->task.count,
+                          e->suspect ? PM_MSG_MAGIC_SOLO : PM_MSG_MAGIC};
         const unsigned char *msg = e->copy ? e->copy : (unsigned char *)&hdr;
         size_t len = e->copy ? e->copy_len : sizeof hdr;
         size_t k = pm__tx_write(&s->tx, msg, len);
@@ -788,18 +789,40 @@ static void mark_lost(pm_inflight *e, int st)
 
 /*
  * Worker w is gone (it died, or was killed because a task timed out): keeps
- * what it finished, charges the tasks it was running with one attempt each
+ * what it finished, charges the task it was running with one attempt
  * (unless it was killed), and starts a fresh worker that is sent the rest
- * again.  When a task has used up its retries (or the worker keeps dying
+ * again.  When several of its threads were running a task, the death is
+ * nobody's in particular: none is charged, each is made a suspect and runs
+ * alone in its process when sent again (with deliver_lost, a chunk of
+ * several items is delivered lost as before: the job splits it).  When a task has used up its retries (or the worker keeps dying
  * with nothing to blame), the worker is not replaced and the map drains
  * instead: no new task is sent.  Returns 0 or the -errno of fork().
  */
+/* e was running when its worker died with other threads running: which of
+ * them killed it is not known, so none is charged; each is sent again to run
+ * alone in its process, where a crash is its own. */
+static void make_suspect(pm_inflight *e)
+{
+    e->suspect = 1;
+    if (e->copy) {
+        pm_msg_hdr hdr;
+        memcpy(&hdr, e->copy, sizeof hdr);
+        hdr.magic = PM_MSG_MAGIC_SOLO;
+        memcpy(e->copy, &hdr, sizeof hdr);
+    }
+}
+
 static int handle_dead(pm_map *m, int w, int killed)
 {
-    int fatal = 0, charged = 0;
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+    int fatal = 0, charged = 0, running = 0;
+    int nt = m->opt.nthreads;
+    for (int t = 0; t < nt; t++) {
+        pm_slot *s = &m->slots[w * nt + t];
         drain_dead(m, s);
+        running += !killed && atomic_load(&s->ctl->run_start_ns) != 0;
+    }
+    for (int t = 0; t < nt; t++) {
+        pm_slot *s = &m->slots[w * nt + t];
         uint64_t started = atomic_load(&s->ctl->run_start_ns);
         if (!started || killed)
             continue;
@@ -809,6 +832,10 @@ static int handle_dead(pm_map *m, int w, int killed)
             if (e->state != PM_T_SENT || e->task.first != first)
                 continue;
             charged = 1;
+            if (running > 1 && !(m->opt.deliver_lost && e->task.count > 1)) {
+                make_suspect(e);
+                continue;
+            }
             int spent = ++e->attempts > (uint32_t)m->opt.retries;
             if (m->opt.deliver_lost && (spent || e->task.count > 1))
                 mark_lost(e, m->workers[w].status);

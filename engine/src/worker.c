@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -23,7 +24,74 @@ struct pm_writer {
     void *routed;       /* the running task's routed ranges' owner */
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
+    _Atomic int busy; /* nthreads > 1: a task of this thread is running */
 };
+
+/*
+ * With several threads, a task the parent suspects (it was running when a
+ * worker died with other threads running too: PM_MSG_MAGIC_SOLO) runs
+ * alone in the process, so that a crash during it is its own: it raises
+ * gate.solo and waits until no other thread runs a task, and the others
+ * wait for it before they start one.  While waiting, a thread is not
+ * running its task (run_start_ns is 0), so the parent charges a death then
+ * to the one task that was running.  A Dekker pair (busy, solo), seq_cst:
+ * an ordinary task costs one store and one load.  Process-local: each
+ * worker has its own copy.
+ */
+static struct {
+    _Atomic int solo;
+    struct pm_writer *ws;
+    int nt;
+} gate;
+
+static void gate_nap(void)
+{
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+}
+
+/* Returns 1 when the task may run, 0 when the worker is told to stop. */
+static int gate_enter(struct pm_writer *w, int solo)
+{
+    if (solo) {
+        int zero = 0;
+        while (!atomic_compare_exchange_weak(&gate.solo, &zero, 1)) {
+            zero = 0;
+            if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+                return 0;
+            gate_nap();
+        }
+        for (int t = 0; t < gate.nt; t++)
+            while (&gate.ws[t] != w && atomic_load(&gate.ws[t].busy)) {
+                if (atomic_load_explicit(&w->wctl->stop,
+                                         memory_order_relaxed)) {
+                    atomic_store(&gate.solo, 0);
+                    return 0;
+                }
+                gate_nap();
+            }
+        return 1;
+    }
+    for (;;) {
+        atomic_store(&w->busy, 1);
+        if (!atomic_load(&gate.solo))
+            return 1;
+        atomic_store(&w->busy, 0);
+        while (atomic_load_explicit(&gate.solo, memory_order_relaxed)) {
+            if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+                return 0;
+            gate_nap();
+        }
+    }
+}
+
+static void gate_leave(struct pm_writer *w, int solo)
+{
+    if (solo)
+        atomic_store_explicit(&gate.solo, 0, memory_order_release);
+    else
+        atomic_store_explicit(&w->busy, 0, memory_order_release);
+}
 
 uint64_t pm_writer_item(const pm_writer *w)
 {
@@ -226,12 +294,17 @@ static int serve_one(struct pm_writer *w)
     if (len < sizeof hdr)
         return PM_ECORRUPT;
     memcpy(&hdr, msg, sizeof hdr);
-    if (hdr.magic != PM_MSG_MAGIC)
+    int solo = hdr.magic == PM_MSG_MAGIC_SOLO;
+    if (hdr.magic != PM_MSG_MAGIC && !solo)
         return PM_ECORRUPT;
+    hdr.magic = PM_MSG_MAGIC;
     pm_task task = {hdr.first, hdr.count};
     rc = pm_write(w, &hdr, sizeof hdr);
     if (rc < 0)
         return rc;
+    int gated = gate.nt > 1;
+    if (gated && !gate_enter(w, solo))
+        return 0;
     w->item = task.first;
     w->in_buf = !in_place;
     atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
@@ -250,6 +323,8 @@ static int serve_one(struct pm_writer *w)
         w->m->hooks.route_release(w->m->hooks.ctx, w->routed);
     w->routed = NULL;
     atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
+    if (gated)
+        gate_leave(w, solo);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
         rc = worker_wait(w, room_ready);
         if (rc < 0)
@@ -293,6 +368,9 @@ void pm__worker_main(pm_map *m, int w)
         pm__rx_init(&ws[t].rx, s->task_ring, m->opt.ring_bytes);
         pm__tx_init(&ws[t].tx, s->result_ring, m->opt.ring_bytes);
     }
+    gate.ws = ws;
+    gate.nt = nt;
+    atomic_store(&gate.solo, 0);
     if (nt == 1) {
         slot_main(&ws[0]);
     } else {

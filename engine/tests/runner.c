@@ -127,6 +127,7 @@
     X(job_crash_after_finish)                                                  \
     X(job_crash_status)                                                        \
     X(job_retries)                                                             \
+    X(job_threads_crash_blame)                                                 \
     X(job_failed_items)                                                        \
     X(job_timeout)                                                             \
     X(job_progress)                                                            \
