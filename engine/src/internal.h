@@ -202,6 +202,8 @@ struct pm_map {
                              inherits none but the ones pm__spawn lets
                              through for its worker */
     pm_task *lost;
+    int last_slot;        /* the slot of the result delivered last (-1) */
+    pid_t last_pid;       /* the worker that wrote it (0: unknown) */
 };
 
 /* proc.c */
@@ -239,6 +241,10 @@ void pm__decode_status(int st, int *signal, int *exit_code);
 /* Fills m->death for worker w from its wait status and the tasks of its
  * slots' FIFOs that were not completed. */
 void pm__record_death(pm_map *m, int w);
+
+/* The result delivered last is malformed (a job's trailers): kills and
+ * names its worker (pm_map_death), fails the map with PM_ECORRUPT. */
+int pm__map_corrupt_result(pm_map *m, const pm_task *task);
 
 /* The FIFO entry at position i (0 = oldest) of slot s. */
 static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)

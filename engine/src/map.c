@@ -98,6 +98,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         m->hooks = *hooks;
     m->held_slot = -1;
     m->asm_slot = -1;
+    m->last_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
               m->opt.deliver_lost;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
@@ -572,6 +573,8 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     res->task = e->task;
     res->signal = 0;
     res->exit_code = 0;
+    m->last_slot = si;
+    m->last_pid = m->workers[s->worker].pid;
     if (e->state == PM_T_TIMEDOUT || e->state == PM_T_LOST) {
         return deliver_abandoned(m, s, e, res);
     }
@@ -670,6 +673,39 @@ static int corrupt(pm_map *m, pm_slot *s, int *progress)
     pm__record_death(m, w);
     m->death_corrupt = 1;
     return PM_ECORRUPT;
+}
+
+/*
+ * The result pm_map_next() delivered last is malformed in a way only its
+ * user can see (a job's item trailers): the worker that wrote it broke the
+ * protocol.  It is killed (if it still runs as the process that wrote it)
+ * and named by pm_map_death() with that task first among the lost ones;
+ * the map fails with PM_ECORRUPT.
+ */
+int pm__map_corrupt_result(pm_map *m, const pm_task *task)
+{
+    if (m->last_slot < 0)
+        return fail(m, PM_ECORRUPT);
+    int w = m->slots[m->last_slot].worker;
+    int same = m->workers[w].pid == m->last_pid;
+    if (same && worker_alive(m, w))
+        pm__kill_reap(m, w);
+    pm__record_death(m, w);
+    m->death.pid = m->last_pid;
+    if (!same) { /* it had died already: how it ended is not kept */
+        m->death.signal = 0;
+        m->death.exit_code = PM_EXIT_UNKNOWN;
+    }
+    pm_task *l = realloc(m->lost, (m->death.nlost + 1) * sizeof *l);
+    if (l) {
+        memmove(l + 1, l, m->death.nlost * sizeof *l);
+        l[0] = *task;
+        m->lost = l;
+        m->death.lost = l;
+        m->death.nlost++;
+    }
+    m->death_corrupt = 1;
+    return fail(m, PM_ECORRUPT);
 }
 
 static int deliver(pm_map *m, pm_result *res, int *progress)
