@@ -246,6 +246,9 @@ void pm__record_death(pm_map *m, int w);
  * names its worker (pm_map_death), fails the map with PM_ECORRUPT. */
 int pm__map_corrupt_result(pm_map *m, const pm_task *task);
 
+/* For the tests: a job's map. */
+pm_map *pm__job_map(pm_job *job);
+
 /* The FIFO entry at position i (0 = oldest) of slot s. */
 static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
 {

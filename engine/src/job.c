@@ -654,6 +654,12 @@ const char *pm_item_status_name(int status)
     return "unknown";
 }
 
+/* For the tests: the job's map. */
+pm_map *pm__job_map(pm_job *j)
+{
+    return j->map;
+}
+
 uint64_t pm_job_done(const pm_job *j)
 {
     return atomic_load_explicit(&j->done, memory_order_relaxed);

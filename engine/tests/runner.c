@@ -42,6 +42,8 @@
 #define TESTS(X)                                                               \
     X(errors_every_code)                                                       \
     X(errors_int_min)                                                          \
+    X(errors_names_and_callback_range)                                         \
+    X(errors_version)                                                          \
     X(ring_small_roundtrip)                                                    \
     X(ring_empty_message)                                                      \
     X(ring_wraparound_prng)                                                    \
@@ -128,6 +130,13 @@
     X(job_crash_status)                                                        \
     X(job_retries)                                                             \
     X(job_threads_crash_blame)                                                 \
+    X(job_threads_share_one_job)                                               \
+    X(job_threads_hand_over)                                                   \
+    X(job_callbacks_reenter)                                                   \
+    X(job_refusals_keep_the_job)                                               \
+    X(job_options_size)                                                        \
+    X(job_take_result)                                                         \
+    X(job_corrupt_worker_named)                                                \
     X(job_failed_items)                                                        \
     X(job_timeout)                                                             \
     X(job_progress)                                                            \
