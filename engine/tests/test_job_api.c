@@ -124,7 +124,7 @@ TEST_IMPL(job_threads_share_one_job)
     recs_make(&r, n);
     _Atomic uint32_t *seen = calloc(n, sizeof *seen);
     ASSERT(seen != NULL);
-    for (int round = 0; round < 3; round++) {
+    for (int round = 0; round < N_(10, 3); round++) {
         memset((void *)seen, 0, n * sizeof *seen);
         pm_job *job = api_job(2, &r, NULL);
         pull a = {job, seen, n, 0, 0, 0}, b = a;
