@@ -44,8 +44,13 @@ static struct {
     int nt;
 } gate;
 
-static void gate_nap(void)
+/* Waits a little for the gate.  The first time, lets the caller release
+ * what the other threads may need to finish (hooks.worker_idle: the GIL). */
+static void gate_nap(struct pm_writer *w, int *idle)
 {
+    if (!*idle && w->m->hooks.worker_idle)
+        w->m->hooks.worker_idle(w->m->hooks.ctx);
+    *idle = 1;
     struct timespec ts = {0, 200000};
     nanosleep(&ts, NULL);
 }
@@ -53,13 +58,14 @@ static void gate_nap(void)
 /* Returns 1 when the task may run, 0 when the worker is told to stop. */
 static int gate_enter(struct pm_writer *w, int solo)
 {
+    int idle = 0;
     if (solo) {
         int zero = 0;
         while (!atomic_compare_exchange_weak(&gate.solo, &zero, 1)) {
             zero = 0;
             if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
                 return 0;
-            gate_nap();
+            gate_nap(w, &idle);
         }
         for (int t = 0; t < gate.nt; t++)
             while (&gate.ws[t] != w && atomic_load(&gate.ws[t].busy)) {
@@ -68,7 +74,7 @@ static int gate_enter(struct pm_writer *w, int solo)
                     atomic_store(&gate.solo, 0);
                     return 0;
                 }
-                gate_nap();
+                gate_nap(w, &idle);
             }
         return 1;
     }
@@ -80,7 +86,7 @@ static int gate_enter(struct pm_writer *w, int solo)
         while (atomic_load_explicit(&gate.solo, memory_order_relaxed)) {
             if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
                 return 0;
-            gate_nap();
+            gate_nap(w, &idle);
         }
     }
 }
