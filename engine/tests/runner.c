@@ -137,6 +137,7 @@
     X(job_options_size)                                                        \
     X(job_take_result)                                                         \
     X(job_corrupt_worker_named)                                                \
+    X(job_bad_trailer_worker_named)                                            \
     X(job_failed_items)                                                        \
     X(job_timeout)                                                             \
     X(job_progress)                                                            \

@@ -504,3 +504,73 @@ TEST_IMPL(job_corrupt_worker_named)
     munmap((void *)shared, 4096);
     recs_free(&r);
 }
+
+/* Item 41 (the second of the task [40, 42)) overwrites, in its result ring,
+ * the item trailers already written (item 40's, of the message not yet
+ * published): the map's framing is intact, the job's is not.  The job
+ * fails with PM_ECORRUPT and names the worker, with that task first. */
+#define TEST_ITEM_MAGIC 0x4d455449u /* job.c's item trailer magic */
+
+static int trailer_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    scrib *s = ctx;
+    uint64_t idx;
+    memcpy(&idx, in, 8);
+    (void)len;
+    if (idx == 41 && atomic_fetch_add(&s->shared[0], 1) == 0) {
+        atomic_store(&s->shared[1], (uint32_t)getpid());
+        pm_map *m = pm__job_map(*s->job);
+        pm_ring *rr = m->slots[0].result_ring;
+        /* Only past what is published: the message being written. */
+        uint64_t cap = m->opt.ring_bytes, head = atomic_load(&rr->head);
+        for (uint64_t k = 0; k < 4096; k += 4) {
+            uint64_t off = (head + k) & (cap - 1);
+            uint32_t v;
+            memcpy(&v, rr->data + off, 4);
+            if (v == TEST_ITEM_MAGIC)
+                memset(rr->data + off, 0, 4);
+        }
+    }
+    uint64_t v = idx * 3;
+    return pm_write(out, &v, 8);
+}
+
+TEST_IMPL(job_bad_trailer_worker_named)
+{
+    recs r;
+    recs_make(&r, 100);
+    _Atomic uint32_t *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(shared != MAP_FAILED);
+    pm_job_options o;
+    pm_job_options_init(&o);
+    o.nproc = 1;
+    o.chunk = 2;
+    pm_job *job = NULL;
+    scrib s = {&job, shared};
+    ASSERT_OK(pm_job_create(&job, &o, trailer_fn, &s));
+    ASSERT_OK(pm_job_feed_array(job, r.recs, r.n));
+    pm_item it;
+    int rc;
+    size_t got = 0;
+    while ((rc = pm_job_next(job, &it)) == 1) {
+        ASSERT_EQ(it.status, PM_ITEM_OK);
+        ASSERT_ULT(it.index, 40);
+        got++;
+    }
+    ASSERT_RC(rc, PM_ECORRUPT);
+    ASSERT_UEQ(got, 40);
+    const pm_death *d = pm_job_death(job);
+    ASSERT_MSG(d != NULL, "PM_ECORRUPT does not name the worker");
+    ASSERT_EQ(d->pid, (pid_t)atomic_load(&shared[1]));
+    ASSERT_EQ(d->worker, 0);
+    ASSERT_EQ(d->signal, SIGKILL); /* still running: the engine killed it */
+    ASSERT(d->nlost >= 1);
+    ASSERT_UEQ(d->lost[0].first, 40);
+    ASSERT_UEQ(d->lost[0].count, 2);
+    ASSERT_RC(pm_job_next(job, &it), PM_ECORRUPT);
+    ASSERT_OK(pm_job_destroy(job));
+    ASSERT_NO_CHILDREN();
+    munmap((void *)shared, 4096);
+    recs_free(&r);
+}
