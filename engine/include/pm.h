@@ -298,7 +298,11 @@ typedef struct pm_options {
     int retries;        /* times a task lost to a dying worker is run again
                            on a fresh worker before PM_EWORKERDIED (0: never);
                            also for a worker killed for writing a malformed
-                           record into its rings (before PM_ECORRUPT) */
+                           record into its rings (before PM_ECORRUPT).  With
+                           nthreads > 1, a death while several threads ran a
+                           task charges none of them: each is run again
+                           alone in its worker process, and only one that
+                           dies then is charged */
     int64_t timeout_ms; /* a task running longer is abandoned: its worker is
                            killed and replaced, the task is delivered with
                            PM_RESULT_TIMEDOUT (0: no limit) */
@@ -442,9 +446,12 @@ PM_EXTERN int pm_map_destroy(pm_map *m);
  * been given, and reports the item it was running as PM_ITEM_CRASHED (after
  * opt.retries further attempts).  When the crash happens in a chunk of
  * several items, the chunk is run again one item at a time to find the
- * item at fault; the others are then delivered normally.  So items can run
- * more than once when a worker crashes: work functions with side effects
- * outside their result should tolerate that.
+ * item at fault; the others are then delivered normally.  With
+ * opt.nthreads > 1, the items that the dead worker's other threads were
+ * running are not blamed: they are run again, each alone in its worker
+ * process, and only an item that crashes its worker alone is charged.  So
+ * items can run more than once when a worker crashes: work functions with
+ * side effects outside their result should tolerate that.
  * ========================================================================== */
 
 /* One input record. */
