@@ -837,9 +837,10 @@ static void mark_lost(pm_inflight *e, int st)
 /* e was running when its worker died with other threads running: which of
  * them killed it is not known, so none is charged; each is sent again to run
  * alone in its process, where a crash is its own. */
+#define SUSPECT_MAX 3 /* shared deaths after which a task is charged anyway */
 static void make_suspect(pm_inflight *e)
 {
-    e->suspect = 1;
+    e->suspect++;
     if (e->copy) {
         pm_msg_hdr hdr;
         memcpy(&hdr, e->copy, sizeof hdr);
@@ -870,7 +871,12 @@ static int handle_dead(pm_map *m, int w, int killed)
             charged = 1;
             if (running > 1 && !(m->opt.deliver_lost && e->task.count > 1)) {
                 make_suspect(e);
-                continue;
+                /* A suspect runs alone unless it had to wait for room in
+                 * its ring (worker.c, gate_yield): a task that keeps dying
+                 * in company is charged after SUSPECT_MAX such deaths, so
+                 * that retries stay bounded. */
+                if (e->suspect < SUSPECT_MAX)
+                    continue;
             }
             int spent = ++e->attempts > (uint32_t)m->opt.retries;
             if (m->opt.deliver_lost && (spent || e->task.count > 1))

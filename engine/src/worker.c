@@ -25,7 +25,10 @@ struct pm_writer {
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
     _Atomic int busy; /* nthreads > 1: a task of this thread is running */
+    int gate_held;    /* GATE_* */
 };
+
+enum { GATE_NONE, GATE_BUSY, GATE_SOLO };
 
 /*
  * With several threads, a task the parent suspects (it was running when a
@@ -34,7 +37,11 @@ struct pm_writer {
  * gate.solo and waits until no other thread runs a task, and the others
  * wait for it before they start one.  While waiting, a thread is not
  * running its task (run_start_ns is 0), so the parent charges a death then
- * to the one task that was running.  A Dekker pair (busy, solo), seq_cst:
+ * to the one task that was running.  A thread that waits for room in its
+ * result ring lets the gate go (the parent may be waiting, in order, for
+ * the result of the thread that waits for it): exclusivity is then lost for
+ * the rest of that task, which costs precision (a death during it is
+ * nobody's again, see handle_dead), never progress.  A Dekker pair (busy, solo), seq_cst:
  * an ordinary task costs one store and one load.  Process-local: each
  * worker has its own copy.
  */
@@ -76,12 +83,15 @@ static int gate_enter(struct pm_writer *w, int solo)
                 }
                 gate_nap(w, &idle);
             }
+        w->gate_held = GATE_SOLO;
         return 1;
     }
     for (;;) {
         atomic_store(&w->busy, 1);
-        if (!atomic_load(&gate.solo))
+        if (!atomic_load(&gate.solo)) {
+            w->gate_held = GATE_BUSY;
             return 1;
+        }
         atomic_store(&w->busy, 0);
         while (atomic_load_explicit(&gate.solo, memory_order_relaxed)) {
             if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
@@ -91,12 +101,29 @@ static int gate_enter(struct pm_writer *w, int solo)
     }
 }
 
-static void gate_leave(struct pm_writer *w, int solo)
+static void gate_leave(struct pm_writer *w)
 {
-    if (solo)
+    if (w->gate_held == GATE_SOLO)
         atomic_store_explicit(&gate.solo, 0, memory_order_release);
-    else
+    else if (w->gate_held == GATE_BUSY)
         atomic_store_explicit(&w->busy, 0, memory_order_release);
+    w->gate_held = GATE_NONE;
+}
+
+/* Before waiting for room in the result ring: lets the gate go.  A busy
+ * thread takes busy back after the wait (without waiting for a solo task:
+ * that one may be what the parent waits for); a solo one stays ordinary. */
+static void gate_yield(struct pm_writer *w)
+{
+    gate_leave(w);
+}
+
+static void gate_resume(struct pm_writer *w, int was)
+{
+    if (was == GATE_BUSY) {
+        atomic_store(&w->busy, 1);
+        w->gate_held = GATE_BUSY;
+    }
 }
 
 uint64_t pm_writer_item(const pm_writer *w)
@@ -230,7 +257,12 @@ int pm_write(pm_writer *w, const void *data, size_t len)
         len -= k;
         if (len == 0)
             break;
+        int was = w->gate_held;
+        if (was)
+            gate_yield(w);
         int rc = worker_wait(w, room_ready);
+        if (was)
+            gate_resume(w, was);
         if (rc < 0)
             return rc;
         if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
@@ -330,7 +362,7 @@ static int serve_one(struct pm_writer *w)
     w->routed = NULL;
     atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
     if (gated)
-        gate_leave(w, solo);
+        gate_leave(w);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
         rc = worker_wait(w, room_ready);
         if (rc < 0)

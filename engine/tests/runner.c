@@ -130,6 +130,7 @@
     X(job_crash_status)                                                        \
     X(job_retries)                                                             \
     X(job_threads_crash_blame)                                                 \
+    X(job_threads_crash_big_results)                                           \
     X(job_threads_share_one_job)                                               \
     X(job_threads_hand_over)                                                   \
     X(job_callbacks_reenter)                                                   \

@@ -921,3 +921,78 @@ TEST_IMPL(job_threads_crash_blame)
     }
     munmap((void *)shm, bytes);
 }
+
+/* Big results (far larger than the rings) with threads, ordered: after a
+ * shared death the suspects run alone, but one that waits for room in its
+ * ring must not wait for the others while the parent, in order, waits for
+ * theirs (a hang).  Record 20 crashes on its first run only; retries=1:
+ * every record is delivered with its result. */
+static int big_blame_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    blame *b = ctx;
+    uint64_t idx;
+    ASSERT_UEQ(len, 8);
+    memcpy(&idx, in, 8);
+    atomic_fetch_add(&b->runs[idx], 1);
+    if (idx == b->guilty && atomic_fetch_add(&b->attempts[idx], 1) == 0) {
+        struct timespec ts = {0, 3000000};
+        nanosleep(&ts, NULL);
+        raise(SIGKILL);
+    }
+    unsigned char buf[4096];
+    for (size_t off = 0; off < 100000;) {
+        size_t k = 100000 - off < sizeof buf ? 100000 - off : sizeof buf;
+        pat_fill(buf, k, idx, off);
+        int rc = pm_write(out, buf, k);
+        if (rc < 0)
+            return rc;
+        off += k;
+    }
+    return 0;
+}
+
+TEST_IMPL(job_threads_crash_big_results)
+{
+    enum { N = 60 };
+    uint64_t vals[N];
+    pm_record recs[N];
+    for (size_t i = 0; i < N; i++) {
+        vals[i] = i;
+        recs[i] = (pm_record){&vals[i], 8};
+    }
+    size_t bytes = 2 * N * sizeof(_Atomic uint32_t);
+    _Atomic uint32_t *shm = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(shm != MAP_FAILED);
+    for (int v = 0; v < 4; v++) {
+        memset((void *)shm, 0, bytes);
+        blame b = {.guilty = 20, .attempts = shm, .runs = shm + N};
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 1 + (v & 1);
+        o.nthreads = 3;
+        o.ordered = 1;
+        o.chunk = 1 + (size_t)(v >> 1);
+        o.retries = 1;
+        o.ring_bytes = 8192;
+        pm_job *job;
+        ASSERT_OK(pm_job_create(&job, &o, big_blame_fn, &b));
+        ASSERT_OK(pm_job_feed_array(job, recs, N));
+        pm_item it;
+        int rc;
+        uint64_t next = 0;
+        while ((rc = pm_job_next(job, &it)) == 1) {
+            ASSERT_UEQ(it.index, next++);
+            ASSERT_MSG(it.status == PM_ITEM_OK, "v %d: record %llu: %s", v,
+                       (unsigned long long)it.index,
+                       pm_item_status_name(it.status));
+            ASSERT_UEQ(it.len, 100000);
+            ASSERT_UEQ(pat_check(it.data, it.len, it.index, 0), it.len);
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT_UEQ(next, N);
+        ASSERT_OK(pm_job_destroy(job));
+        ASSERT_NO_CHILDREN();
+    }
+    munmap((void *)shm, bytes);
+}
