@@ -13,10 +13,33 @@
  *
  * Errors: functions return 0 (or a count) on success and a negative code on
  * failure: either -errno of the failing system call or one of the PM_E*
- * codes below.  pm_strerror() turns any of them into a message.
+ * codes below.  pm_strerror() turns any of them into a message.  A value a
+ * callback of yours returns (a feed function, pm_job_run's on_item, the
+ * check hook, a produce function) comes back unchanged: -1 .. -4095 read as
+ * -errno (pm_strerror(-1) is "Operation not permitted"), so give your
+ * callbacks codes of their own below PM_EUSER (PM_EUSER - n), or return a
+ * real -errno.
+ *
+ * Installed as <prefix>/include/parmapper/pm.h (pkg-config's Cflags add
+ * -I<prefix>/include/parmapper, so programs write #include <pm.h>), where it
+ * cannot collide with another library's pm.h.
+ *
+ * Threads: see "Threads and callbacks" above pm_job_options.  Processes:
+ * the engine forks its workers and reaps them itself; see docs/c-api.md
+ * ("The program and its children") for what that asks of the program.
  */
 #ifndef PM_H
 #define PM_H
+
+/* The version of this header.  pm_version() gives the library's, which can
+ * differ when the program runs against another build of the shared
+ * library (same soname: same ABI). */
+#define PM_VERSION_MAJOR 0
+#define PM_VERSION_MINOR 1
+#define PM_VERSION_PATCH 0
+#define PM_VERSION_STRING "0.1.0"
+#define PM_VERSION                                                             \
+    (PM_VERSION_MAJOR * 10000 + PM_VERSION_MINOR * 100 + PM_VERSION_PATCH)
 
 #include <stddef.h>
 #include <stdint.h>
@@ -41,20 +64,33 @@ extern "C" {
     X(WORKERDIED, -4002, "a worker process died with tasks in flight")         \
     X(CORRUPT, -4003, "a worker wrote a malformed record into its ring")       \
     X(STATE, -4004, "the map is not in a state that allows this call")        \
-    X(NOTOWNER, -4005, "the map belongs to another process")
+    X(NOTOWNER, -4005, "the map belongs to another process")                  \
+    X(BUSY, -4006, "another call on this job is under way (a second thread, "  \
+                   "or a callback calling back into the job)")
 
 enum {
 #define PM__ENUM(name, code, msg) PM_E##name = (code),
     PM_ERRNO_MAP(PM__ENUM)
 #undef PM__ENUM
+    /* Codes at or below PM_EUSER are never the engine's: they are free for
+     * the caller's callbacks (pm_strerror says "error returned by a
+     * callback", pm_errname "PM_EUSER"). */
+    PM_EUSER = -5000,
 };
+
+/* The library's version, PM_VERSION of the pm.h it was built with. */
+PM_EXTERN int pm_version(void);
+/* The same as a string ("0.1.0"). */
+PM_EXTERN const char *pm_version_string(void);
 
 /* Returns a static message for any code returned by this library (negative
  * errno values included).  Never NULL. */
 PM_EXTERN const char *pm_strerror(int err);
 
-/* Returns the symbolic name ("PM_EWORKERDIED", "ENOMEM", ...) of a code, or
- * "UNKNOWN".  Never NULL. */
+/* Returns the symbolic name ("PM_EWORKERDIED", "ENOMEM", "ENOMSG", ...) of
+ * a code: the engine's, any -errno value the C library names, "PM_EUSER"
+ * for a callback's code at or below PM_EUSER, else "UNKNOWN".  Never
+ * NULL. */
 PM_EXTERN const char *pm_errname(int err);
 
 /* A task covers the items [first, first + count) of the caller's input. The
@@ -282,7 +318,11 @@ typedef struct pm_options {
     int retries;        /* times a task lost to a dying worker is run again
                            on a fresh worker before PM_EWORKERDIED (0: never);
                            also for a worker killed for writing a malformed
-                           record into its rings (before PM_ECORRUPT) */
+                           record into its rings (before PM_ECORRUPT).  With
+                           nthreads > 1, a death while several threads ran a
+                           task charges none of them: each is run again
+                           alone in its worker process, and only one that
+                           dies then is charged */
     int64_t timeout_ms; /* a task running longer is abandoned: its worker is
                            killed and replaced, the task is delivered with
                            PM_RESULT_TIMEDOUT (0: no limit) */
@@ -457,9 +497,12 @@ PM_EXTERN int pm_map_destroy(pm_map *m);
  * been given, and reports the item it was running as PM_ITEM_CRASHED (after
  * opt.retries further attempts).  When the crash happens in a chunk of
  * several items, the chunk is run again one item at a time to find the
- * item at fault; the others are then delivered normally.  So items can run
- * more than once when a worker crashes: work functions with side effects
- * outside their result should tolerate that.
+ * item at fault; the others are then delivered normally.  With
+ * opt.nthreads > 1, the items that the dead worker's other threads were
+ * running are not blamed: they are run again, each alone in its worker
+ * process, and only an item that crashes its worker alone is charged.  So
+ * items can run more than once when a worker crashes: work functions with
+ * side effects outside their result should tolerate that.
  * ========================================================================== */
 
 /* One input record. */
@@ -542,10 +585,31 @@ typedef void (*pm_progress_fn)(void *ctx, uint64_t done, uint64_t total);
  * default number of workers of a job. */
 PM_EXTERN int pm_cpu_count(void);
 
+/*
+ * Threads and callbacks.  A job may be created in one thread and used in
+ * others, one call at a time: the calls on one job (pm_job_feed_*,
+ * pm_job_next, pm_job_run, pm_job_take_result, pm_job_destroy) must not
+ * overlap.  A call made while another is under way on the same job -- from
+ * a second thread, or from a callback (feed, on_item, progress) calling
+ * back into its own job -- is refused with PM_EBUSY and changes nothing
+ * (pm_job_destroy then frees nothing; pm_job_take_result returns NULL);
+ * the job goes on.  Only pm_job_done(), pm_job_death() and
+ * pm_item_status_name() may be called at any time from any thread (and
+ * from callbacks).  Different jobs are independent: one thread per job is
+ * fine.  Callbacks run in the thread of the call that runs them.  The work
+ * function runs in a worker process, where the job is a copy that it must
+ * not use (calls return PM_EBUSY); it may create jobs of its own.
+ */
 typedef struct pm_job_options {
+    size_t size;        /* sizeof(pm_job_options) as the program was built:
+                           set by pm_job_options_init(), checked by
+                           pm_job_create() (-EINVAL when it was not set), so
+                           that fields added later keep programs built
+                           against an older pm.h working; never set it by
+                           hand */
     int nproc;          /* worker processes (0: pm_cpu_count(), the CPUs
-                           this process may use) */
-    int nthreads;       /* threads per worker process, >= 1 */
+                           this process may use), <= PM_MAX_NPROC */
+    int nthreads;       /* threads per worker process, 1 .. PM_MAX_NTHREADS */
     int ordered;        /* deliver items in input order (else as completed) */
     size_t chunk;       /* records per task (0: adaptive, aiming at a few
                            milliseconds of work per task, smaller near the
@@ -554,7 +618,8 @@ typedef struct pm_job_options {
     int retries;        /* further attempts, each on a fresh worker, for an
                            item whose worker crashed (0: none) */
     int64_t timeout_ms; /* per item; an item running longer is reported as
-                           PM_ITEM_TIMEDOUT (0: no limit).  Makes chunk 1. */
+                           PM_ITEM_TIMEDOUT (0: no limit), at most
+                           PM_MAX_TIMEOUT_MS.  Makes chunk 1. */
     size_t ring_bytes;  /* bytes per ring, a power of two (0: default) */
     pm_progress_fn progress; /* optional */
     void *progress_ctx;
@@ -571,16 +636,22 @@ typedef struct pm_job_options {
                            Makes chunk 1 (0: no limit) */
 } pm_job_options;
 
-/* Fills *o with defaults: one process per usable CPU (nproc 0), 1 thread,
- * ordered, adaptive chunks, no retries, no timeout, no progress callback. */
-PM_EXTERN void pm_job_options_init(pm_job_options *o);
+/* Fills *o with defaults: one process per usable CPU (nproc 0), 1 thread, ordered, adaptive
+ * chunks, no retries, no timeout, no progress callback; and o->size.  A
+ * macro, so that the size is the program's sizeof (the library writes no
+ * more than that). */
+#define pm_job_options_init(o) pm_job_options_init_size((o), sizeof *(o))
+PM_EXTERN void pm_job_options_init_size(pm_job_options *o, size_t size);
 
 typedef struct pm_job pm_job;
 
 /*
  * Creates a job that will run fn(fn_ctx, ...) on every record.  Starts no
  * process.  Returns 0 with *out to be released by pm_job_destroy(),
- * -EINVAL for bad options or a NULL fn, -ENOMEM, or the -errno of mmap().
+ * -EINVAL for bad options (beyond the limits, or opt not set up by
+ * pm_job_options_init) or a NULL fn, -E2BIG when opt sets a field this
+ * library does not know (a program built against a newer pm.h), -ENOMEM,
+ * or the -errno of mmap().
  */
 PM_EXTERN int pm_job_create(pm_job **out, const pm_job_options *opt,
                             pm_item_fn fn, void *fn_ctx);
@@ -591,40 +662,71 @@ PM_EXTERN int pm_job_create(pm_job **out, const pm_job_options *opt,
  * forked: recs and the bytes it points to must be complete before the first
  * pm_job_next() or pm_job_run(), and stay valid and unchanged until
  * pm_job_destroy() (a worker replaced after a crash is forked later).
- * Returns 0, or PM_ESTATE when the job already has its input.
+ * Returns 0; PM_ESTATE when the job already has its input (or has failed):
+ * the call is refused and the job keeps the input it was given first;
+ * -EINVAL for a NULL recs with n > 0; PM_EBUSY (see Threads).
  */
 PM_EXTERN int pm_job_feed_array(pm_job *job, const pm_record *recs, size_t n);
 
 /*
  * Gives the job its input: the records returned by feed(ctx, ...), read as
  * the workers need them (so an input larger than memory streams through).
- * Their bytes are copied to the workers.  Returns 0, or PM_ESTATE when the
- * job already has its input.
+ * Their bytes are copied to the workers.  Returns as pm_job_feed_array().
  */
 PM_EXTERN int pm_job_feed_fn(pm_job *job, pm_feed_fn feed, void *ctx);
 
 /*
  * Runs the job until its next item is delivered: returns 1 with *item
  * filled in (valid until the next call on the job), 0 when every item has
- * been delivered, or a negative code: the feed function's value, PM_ESTATE
- * when no input was given, -ENOMEM, -errno of fork(), PM_ECORRUPT, or
- * PM_EWORKERDIED when workers die without running any item (for instance,
- * killed from outside again and again).  Crashes and timeouts of items are
- * not errors: they come back as items.  After an error every later call
- * returns the same code.
+ * been delivered, or a negative code: the feed function's value, -ENOMEM,
+ * -errno of fork(), PM_ECORRUPT (a worker wrote a malformed record: it is
+ * killed and pm_job_death() names it and the tasks it had; not an item's
+ * crash, since which item wrote it is not known -- opt.retries replaces the
+ * worker instead while they last), or PM_EWORKERDIED when workers die
+ * without running any item (for instance, killed from outside again and
+ * again; pm_job_death() says which).  Crashes and timeouts of items are not
+ * errors: they come back as items.  After such an error every later call
+ * returns the same code.  Two codes refuse the call without failing the
+ * job: PM_ESTATE when no input was given yet (give it, then call again),
+ * PM_EBUSY (see Threads).
  */
 PM_EXTERN int pm_job_next(pm_job *job, pm_item *item);
 
-/* Delivers every item to on_item(ctx, item), in the job's order.  Returns 0
- * when all were delivered, a nonzero value returned by on_item (the job
- * stops there), or a negative code as pm_job_next(). */
+/* Delivers the items to on_item(ctx, item), in the job's order, until all
+ * are delivered (returns 0), on_item returns nonzero (returns that value),
+ * or an error (a negative code as pm_job_next()).  A nonzero on_item ends
+ * this call, not the job: the item it was given counts as delivered, and a
+ * later pm_job_next() or pm_job_run() goes on with the next item (destroy
+ * the job to stop it).  on_item must not call back into the job (PM_EBUSY),
+ * except pm_job_done()/pm_job_death(). */
 PM_EXTERN int pm_job_run(pm_job *job, pm_item_cb on_item, void *ctx);
+
+/*
+ * After pm_job_next() returned an item with status PM_ITEM_OK or
+ * PM_ITEM_FAILED whose result the engine assembled in memory of its own (a
+ * result larger than a ring fragment, or one kept aside after a crash):
+ * hands that memory over, without a copy.  Returns the block item.data
+ * points into (item.data itself stays valid and unchanged), which the
+ * caller now owns and releases with free(); the block may also hold the
+ * results of the items of the same task before it.  Returns NULL when the
+ * result is read in place in shared memory, or when items of the same task
+ * follow it (then copy what must outlive the next call).  Valid only for
+ * the item returned last.
+ */
+PM_EXTERN void *pm_job_take_result(pm_job *job);
+
+/* After pm_job_next() returned PM_EWORKERDIED or PM_ECORRUPT: the worker
+ * concerned (pid, how it ended: signal 9 when the engine killed it for a
+ * malformed record) and the tasks (pm_task.first = index of the first
+ * record) it had; for PM_ECORRUPT found in a job's result, that task comes
+ * first.  NULL otherwise.  Valid until pm_job_destroy(). */
+PM_EXTERN const pm_death *pm_job_death(const pm_job *job);
 
 /* A static name for a PM_ITEM_ status: "ok", "failed", "crashed",
  * "timed out", "over memory", or "unknown".  Never NULL. */
 PM_EXTERN const char *pm_item_status_name(int status);
 
-/* Items delivered so far. */
+/* Items delivered so far (any thread, any time). */
 PM_EXTERN uint64_t pm_job_done(const pm_job *job);
 
 /* After a call on job failed for want of a resource: which call (fork,
@@ -634,10 +736,12 @@ PM_EXTERN uint64_t pm_job_done(const pm_job *job);
 PM_EXTERN const char *pm_job_why(const pm_job *job);
 
 /*
- * Stops the job's workers (asking first, then SIGKILL after a short grace),
+ * Stops the job's workers (asking first, then SIGKILL after a grace of
+ * PM_STOP_GRACE_MS milliseconds from the environment, default 200),
  * reaps them, unmaps all shared memory and frees the job.  Safe at any
- * point and with NULL.  Returns 0, or the first error met while tearing
- * down.
+ * point and with NULL, but not while another call on the job is under way
+ * (PM_EBUSY: nothing is freed).  Returns 0, or the first error met while
+ * tearing down.
  */
 PM_EXTERN int pm_job_destroy(pm_job *job);
 

@@ -15,6 +15,8 @@ const char *pm_strerror(int err)
     case 0:
         return "success";
     default:
+        if (err <= PM_EUSER)
+            return "error returned by a callback";
         return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
     }
 }
@@ -40,6 +42,25 @@ const char *pm_errname(int err)
     case -ETIMEDOUT:
         return "ETIMEDOUT";
     default:
+        if (err <= PM_EUSER)
+            return "PM_EUSER";
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+        if (err < 0 && err > -4096) {
+            const char *n = strerrorname_np(-err);
+            if (n)
+                return n;
+        }
+#endif
         return "UNKNOWN";
     }
+}
+
+int pm_version(void)
+{
+    return PM_VERSION;
+}
+
+const char *pm_version_string(void)
+{
+    return PM_VERSION_STRING;
 }

@@ -38,6 +38,10 @@ static inline int pm__grow(unsigned char **p, size_t *cap, size_t need)
 #define PM_DEFAULT_WINDOW 32
 #define PM_DEFAULT_RING (1u << 20)
 #define PM_MSG_MAGIC 0x4d41504du /* "MPAM" */
+/* The magic of a task to run alone in its worker process (a suspect: it was
+ * running when a worker died with other threads running too); results
+ * always echo PM_MSG_MAGIC. */
+#define PM_MSG_MAGIC_SOLO 0x4f4c4f53u /* "SOLO" */
 #define PM_WORKER_FATAL_EXIT 70  /* the work function asked to stop */
 #define PM_WORKER_CORRUPT_EXIT 71
 
@@ -110,6 +114,9 @@ typedef struct pm_inflight {
     void *routed;          /* PM_T_DONE: its routed ranges' owner */
     int signal, exit_code; /* PM_T_LOST: how its worker ended */
     uint64_t rss;          /* PM_T_MEMORY: bytes its worker had grown by */
+    int suspect;           /* it was running when its worker died with other
+                              threads running: not charged, sent again to
+                              run alone in its process (PM_MSG_MAGIC_SOLO) */
 } pm_inflight;
 
 /* Parent's private view of one slot. */
@@ -239,6 +246,8 @@ struct pm_map {
      * a death (map.c, parent_sleep). */
     int efd;
     struct pollfd *pfds; /* nproc + 1 entries for that poll */
+    int last_slot;        /* the slot of the result delivered last (-1) */
+    pid_t last_pid;       /* the worker that wrote it (0: unknown) */
 };
 
 /* Wakes the parent if it is (about to be) asleep; cheap otherwise (a fence
@@ -307,6 +316,13 @@ void pm__decode_status(int st, int *signal, int *exit_code);
 /* Fills m->death for worker w from its wait status and the tasks of its
  * slots' FIFOs that were not completed. */
 void pm__record_death(pm_map *m, int w);
+
+/* The result delivered last is malformed (a job's trailers): kills and
+ * names its worker (pm_map_death), fails the map with PM_ECORRUPT. */
+int pm__map_corrupt_result(pm_map *m, const pm_task *task);
+
+/* For the tests: a job's map. */
+pm_map *pm__job_map(pm_job *job);
 
 /* The FIFO entry at position i (0 = oldest) of slot s. */
 static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)

@@ -24,6 +24,8 @@
  * crash.
  */
 #include <errno.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -71,6 +73,7 @@ typedef struct redo {
 } redo;
 
 struct pm_job {
+    _Atomic int busy; /* a call on the job is under way (PM_EBUSY) */
     pm_job_options opt;
     pm_item_fn fn;
     void *fn_ctx;
@@ -110,17 +113,44 @@ struct pm_job {
     size_t batch_cap;
     uint32_t batch_n, batch_pos;
     unsigned char *batch_owned; /* a held result being handed out */
+    int batch_map;              /* the batch is pm_map_next()'s last result */
     held *held;
     size_t held_n, held_cap;
     uint64_t next_out; /* ordered: index of the next item to hand out */
-    uint64_t done;
+    _Atomic uint64_t done; /* one writer (the call under way); read by
+                              pm_job_done() from any thread */
 };
 
-void pm_job_options_init(pm_job_options *o)
+/* The fields of the first pm_job_options (everything up to total). */
+#define OPTIONS_SIZE_V1                                                        \
+    (offsetof(pm_job_options, total) + sizeof(uint64_t))
+
+void pm_job_options_init_size(pm_job_options *o, size_t size)
 {
-    memset(o, 0, sizeof *o);
-    o->nthreads = 1;
-    o->ordered = 1;
+    /* A program built against an older pm.h passes its smaller size: only
+     * that much is written. */
+    pm_job_options d;
+    memset(&d, 0, sizeof d);
+    d.size = size;
+    d.nthreads = 1;
+    d.ordered = 1;
+    memset(o, 0, size);
+    memcpy(o, &d, size < sizeof d ? size : sizeof d);
+}
+
+/* One call at a time on a job: returns 0 when this call may go on, or
+ * PM_EBUSY when another call (in another thread, or a callback calling
+ * back into the job) is under way. */
+static int enter(pm_job *j)
+{
+    return atomic_exchange_explicit(&j->busy, 1, memory_order_acquire)
+               ? PM_EBUSY
+               : 0;
+}
+
+static void leave(pm_job *j)
+{
+    atomic_store_explicit(&j->busy, 0, memory_order_release);
 }
 
 /* Reads the next record of a packed task from *p (before end): returns 0
@@ -481,19 +511,23 @@ static void emit(pm_job *j, pm_item *item)
         if (item->code != 0)
             item->status = PM_ITEM_FAILED;
     }
-    j->done++;
+    atomic_store_explicit(&j->done,
+                          atomic_load_explicit(&j->done, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (j->opt.ordered)
         j->next_out = item->index + 1;
     if (j->batch_pos == j->batch_n && j->opt.progress)
-        j->opt.progress(j->opt.progress_ctx, j->done, j->total);
+        j->opt.progress(j->opt.progress_ctx,
+                        atomic_load_explicit(&j->done, memory_order_relaxed),
+                        j->total);
 }
 
-int pm_job_next(pm_job *j, pm_item *item)
+static int job_next(pm_job *j, pm_item *item)
 {
     if (j->error)
         return j->error;
     if (!j->have_input)
-        return job_fail(j, PM_ESTATE);
+        return PM_ESTATE; /* refused; the job can still be given its input */
     for (;;) {
         if (j->batch_pos < j->batch_n) {
             emit(j, item);
@@ -505,6 +539,7 @@ int pm_job_next(pm_job *j, pm_item *item)
             held h = j->held[0];
             memmove(j->held, j->held + 1, --j->held_n * sizeof *j->held);
             j->batch_owned = h.data;
+            j->batch_map = 0;
             int rc = start_batch(j, &h.task, h.status, h.signal, h.exit_code,
                                  h.data, h.len);
             if (rc < 0)
@@ -532,27 +567,77 @@ int pm_job_next(pm_job *j, pm_item *item)
                 return job_fail(j, rc);
             continue;
         }
-        if (j->opt.ordered && res.task.first != j->next_out)
+        if (j->opt.ordered && res.task.first != j->next_out) {
             rc = hold(j, &res.task, status, res.signal, res.exit_code,
                       res.data, res.len);
-        else
+        } else {
+            j->batch_map = 1;
             rc = start_batch(j, &res.task, status, res.signal, res.exit_code,
                              res.data, res.len);
+            if (rc == PM_ECORRUPT)
+                /* Its item trailers do not add up: the worker that wrote
+                 * it is named (pm_job_death) like one that broke its
+                 * rings. */
+                rc = pm__map_corrupt_result(j->map, &res.task);
+        }
         if (rc < 0)
             return job_fail(j, rc);
     }
 }
 
+int pm_job_next(pm_job *j, pm_item *item)
+{
+    int rc = enter(j);
+    if (rc < 0)
+        return rc;
+    rc = job_next(j, item);
+    leave(j);
+    return rc;
+}
+
 int pm_job_run(pm_job *j, pm_item_cb on_item, void *ctx)
 {
+    int rc = enter(j);
+    if (rc < 0)
+        return rc;
     pm_item it;
-    int rc;
-    while ((rc = pm_job_next(j, &it)) > 0) {
+    while ((rc = job_next(j, &it)) > 0) {
         int r = on_item(ctx, &it);
-        if (r != 0)
-            return r;
+        if (r != 0) {
+            rc = r;
+            break;
+        }
     }
+    leave(j);
     return rc;
+}
+
+void *pm_job_take_result(pm_job *j)
+{
+    if (enter(j) < 0)
+        return NULL;
+    void *p = NULL;
+    /* Only the last item of its batch: the items before it were handed out
+     * already, none after it points into the block. */
+    if (j->batch_pos > 0 && j->batch_pos == j->batch_n &&
+        j->batch_status == PM_ITEM_OK) {
+        if (j->batch_owned) {
+            p = j->batch_owned;
+            j->batch_owned = NULL;
+        } else if (j->batch_map) {
+            p = pm_map_take_result(j->map);
+        }
+        j->batch_map = 0;
+    }
+    leave(j);
+    return p;
+}
+
+const pm_death *pm_job_death(const pm_job *j)
+{
+    return j->error == PM_EWORKERDIED || j->error == PM_ECORRUPT
+               ? pm_map_death(j->map)
+               : NULL;
 }
 
 const char *pm_item_status_name(int status)
@@ -572,9 +657,15 @@ const char *pm_item_status_name(int status)
     return "unknown";
 }
 
+/* For the tests: the job's map. */
+pm_map *pm__job_map(pm_job *j)
+{
+    return j->map;
+}
+
 uint64_t pm_job_done(const pm_job *j)
 {
-    return j->done;
+    return atomic_load_explicit(&j->done, memory_order_relaxed);
 }
 
 const char *pm_job_why(const pm_job *j)
@@ -588,8 +679,27 @@ int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
                   void *fn_ctx)
 {
     *out = NULL;
-    if (!opt || !fn || opt->nproc < 0 || opt->nthreads < 1 ||
-        opt->timeout_ms < 0 || opt->retries < 0 || opt->window < 0)
+    if (!opt || !fn)
+        return -EINVAL;
+    /* opt->size: what pm_job_options_init() was given, the caller's
+     * sizeof.  A smaller struct (an older pm.h) lacks the newer fields,
+     * which keep their defaults; a larger one (a newer pm.h) may only have
+     * zeros in what this library does not know. */
+    if (opt->size < OPTIONS_SIZE_V1)
+        return -EINVAL; /* not set up by pm_job_options_init() */
+    pm_job_options o;
+    pm_job_options_init_size(&o, sizeof o);
+    if (opt->size > sizeof o) {
+        const unsigned char *tail = (const unsigned char *)opt + sizeof o;
+        for (size_t i = 0; i < opt->size - sizeof o; i++)
+            if (tail[i])
+                return -E2BIG; /* an option this library does not have */
+    }
+    memcpy(&o, opt, opt->size < sizeof o ? opt->size : sizeof o);
+    o.size = sizeof o;
+    opt = &o;
+    if (opt->nproc < 0 || opt->nthreads < 1 || opt->timeout_ms < 0 ||
+        opt->retries < 0 || opt->window < 0)
         return -EINVAL;
     pm_job *j = calloc(1, sizeof *j);
     if (!j)
@@ -631,34 +741,48 @@ int pm_job_create(pm_job **out, const pm_job_options *opt, pm_item_fn fn,
 
 int pm_job_feed_array(pm_job *j, const pm_record *recs, size_t n)
 {
-    if (j->have_input)
-        return PM_ESTATE;
-    if (n && !recs)
-        return -EINVAL;
-    j->have_input = 1;
-    j->array = 1;
-    j->recs = recs;
-    j->nrecs = n;
-    j->total = n;
-    return 0;
+    int rc = enter(j);
+    if (rc < 0)
+        return rc;
+    if (j->have_input || j->error)
+        rc = PM_ESTATE;
+    else if (n && !recs)
+        rc = -EINVAL;
+    else {
+        j->have_input = 1;
+        j->array = 1;
+        j->recs = recs;
+        j->nrecs = n;
+        j->total = n;
+    }
+    leave(j);
+    return rc;
 }
 
 int pm_job_feed_fn(pm_job *j, pm_feed_fn feed, void *ctx)
 {
-    if (j->have_input)
-        return PM_ESTATE;
-    if (!feed)
-        return -EINVAL;
-    j->have_input = 1;
-    j->feed = feed;
-    j->feed_ctx = ctx;
-    return 0;
+    int rc = enter(j);
+    if (rc < 0)
+        return rc;
+    if (j->have_input || j->error)
+        rc = PM_ESTATE;
+    else if (!feed)
+        rc = -EINVAL;
+    else {
+        j->have_input = 1;
+        j->feed = feed;
+        j->feed_ctx = ctx;
+    }
+    leave(j);
+    return rc;
 }
 
 int pm_job_destroy(pm_job *j)
 {
     if (!j)
         return 0;
+    if (enter(j) < 0)
+        return PM_EBUSY; /* a call is under way: nothing is freed */
     int rc = pm_map_destroy(j->map);
     for (size_t i = 0; i < j->redo_n; i++)
         free(j->redo[(j->redo_head + i) % j->redo_cap].data);

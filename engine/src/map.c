@@ -108,6 +108,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->held_slot = -1;
     m->volatile_slot = -1;
     m->asm_slot = -1;
+    m->last_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
               m->opt.deliver_lost || m->opt.max_rss_bytes;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
@@ -428,7 +429,8 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
         pm_inflight *e = pm__fifo_at(m, s, s->resend++);
         if (e->state != PM_T_SENT)
             continue;
-        pm_msg_hdr hdr = {e->task.first, e->task.count, PM_MSG_MAGIC};
+        pm_msg_hdr hdr = {e->task.first, e->task.count,
+                          e->suspect ? PM_MSG_MAGIC_SOLO : PM_MSG_MAGIC};
         const unsigned char *msg = e->copy ? e->copy : (unsigned char *)&hdr;
         size_t len = e->copy ? e->copy_len : sizeof hdr;
         size_t k = pm__tx_write(&s->tx, msg, len);
@@ -613,6 +615,8 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     res->task = e->task;
     res->signal = 0;
     res->exit_code = 0;
+    m->last_slot = si;
+    m->last_pid = m->workers[s->worker].pid;
     if (e->state == PM_T_TIMEDOUT || e->state == PM_T_LOST ||
         e->state == PM_T_MEMORY) {
         return deliver_abandoned(m, s, e, res);
@@ -712,6 +716,39 @@ static int corrupt(pm_map *m, pm_slot *s, int *progress)
     pm__record_death(m, w);
     m->death_corrupt = 1;
     return PM_ECORRUPT;
+}
+
+/*
+ * The result pm_map_next() delivered last is malformed in a way only its
+ * user can see (a job's item trailers): the worker that wrote it broke the
+ * protocol.  It is killed (if it still runs as the process that wrote it)
+ * and named by pm_map_death() with that task first among the lost ones;
+ * the map fails with PM_ECORRUPT.
+ */
+int pm__map_corrupt_result(pm_map *m, const pm_task *task)
+{
+    if (m->last_slot < 0)
+        return fail(m, PM_ECORRUPT);
+    int w = m->slots[m->last_slot].worker;
+    int same = m->workers[w].pid == m->last_pid;
+    if (same && worker_alive(m, w))
+        pm__kill_reap(m, w);
+    pm__record_death(m, w);
+    m->death.pid = m->last_pid;
+    if (!same) { /* it had died already: how it ended is not kept */
+        m->death.signal = 0;
+        m->death.exit_code = PM_EXIT_UNKNOWN;
+    }
+    pm_task *l = realloc(m->lost, (m->death.nlost + 1) * sizeof *l);
+    if (l) {
+        memmove(l + 1, l, m->death.nlost * sizeof *l);
+        l[0] = *task;
+        m->lost = l;
+        m->death.lost = l;
+        m->death.nlost++;
+    }
+    m->death_corrupt = 1;
+    return fail(m, PM_ECORRUPT);
 }
 
 static int deliver(pm_map *m, pm_result *res, int *progress)
@@ -840,16 +877,39 @@ static void mark_lost(pm_inflight *e, int st)
  * out; killed 2: because it stalled with tasks unstarted): keeps
  * what it finished, charges the tasks it was running with one attempt each
  * (unless it was killed), and starts a fresh worker that is sent the rest
- * again.  When a task has used up its retries (or the worker keeps dying
+ * again.  When several of its threads were running a task, the death is
+ * nobody's in particular: none is charged, each is made a suspect and runs
+ * alone in its process when sent again (with deliver_lost, a chunk of
+ * several items is delivered lost as before: the job splits it).  When a task has used up its retries (or the worker keeps dying
  * with nothing to blame), the worker is not replaced and the map drains
  * instead: no new task is sent.  Returns 0 or the -errno of fork().
  */
+/* e was running when its worker died with other threads running: which of
+ * them killed it is not known, so none is charged; each is sent again to run
+ * alone in its process, where a crash is its own. */
+#define SUSPECT_MAX 3 /* shared deaths after which a task is charged anyway */
+static void make_suspect(pm_inflight *e)
+{
+    e->suspect++;
+    if (e->copy) {
+        pm_msg_hdr hdr;
+        memcpy(&hdr, e->copy, sizeof hdr);
+        hdr.magic = PM_MSG_MAGIC_SOLO;
+        memcpy(e->copy, &hdr, sizeof hdr);
+    }
+}
+
 static int handle_dead(pm_map *m, int w, int killed)
 {
-    int fatal = 0, charged = 0;
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+    int fatal = 0, charged = 0, running = 0;
+    int nt = m->opt.nthreads;
+    for (int t = 0; t < nt; t++) {
+        pm_slot *s = &m->slots[w * nt + t];
         drain_dead(m, s);
+        running += !killed && atomic_load(&s->ctl->run_start_ns) != 0;
+    }
+    for (int t = 0; t < nt; t++) {
+        pm_slot *s = &m->slots[w * nt + t];
         uint64_t started = atomic_load(&s->ctl->run_start_ns);
         if (!started || killed)
             continue;
@@ -859,6 +919,15 @@ static int handle_dead(pm_map *m, int w, int killed)
             if (e->state != PM_T_SENT || e->task.first != first)
                 continue;
             charged = 1;
+            if (running > 1 && !(m->opt.deliver_lost && e->task.count > 1)) {
+                make_suspect(e);
+                /* A suspect runs alone unless it had to wait for room in
+                 * its ring (worker.c, gate_yield): a task that keeps dying
+                 * in company is charged after SUSPECT_MAX such deaths, so
+                 * that retries stay bounded. */
+                if (e->suspect < SUSPECT_MAX)
+                    continue;
+            }
             int spent = ++e->attempts > (uint32_t)m->opt.retries;
             if (m->opt.deliver_lost && (spent || e->task.count > 1))
                 mark_lost(e, m->workers[w].status);
@@ -1159,6 +1228,19 @@ static int poll_health(pm_map *m)
             int rc = restart_one(m, w);
             if (rc < 0)
                 return rc;
+        }
+    }
+    /* A worker that broke its task ring's tail is caught here too, not only
+     * when the parent next writes to that ring (it may have nothing more to
+     * write there, and wait for that worker's results for ever). */
+    for (int i = 0; i < m->nslots; i++) {
+        pm_slot *s = &m->slots[i];
+        if (worker_alive(m, s->worker) && pm__tx_check(&s->tx)) {
+            int progress = 0;
+            int rc = corrupt(m, s, &progress);
+            if (rc < 0)
+                return rc;
+            changed = 1;
         }
     }
     uint64_t now = pm__now_ns();

@@ -130,6 +130,18 @@ static inline uint64_t pm__tx_room(pm_ring_tx *tx, uint64_t want)
     return room;
 }
 
+/* Reads the shared tail now and sets tx->bad when it is impossible (past
+ * the write position, more than cap behind it, or gone backwards): for the
+ * parent's health check, which thus notices a broken tail even when it has
+ * nothing more to write to that ring.  Returns tx->bad. */
+static inline int pm__tx_check(pm_ring_tx *tx)
+{
+    uint64_t t = atomic_load_explicit(&tx->r->tail, memory_order_acquire);
+    if (tx->pos - t > tx->cap || t < tx->tail_cache)
+        tx->bad = 1;
+    return tx->bad;
+}
+
 /* Nonzero when the ring holds at least one published fragment not yet
  * consumed.  Cheap: the shared head is read only when the cache is stale. */
 static inline int pm__rx_ready(pm_ring_rx *rx)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -23,7 +24,107 @@ struct pm_writer {
     void *routed;       /* the running task's routed ranges' owner */
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
+    _Atomic int busy; /* nthreads > 1: a task of this thread is running */
+    int gate_held;    /* GATE_* */
 };
+
+enum { GATE_NONE, GATE_BUSY, GATE_SOLO };
+
+/*
+ * With several threads, a task the parent suspects (it was running when a
+ * worker died with other threads running too: PM_MSG_MAGIC_SOLO) runs
+ * alone in the process, so that a crash during it is its own: it raises
+ * gate.solo and waits until no other thread runs a task, and the others
+ * wait for it before they start one.  While waiting, a thread is not
+ * running its task (run_start_ns is 0), so the parent charges a death then
+ * to the one task that was running.  A thread that waits for room in its
+ * result ring lets the gate go (the parent may be waiting, in order, for
+ * the result of the thread that waits for it): exclusivity is then lost for
+ * the rest of that task, which costs precision (a death during it is
+ * nobody's again, see handle_dead), never progress.  A Dekker pair (busy, solo), seq_cst:
+ * an ordinary task costs one store and one load.  Process-local: each
+ * worker has its own copy.
+ */
+static struct {
+    _Atomic int solo;
+    struct pm_writer *ws;
+    int nt;
+} gate;
+
+/* Waits a little for the gate.  The first time, lets the caller release
+ * what the other threads may need to finish (hooks.worker_idle: the GIL). */
+static void gate_nap(struct pm_writer *w, int *idle)
+{
+    if (!*idle && w->m->hooks.worker_idle)
+        w->m->hooks.worker_idle(w->m->hooks.ctx);
+    *idle = 1;
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+}
+
+/* Returns 1 when the task may run, 0 when the worker is told to stop. */
+static int gate_enter(struct pm_writer *w, int solo)
+{
+    int idle = 0;
+    if (solo) {
+        int zero = 0;
+        while (!atomic_compare_exchange_weak(&gate.solo, &zero, 1)) {
+            zero = 0;
+            if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+                return 0;
+            gate_nap(w, &idle);
+        }
+        for (int t = 0; t < gate.nt; t++)
+            while (&gate.ws[t] != w && atomic_load(&gate.ws[t].busy)) {
+                if (atomic_load_explicit(&w->wctl->stop,
+                                         memory_order_relaxed)) {
+                    atomic_store(&gate.solo, 0);
+                    return 0;
+                }
+                gate_nap(w, &idle);
+            }
+        w->gate_held = GATE_SOLO;
+        return 1;
+    }
+    for (;;) {
+        atomic_store(&w->busy, 1);
+        if (!atomic_load(&gate.solo)) {
+            w->gate_held = GATE_BUSY;
+            return 1;
+        }
+        atomic_store(&w->busy, 0);
+        while (atomic_load_explicit(&gate.solo, memory_order_relaxed)) {
+            if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
+                return 0;
+            gate_nap(w, &idle);
+        }
+    }
+}
+
+static void gate_leave(struct pm_writer *w)
+{
+    if (w->gate_held == GATE_SOLO)
+        atomic_store_explicit(&gate.solo, 0, memory_order_release);
+    else if (w->gate_held == GATE_BUSY)
+        atomic_store_explicit(&w->busy, 0, memory_order_release);
+    w->gate_held = GATE_NONE;
+}
+
+/* Before waiting for room in the result ring: lets the gate go.  A busy
+ * thread takes busy back after the wait (without waiting for a solo task:
+ * that one may be what the parent waits for); a solo one stays ordinary. */
+static void gate_yield(struct pm_writer *w)
+{
+    gate_leave(w);
+}
+
+static void gate_resume(struct pm_writer *w, int was)
+{
+    if (was == GATE_BUSY) {
+        atomic_store(&w->busy, 1);
+        w->gate_held = GATE_BUSY;
+    }
+}
 
 uint64_t pm_writer_item(const pm_writer *w)
 {
@@ -193,7 +294,12 @@ int pm_write(pm_writer *w, const void *data, size_t len)
         len -= k;
         if (len == 0)
             break;
+        int was = w->gate_held;
+        if (was)
+            gate_yield(w);
         int rc = wait_room(w);
+        if (was)
+            gate_resume(w, was);
         if (rc < 0)
             return rc;
         if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
@@ -263,12 +369,17 @@ static int serve_one(struct pm_writer *w)
     if (len < sizeof hdr)
         return PM_ECORRUPT;
     memcpy(&hdr, msg, sizeof hdr);
-    if (hdr.magic != PM_MSG_MAGIC)
+    int solo = hdr.magic == PM_MSG_MAGIC_SOLO;
+    if (hdr.magic != PM_MSG_MAGIC && !solo)
         return PM_ECORRUPT;
+    hdr.magic = PM_MSG_MAGIC;
     pm_task task = {hdr.first, hdr.count};
     rc = pm_write(w, &hdr, sizeof hdr);
     if (rc < 0)
         return rc;
+    int gated = gate.nt > 1;
+    if (gated && !gate_enter(w, solo))
+        return 0;
     w->item = task.first;
     w->in_buf = !in_place;
     atomic_store_explicit(&w->ctl->run_first, task.first, memory_order_relaxed);
@@ -291,6 +402,8 @@ static int serve_one(struct pm_writer *w)
         w->m->hooks.route_release(w->m->hooks.ctx, w->routed);
     w->routed = NULL;
     atomic_store_explicit(&w->ctl->run_start_ns, 0, memory_order_release);
+    if (gated)
+        gate_leave(w);
     while ((rc = pm__tx_end(&w->tx)) == -EAGAIN) {
         rc = worker_wait(w, room_ready);
         if (rc < 0)
@@ -334,6 +447,9 @@ void pm__worker_main(pm_map *m, int w)
         pm__rx_init(&ws[t].rx, s->task_ring, m->opt.ring_bytes);
         pm__tx_init(&ws[t].tx, s->result_ring, m->opt.ring_bytes);
     }
+    gate.ws = ws;
+    gate.nt = nt;
+    atomic_store(&gate.solo, 0);
     if (nt == 1) {
         slot_main(&ws[0]);
     } else {

@@ -44,6 +44,8 @@
     X(errors_int_min)                                                          \
     X(cpu_cgroup_quota)                                                        \
     X(cpu_affinity_default_workers)                                            \
+    X(errors_names_and_callback_range)                                         \
+    X(errors_version)                                                          \
     X(ring_small_roundtrip)                                                    \
     X(ring_empty_message)                                                      \
     X(ring_wraparound_prng)                                                    \
@@ -130,6 +132,16 @@
     X(job_crash_after_finish)                                                  \
     X(job_crash_status)                                                        \
     X(job_retries)                                                             \
+    X(job_threads_crash_blame)                                                 \
+    X(job_threads_crash_big_results)                                           \
+    X(job_threads_share_one_job)                                               \
+    X(job_threads_hand_over)                                                   \
+    X(job_callbacks_reenter)                                                   \
+    X(job_refusals_keep_the_job)                                               \
+    X(job_options_size)                                                        \
+    X(job_take_result)                                                         \
+    X(job_corrupt_worker_named)                                                \
+    X(job_bad_trailer_worker_named)                                            \
     X(job_failed_items)                                                        \
     X(job_timeout)                                                             \
     X(job_progress)                                                            \

@@ -997,3 +997,206 @@ TEST_IMPL(job_max_rss)
         pm_job_destroy(job);
     }
 }
+
+/* --- crashes with several threads per worker ------------------------------ */
+
+typedef struct blame {
+    uint64_t guilty;            /* the record that crashes its worker */
+    _Atomic uint32_t *attempts; /* shared; when set, it crashes only once */
+    _Atomic uint32_t *runs;     /* shared: runs per record */
+} blame;
+
+/* Records are their index (8 bytes); every record takes ~2 ms, so that the
+ * threads of a worker run records side by side; the guilty one takes 5 ms
+ * and then segfaults; the result is 3 * index. */
+static int blame_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    blame *b = ctx;
+    uint64_t idx;
+    ASSERT_UEQ(len, 8);
+    memcpy(&idx, in, 8);
+    atomic_fetch_add(&b->runs[idx], 1);
+    struct timespec ts = {0, 2000000};
+    if (idx == b->guilty &&
+        (!b->attempts || atomic_fetch_add(&b->attempts[idx], 1) == 0)) {
+        ts.tv_nsec = 5000000;
+        nanosleep(&ts, NULL);
+        signal(SIGSEGV, SIG_DFL); /* not a sanitizer's handler */
+        raise(SIGSEGV);
+    }
+    nanosleep(&ts, NULL);
+    uint64_t r = idx * 3;
+    return pm_write(out, &r, sizeof r);
+}
+
+typedef struct blame_feed {
+    const uint64_t *vals;
+    size_t n, next;
+} blame_feed;
+
+static int blame_feed_fn(void *ctx, const void **data, size_t *len)
+{
+    blame_feed *f = ctx;
+    if (f->next == f->n)
+        return 0;
+    *data = &f->vals[f->next++];
+    *len = 8;
+    return 1;
+}
+
+/*
+ * nproc 2, nthreads 4: record 50 segfaults its worker while the worker's
+ * other threads run other records.  Only record 50 is reported crashed
+ * (signal 11), with and without retries, every way of feeding and chunking;
+ * every other record is delivered with its result.  When record 50 crashes
+ * only on its first run, retries=1 delivers every record.
+ */
+TEST_IMPL(job_threads_crash_blame)
+{
+    enum { N = 200 };
+    uint64_t vals[N];
+    pm_record recs[N];
+    for (size_t i = 0; i < N; i++) {
+        vals[i] = i;
+        recs[i] = (pm_record){&vals[i], 8};
+    }
+    size_t bytes = 2 * N * sizeof(_Atomic uint32_t);
+    _Atomic uint32_t *shm = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(shm != MAP_FAILED);
+    size_t chunks[] = {1, 4, 0};
+    for (int v = 0; v < 2 * 2 * 3 * 3; v++) {
+        int fed = v & 1, ordered = (v >> 1) & 1;
+        size_t chunk = chunks[(v >> 2) % 3];
+        int mode = (v >> 2) / 3; /* 0: no retries, 1: retries=2, 2: once */
+        if (pm_test_quick && v % 5)
+            continue;
+        memset((void *)shm, 0, bytes);
+        blame b = {.guilty = 50, .attempts = mode == 2 ? shm : NULL,
+                   .runs = shm + N};
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        o.nthreads = 4;
+        o.ordered = ordered;
+        o.chunk = chunk;
+        o.retries = mode == 1 ? 2 : mode == 2 ? 1 : 0;
+        pm_job *job;
+        ASSERT_OK(pm_job_create(&job, &o, blame_fn, &b));
+        blame_feed f = {vals, N, 0};
+        if (fed)
+            ASSERT_OK(pm_job_feed_fn(job, blame_feed_fn, &f));
+        else
+            ASSERT_OK(pm_job_feed_array(job, recs, N));
+        pm_item it;
+        int rc;
+        size_t got = 0;
+        while ((rc = pm_job_next(job, &it)) == 1) {
+            got++;
+            if (it.index == 50 && mode != 2) {
+                ASSERT_MSG(it.status == PM_ITEM_CRASHED,
+                           "v %d: record 50: status %d", v, it.status);
+                ASSERT_EQ(it.signal, SIGSEGV);
+                continue;
+            }
+            ASSERT_MSG(it.status == PM_ITEM_OK,
+                       "v %d (fed %d ordered %d chunk %zu mode %d): record "
+                       "%llu: status %s, signal %d",
+                       v, fed, ordered, chunk, mode,
+                       (unsigned long long)it.index,
+                       pm_item_status_name(it.status), it.signal);
+            ASSERT_UEQ(it.len, 8);
+            uint64_t r;
+            memcpy(&r, it.data, 8);
+            ASSERT_UEQ(r, it.index * 3);
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT_UEQ(got, N);
+        /* The guilty record ran once per attempt charged to it, plus at
+         * most two runs whose crash was not yet its own (in a chunk, then
+         * beside other threads' records). */
+        uint32_t runs = atomic_load(&shm[N + 50]);
+        uint32_t charged = mode == 0 ? 1 : mode == 1 ? 3 : 2;
+        if (mode == 2)
+            ASSERT_EQ(runs, 2);
+        ASSERT(runs >= charged && runs <= charged + 2);
+        ASSERT_OK(pm_job_destroy(job));
+        ASSERT_NO_CHILDREN();
+    }
+    munmap((void *)shm, bytes);
+}
+
+/* Big results (far larger than the rings) with threads, ordered: after a
+ * shared death the suspects run alone, but one that waits for room in its
+ * ring must not wait for the others while the parent, in order, waits for
+ * theirs (a hang).  Record 20 crashes on its first run only; retries=1:
+ * every record is delivered with its result. */
+static int big_blame_fn(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    blame *b = ctx;
+    uint64_t idx;
+    ASSERT_UEQ(len, 8);
+    memcpy(&idx, in, 8);
+    atomic_fetch_add(&b->runs[idx], 1);
+    if (idx == b->guilty && atomic_fetch_add(&b->attempts[idx], 1) == 0) {
+        struct timespec ts = {0, 3000000};
+        nanosleep(&ts, NULL);
+        raise(SIGKILL);
+    }
+    unsigned char buf[4096];
+    for (size_t off = 0; off < 100000;) {
+        size_t k = 100000 - off < sizeof buf ? 100000 - off : sizeof buf;
+        pat_fill(buf, k, idx, off);
+        int rc = pm_write(out, buf, k);
+        if (rc < 0)
+            return rc;
+        off += k;
+    }
+    return 0;
+}
+
+TEST_IMPL(job_threads_crash_big_results)
+{
+    enum { N = 60 };
+    uint64_t vals[N];
+    pm_record recs[N];
+    for (size_t i = 0; i < N; i++) {
+        vals[i] = i;
+        recs[i] = (pm_record){&vals[i], 8};
+    }
+    size_t bytes = 2 * N * sizeof(_Atomic uint32_t);
+    _Atomic uint32_t *shm = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(shm != MAP_FAILED);
+    for (int v = 0; v < 4; v++) {
+        memset((void *)shm, 0, bytes);
+        blame b = {.guilty = 20, .attempts = shm, .runs = shm + N};
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 1 + (v & 1);
+        o.nthreads = 3;
+        o.ordered = 1;
+        o.chunk = 1 + (size_t)(v >> 1);
+        o.retries = 1;
+        o.ring_bytes = 8192;
+        pm_job *job;
+        ASSERT_OK(pm_job_create(&job, &o, big_blame_fn, &b));
+        ASSERT_OK(pm_job_feed_array(job, recs, N));
+        pm_item it;
+        int rc;
+        uint64_t next = 0;
+        while ((rc = pm_job_next(job, &it)) == 1) {
+            ASSERT_UEQ(it.index, next++);
+            ASSERT_MSG(it.status == PM_ITEM_OK, "v %d: record %llu: %s", v,
+                       (unsigned long long)it.index,
+                       pm_item_status_name(it.status));
+            ASSERT_UEQ(it.len, 100000);
+            ASSERT_UEQ(pat_check(it.data, it.len, it.index, 0), it.len);
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT_UEQ(next, N);
+        ASSERT_OK(pm_job_destroy(job));
+        ASSERT_NO_CHILDREN();
+    }
+    munmap((void *)shm, bytes);
+}
