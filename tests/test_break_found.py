@@ -12,7 +12,8 @@ import parmapper
 from parmapper import Pool, parmap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PYPATH = os.path.join(os.path.dirname(HERE), "python")
+# Where the parmapper under test lives (the tree, or an installed copy).
+PYPATH = os.path.dirname(os.path.dirname(os.path.abspath(parmapper.__file__)))
 
 
 def stop_at_3(x):

@@ -152,7 +152,8 @@ def test_readme_cluster_script(tmp_path):
     script.write_text(code)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(ROOT, "python")] + sys.path)
+        [os.path.dirname(os.path.dirname(os.path.abspath(parmapper.__file__)))]
+        + sys.path)
     r = subprocess.run([sys.executable, str(script)], capture_output=True,
                        text=True, env=env, timeout=170, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]

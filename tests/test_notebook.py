@@ -12,11 +12,14 @@ import time
 
 import pytest
 
+import parmapper
+
 jupyter_client = pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHON_DIR = os.path.join(os.path.dirname(HERE), "python")
+# Where the parmapper under test lives (the tree, or an installed copy).
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(parmapper.__file__)))
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 tracebacks through progress bars or Pool showing parmapper's own frames."""
 import io
 import os
+import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,7 +59,12 @@ CASES = {
 def test_traceback_hides_our_frames(case, capfd):
     with pytest.raises(ZeroDivisionError) as ei:
         CASES[case]()
-    assert ours(ei.value) == [], ours(ei.value)
+    if sys.version_info >= (3, 11):
+        assert ours(ei.value) == [], ours(ei.value)
+    else:
+        # Before 3.11 the frame that re-raises stays in the traceback on the
+        # Pool paths (docs/api.md says so): at most that one.
+        assert len(ours(ei.value)) <= 1, ours(ei.value)
     names = [f.name for f in traceback.extract_tb(ei.value.__traceback__)]
     assert "test_traceback_hides_our_frames" in names
     # The user's function is still shown: here, or in the worker's
