@@ -2518,6 +2518,23 @@ static PyObject *entry_exception(PyObject *entry, Py_ssize_t idx, int *kind)
     return exc;
 }
 
+/* Sets errors[j] to the error entry of exc (an ERR_CALL of type tname, with
+ * no traceback), which it steals; exc NULL (its making failed) gives -1.
+ * Returns 0, or -1 with an exception set. */
+static int put_error_entry(PyObject *errors, Py_ssize_t j, PyObject *exc,
+                           const char *tname)
+{
+    PyObject *entry = exc ? Py_BuildValue("(Osssi)", exc, tname, "", "",
+                                          ERR_CALL)
+                          : NULL;
+    Py_XDECREF(exc);
+    PyObject *pj = entry ? PyLong_FromSsize_t(j) : NULL;
+    int rc = pj ? PyDict_SetItem(errors, pj, entry) : -1;
+    Py_XDECREF(entry);
+    Py_XDECREF(pj);
+    return rc;
+}
+
 /* A task that ran past the timeout: every item of it gets a TimeoutError. */
 static int decode_timeout(MapIter *self, const pm_result *res)
 {
@@ -2535,15 +2552,7 @@ static int decode_timeout(MapIter *self, const pm_result *res)
             (Py_ssize_t)res->task.first + j, self->timeout_obj);
         PyObject *exc = msg ? PyObject_CallOneArg(PyExc_TimeoutError, msg) : NULL;
         Py_XDECREF(msg);
-        PyObject *entry = exc ? Py_BuildValue("(Osssi)", exc, "TimeoutError",
-                                              "", "", ERR_CALL)
-                              : NULL;
-        Py_XDECREF(exc);
-        PyObject *pj = PyLong_FromSsize_t(j);
-        int rc = (entry && pj) ? PyDict_SetItem(errors, pj, entry) : -1;
-        Py_XDECREF(entry);
-        Py_XDECREF(pj);
-        if (rc < 0)
+        if (put_error_entry(errors, j, exc, "TimeoutError") < 0)
             goto fail;
     }
     Py_XSETREF(self->chunk, results);
@@ -2643,15 +2652,7 @@ static int decode_memory(MapIter *self, const pm_result *res)
                 Py_CLEAR(exc);
             Py_XDECREF(v);
         }
-        PyObject *entry = exc ? Py_BuildValue("(Osssi)", exc, "WorkerMemoryError",
-                                              "", "", ERR_CALL)
-                              : NULL;
-        Py_XDECREF(exc);
-        PyObject *pj = PyLong_FromSsize_t(j);
-        int rc = (entry && pj) ? PyDict_SetItem(errors, pj, entry) : -1;
-        Py_XDECREF(entry);
-        Py_XDECREF(pj);
-        if (rc < 0)
+        if (put_error_entry(errors, j, exc, "WorkerMemoryError") < 0)
             goto fail;
     }
     Py_DECREF(cls);

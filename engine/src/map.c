@@ -992,6 +992,29 @@ static int restart_done(pm_map *m)
     return 0;
 }
 
+/* Does a task of worker w still wait to be written (pending bytes, or
+ * tasks to send again after a respawn)? */
+static int tasks_unwritten(pm_map *m, int w)
+{
+    for (int t = 0; t < m->opt.nthreads; t++) {
+        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
+        if (s->pend_active || s->resend < s->fifo_n)
+            return 1;
+    }
+    return 0;
+}
+
+/* Tells worker w that no task will come: after the last task was
+ * published, a worker that sees finish looks at its ring once more
+ * (worker.c, nothing_more), then exits after its last result. */
+static void tell_finish(pm_map *m, int w)
+{
+    atomic_store_explicit(&m->workers[w].wctl->finish, 1,
+                          memory_order_release);
+    for (int t = 0; t < m->opt.nthreads; t++)
+        pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+}
+
 /*
  * opt.max_items_per_worker: tells each retiring worker whose last task is
  * whole in its rings (nothing pending, nothing to send again) to finish:
@@ -1005,19 +1028,12 @@ static void retire_idle(pm_map *m)
         pm_worker *wk = &m->workers[w];
         if (wk->state != PM_W_RUNNING || wk->retiring != 1)
             continue;
-        int busy = 0;
-        for (int t = 0; t < m->opt.nthreads; t++) {
-            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-            busy |= s->pend_active || s->resend < s->fifo_n;
-        }
-        if (busy) {
+        if (tasks_unwritten(m, w)) {
             later = 1;
             continue;
         }
         wk->retiring = 2;
-        atomic_store_explicit(&wk->wctl->finish, 1, memory_order_release);
-        for (int t = 0; t < m->opt.nthreads; t++)
-            pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+        tell_finish(m, w);
     }
     m->retire_scan = later;
 }
@@ -1036,21 +1052,12 @@ static void finish_idle(pm_map *m)
         pm_worker *wk = &m->workers[w];
         if (wk->state != PM_W_RUNNING || wk->finishing)
             continue;
-        int busy = 0;
-        for (int t = 0; t < m->opt.nthreads; t++) {
-            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-            busy |= s->pend_active || s->resend < s->fifo_n;
-        }
-        if (busy) {
+        if (tasks_unwritten(m, w)) {
             later = 1;
             continue;
         }
         wk->finishing = 1;
-        /* After the last task was published: a worker that sees finish
-         * looks at its ring once more (worker.c, nothing_more). */
-        atomic_store_explicit(&wk->wctl->finish, 1, memory_order_release);
-        for (int t = 0; t < m->opt.nthreads; t++)
-            pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
+        tell_finish(m, w);
     }
     m->finish_scan = later;
 }
