@@ -90,28 +90,28 @@ static __thread PyThreadState *tls_tstate = NULL;
 static __thread int tls_holds_gil = 0;
 static PyInterpreterState *worker_interp = NULL;
 
-static PyObject *errors_attr(const char *name)
+/* `name` of module `mod`, imported once into *cache (new reference), or
+ * NULL with an exception. */
+static PyObject *module_attr(PyObject **cache, const char *mod,
+                             const char *name)
 {
-    if (!errors_module) {
-        errors_module = PyImport_ImportModule("parmapper._errors");
-        if (!errors_module)
-            return NULL;
-    }
-    return PyObject_GetAttrString(errors_module, name);
+    if (!*cache && !(*cache = PyImport_ImportModule(mod)))
+        return NULL;
+    return PyObject_GetAttrString(*cache, name);
 }
 
-/* parmapper._worker's `name` (new reference), or NULL with an exception:
- * what a worker sets up for the user's code and how it reports, in Python.
- * Imported by the caller before any fork, so a worker only looks it up. */
+static PyObject *errors_attr(const char *name)
+{
+    return module_attr(&errors_module, "parmapper._errors", name);
+}
+
+/* parmapper._worker's `name`: what a worker sets up for the user's code and
+ * how it reports, in Python.  Imported by the caller before any fork, so a
+ * worker only looks it up. */
 static PyObject *worker_module = NULL;
 static PyObject *worker_attr(const char *name)
 {
-    if (!worker_module) {
-        worker_module = PyImport_ImportModule("parmapper._worker");
-        if (!worker_module)
-            return NULL;
-    }
-    return PyObject_GetAttrString(worker_module, name);
+    return module_attr(&worker_module, "parmapper._worker", name);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2779,13 +2779,8 @@ static int map_begin(MapIter *self)
         if (!gc_freeze)
             return -1;
     }
-    if (!fresh_stdio) {
-        PyObject *w = PyImport_ImportModule("parmapper._worker");
-        fresh_stdio = w ? PyObject_GetAttrString(w, "fresh_stdio") : NULL;
-        Py_XDECREF(w);
-        if (!fresh_stdio)
-            return -1;
-    }
+    if (!fresh_stdio && !(fresh_stdio = worker_attr("fresh_stdio")))
+        return -1;
     if (self->index_seq) {
         if (index_snapshot(self) < 0)
             return -1;
