@@ -183,6 +183,15 @@ typedef struct pm_writer pm_writer;
  * the bytes as they were when the task was made.
  */
 #define PM_PRODUCED_VOLATILE 4
+
+/*
+ * A source that reads its input somewhere else (another thread) returns
+ * PM_NO_TASK_YET (8, alone) when it has no task ready and its input is not
+ * finished either: the engine goes on delivering results and sleeping as
+ * usual, and calls the source again only after pm_map_wake().  Results
+ * thus never wait for an input that blocks.
+ */
+#define PM_NO_TASK_YET 8
 typedef int (*pm_produce_fn)(void *ctx, pm_task *task, const void **data,
                              size_t *len);
 
@@ -421,6 +430,13 @@ PM_EXTERN uint64_t pm_map_result_rss(const pm_map *m);
  * releases.  Not taken, it goes to hooks.route_release at the next call on
  * the map. */
 PM_EXTERN void *pm_map_take_routed(pm_map *m);
+
+/* After the source returned PM_NO_TASK_YET: tells the map that it has a
+ * task ready, so that it is called again; wakes pm_map_next() if it
+ * sleeps.  The one call of the engine that any thread of the parent may
+ * make while another is in pm_map_next() (it is a few atomic operations and
+ * at most one futex wake or eventfd write); not after pm_map_destroy(). */
+PM_EXTERN void pm_map_wake(pm_map *m);
 
 /* After the produce function returned 0: tells the map that it has tasks
  * again (for instance items of a lost task to run again), so that it is

@@ -209,6 +209,9 @@ struct pm_map {
     unsigned checks;      /* deliveries since the last check hook */
     unsigned loops;       /* rounds of pm_map_next's loop, for health checks */
 
+    int input_later;      /* the source returned PM_NO_TASK_YET: ask it
+                             again only once input_woken is set */
+    _Atomic int input_woken; /* pm_map_wake() was called (any thread) */
     int volatile_slot;    /* this slot is still writing a task's volatile
                              pieces (PM_PRODUCED_VOLATILE): the source is
                              not asked again until they are in the ring

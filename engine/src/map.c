@@ -475,6 +475,14 @@ static int dispatch(pm_map *m, int *progress)
         m->volatile_slot = -1; /* written (or its worker died) */
     while (!m->input_done && !m->draining && m->outstanding < m->win &&
            m->volatile_slot < 0) {
+        if (m->input_later) {
+            /* Asked again once the source said it has a task (acquire:
+             * what it made before pm_map_wake() is seen). */
+            if (!atomic_exchange_explicit(&m->input_woken, 0,
+                                          memory_order_acquire))
+                break;
+            m->input_later = 0;
+        }
         pm_slot *s = choose_slot(m);
         if (!s) {
             int rc = restart_done(m);
@@ -499,6 +507,11 @@ static int dispatch(pm_map *m, int *progress)
         if (rc == 0) {
             m->input_done = 1;
             m->finish_scan = 1;
+            break;
+        }
+        if (rc == PM_NO_TASK_YET) {
+            release_owner(m, owner);
+            m->input_later = 1;
             break;
         }
         if (niov < 0 || (niov > 0 && !iov)) {
@@ -1292,6 +1305,12 @@ static int parent_ready(pm_map *m)
             pm__tx_room(&s->tx, PM_FRAG_HDR * 2) >= PM_FRAG_HDR * 2)
             return 1;
     }
+    /* The source has a task again (pm_map_wake); dispatch takes the flag,
+     * so this holds for one round only. */
+    if (m->input_later && !m->input_done && !m->draining &&
+        m->outstanding < m->win && m->volatile_slot < 0 &&
+        atomic_load_explicit(&m->input_woken, memory_order_relaxed))
+        return 1;
     return 0;
 }
 
@@ -1519,6 +1538,15 @@ int pm_map_next(pm_map *m, pm_result *res)
                 return fail(m, rc);
         }
     }
+}
+
+void pm_map_wake(pm_map *m)
+{
+    /* Release: the task the source made is seen by the dispatch that takes
+     * the flag.  pm__ring_parent's fence orders the store before its look
+     * at the parent's sleeping word, as a worker's publish is ordered. */
+    atomic_store_explicit(&m->input_woken, 1, memory_order_release);
+    pm__ring_parent(m);
 }
 
 void *pm_map_take_result(pm_map *m)

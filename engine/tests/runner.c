@@ -93,6 +93,8 @@
     X(map_gather_retry)                                                        \
     X(map_gather_einval)                                                       \
     X(map_gather_volatile)                                                     \
+    X(map_input_thread)                                                         \
+    X(map_input_thread_unordered)                                              \
     X(map_take_input)                                                          \
     X(map_big_tasks)                                                           \
     X(map_big_tasks_and_results)                                               \

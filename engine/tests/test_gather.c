@@ -5,7 +5,10 @@
  * pieces without an owner may be reused after the call; and the worker's
  * pm_writer_take_input().
  */
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -370,4 +373,121 @@ TEST_IMPL(map_gather_volatile)
     ASSERT_EQ(v.live, 0);
     ASSERT_NO_CHILDREN();
     free(v.buf);
+}
+
+/* A source fed by another thread (as an input read in a thread of its
+ * own): it returns PM_NO_TASK_YET while the feeder has nothing, and the
+ * feeder calls pm_map_wake() after each task.  The feeder gives 5 tasks,
+ * then pauses until the caller has all 5 results (or a generous limit):
+ * results must arrive while the source has nothing, never wait for it. */
+typedef struct lgen {
+    pthread_mutex_t mu;
+    pm_map *m;
+    uint64_t made, taken, n; /* tasks the feeder made, the source took */
+    _Atomic uint64_t delivered;
+    int paused_out;          /* the pause ended on the limit, not results */
+    long later;              /* PM_NO_TASK_YET returned */
+    uint64_t val[64];
+} lgen;
+
+static int lgen_produce(void *ctx, pm_task *task, const void **data,
+                        size_t *len)
+{
+    lgen *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    int rc;
+    if (g->taken < g->made) {
+        task->first = g->taken;
+        task->count = 1;
+        *data = &g->val[g->taken];
+        *len = sizeof g->val[0];
+        g->taken++;
+        rc = 1;
+    } else {
+        rc = g->made == g->n ? 0 : PM_NO_TASK_YET;
+        g->later += rc != 0;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+static void *lgen_feed(void *arg)
+{
+    lgen *g = arg;
+    for (uint64_t k = 0; k < g->n; k++) {
+        if (k == 5) { /* the pause: until the five results are out */
+            double t0 = pm_test_now_ms();
+            while (atomic_load(&g->delivered) < 5) {
+                if (pm_test_now_ms() - t0 > LIMIT_MS(20000)) {
+                    g->paused_out = 1;
+                    break;
+                }
+                usleep(1000);
+            }
+        }
+        pthread_mutex_lock(&g->mu);
+        g->val[k] = 1000 + k;
+        g->made++;
+        pthread_mutex_unlock(&g->mu);
+        pm_map_wake(g->m);
+        usleep(k < 5 ? 0 : 2000);
+    }
+    return NULL;
+}
+
+/* Result: the task's value plus one. */
+static int lwork(void *ctx, const pm_task *task, const void *in, size_t len,
+                 pm_writer *out)
+{
+    (void)ctx;
+    (void)task;
+    uint64_t v;
+    if (len != sizeof v)
+        return -1;
+    memcpy(&v, in, sizeof v);
+    v++;
+    return pm_write(out, &v, sizeof v);
+}
+
+static void input_later(int ordered)
+{
+    lgen g = {.n = 12};
+    pthread_mutex_init(&g.mu, NULL);
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 2;
+    opt.ordered = ordered;
+    ASSERT_OK(pm_map_create(&g.m, &opt, lgen_produce, &g, lwork, NULL, NULL));
+    pthread_t th;
+    ASSERT(pthread_create(&th, NULL, lgen_feed, &g) == 0);
+    pm_result res;
+    int rc;
+    uint64_t seen = 0;
+    while ((rc = pm_map_next(g.m, &res)) == 1) {
+        uint64_t v;
+        ASSERT_UEQ(res.len, sizeof v);
+        memcpy(&v, res.data, sizeof v);
+        ASSERT_UEQ(v, 1001 + res.task.first);
+        ASSERT(!(seen & (1u << res.task.first)));
+        seen |= 1u << res.task.first;
+        atomic_fetch_add(&g.delivered, 1);
+    }
+    ASSERT_RC(rc, 0);
+    ASSERT(pthread_join(th, NULL) == 0);
+    ASSERT_UEQ(seen, (1u << g.n) - 1);
+    ASSERT_MSG(!g.paused_out, "the first five results waited for the input");
+    ASSERT(g.later > 0);
+    ASSERT_OK(pm_map_destroy(g.m));
+    pthread_mutex_destroy(&g.mu);
+    ASSERT_NO_CHILDREN();
+}
+
+TEST_IMPL(map_input_thread)
+{
+    input_later(1);
+}
+
+TEST_IMPL(map_input_thread_unordered)
+{
+    input_later(0);
 }
