@@ -965,6 +965,28 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
         p += n;
         break;
     }
+    case 'p': { /* an item pickled alone (input_thread.c) */
+        uint64_t n;
+        if (end - p < 8)
+            return dec_corrupt();
+        memcpy(&n, p, 8);
+        p += 8;
+        if ((uint64_t)(end - p) < n)
+            return dec_corrupt();
+        r = loads_mem(p, (size_t)n);
+        if (!r && PyErr_ExceptionMatches(PyExc_Exception) &&
+            !PyErr_ExceptionMatches(PyExc_MemoryError) && unsent_type) {
+            /* It cannot be rebuilt here: the item fails, not the task; its
+             * bytes in the marker, for work_run to say why, naming it. */
+            PyErr_Clear();
+            PyObject *data = PyBytes_FromStringAndSize((const char *)p,
+                                                       (Py_ssize_t)n);
+            r = data ? PyObject_CallOneArg(unsent_type, data) : NULL;
+            Py_XDECREF(data);
+        }
+        p += n;
+        break;
+    }
     case 't':
     case 'l': {
         uint32_t n;
@@ -1095,6 +1117,8 @@ static uint64_t coarse_ns(void)
 /* ------------------------------------------------------------------------ */
 /* MapIter.                                                                 */
 
+typedef struct InputReader InputReader; /* input_thread.c */
+
 typedef struct {
     PyObject_HEAD
     Caller *caller;
@@ -1121,6 +1145,8 @@ typedef struct {
     int input_done;        /* the input is finished: never read it again */
     PyObject *input_exc;   /* the Exception that ended the input, raised
                               once every result before it is delivered */
+    int input_thread;      /* read an iterator input in a thread of its own */
+    InputReader *reader;   /* ... that thread's side, while the map runs */
     Py_ssize_t length;     /* its length (or len(seq)), -1 when unknown */
     int adaptive;          /* chunksize chosen from measurements */
     Py_ssize_t last_chunk;
@@ -1413,10 +1439,46 @@ static int input_error_raise(MapIter *self)
     return -1;
 }
 
+#include "input_thread.c"
+
+/* gather_cb with the input read in its own thread: never blocks. */
+static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
+                       int *niov, void **owner)
+{
+    InputReader *r = self->reader;
+    ReadTask t;
+    int rc = reader_take(r, &t);
+    if (rc == 0) {
+        self->input_done = 1;
+        if (r->exc) {
+            Py_XSETREF(self->input_exc, r->exc);
+            r->exc = NULL;
+        }
+    }
+    if (rc != 1)
+        return rc;
+    *iov = t.pieces->iov;
+    *niov = t.pieces->niov;
+    *owner = t.pieces;
+    task->first = t.first;
+    task->count = t.count;
+    self->next_index = (Py_ssize_t)(t.first + t.count);
+    if (self->adaptive) {
+        double b = (double)t.bytes / (double)t.count;
+        self->in_bytes_per_item = self->in_bytes_per_item > 0.0
+                                      ? 0.7 * self->in_bytes_per_item + 0.3 * b
+                                      : b;
+    }
+    r->want = next_chunk_size(self);
+    return 1 | t.flags;
+}
+
 static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
                      void **owner)
 {
     MapIter *self = ctx;
+    if (self->reader)
+        return gather_read(self, task, iov, niov, owner);
     buf_t *enc = &self->enc;
     Py_ssize_t want = next_chunk_size(self);
     buf_clear(enc);
@@ -2060,8 +2122,19 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (!item) {
             r = NULL;
         } else if (unsent) {
-            /* The parent could not pickle this item: raise its error here. */
+            /* The parent could not pickle this item, or (bytes: its
+             * pickle, input_thread.c) this worker cannot unpickle it:
+             * raise its error here. */
             PyObject *err = PyObject_GetAttrString(item, "error");
+            if (err && PyBytes_Check(err)) {
+                static PyObject *salvage_module; /* parmapper._salvage */
+                PyObject *fn = module_attr(&salvage_module, "parmapper._salvage",
+                                           "item_error");
+                Py_SETREF(err, fn ? PyObject_CallFunction(fn, "On", err,
+                                                          first + j)
+                                  : NULL);
+                Py_XDECREF(fn);
+            }
             if (err) {
                 PyErr_SetObject((PyObject *)Py_TYPE(err), err);
                 Py_DECREF(err);
@@ -2190,6 +2263,10 @@ static int work_cb(void *ctx, const pm_task *task, const void *in, size_t len,
 
 static void map_teardown(MapIter *self)
 {
+    if (self->reader) { /* before the map goes: it is told no more */
+        reader_close(self->reader);
+        Py_CLEAR(self->reader);
+    }
     if (self->map) {
         pm_map *m = self->map;
         self->map = NULL;
@@ -2816,6 +2893,12 @@ static int map_begin(MapIter *self)
         raise_engine_error(self, rc);
         return -1;
     }
+    /* An iterator: read in a thread of its own, started after the first
+     * forks (the workers never see it). */
+    if (!self->index_seq && self->input_thread &&
+        !(self->reader = reader_start(self->it, self->map,
+                                      next_chunk_size(self))))
+        return -1;
     return 0;
 }
 
@@ -2945,18 +3028,18 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
                              "chunksize", "ordered", "mode", "daemon",
                              "window", "ring_bytes", "retries", "timeout",
                              "index", "length", "proc_log", "max_tasks",
-                             "max_memory", NULL};
+                             "max_memory", "input_thread", NULL};
     PyObject *caller, *seq, *timeout = Py_None, *proc_log = Py_None;
     int nproc, nthreads, ordered, mode, daemon, window = 0, retries = 0;
-    int index = 0;
+    int index = 0, input_thread = 0;
     Py_ssize_t chunksize, ring = 0, length = -1;
     unsigned long long max_tasks = 0, max_memory = 0;
-    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnOKK", kwlist, &CallerType,
+    if (!PyArg_ParseTupleAndKeywords(a, k, "O!Oiinpip|iniOpnOKKp", kwlist, &CallerType,
                                      &caller, &seq, &nproc, &nthreads,
                                      &chunksize, &ordered, &mode, &daemon,
                                      &window, &ring, &retries, &timeout,
                                      &index, &length, &proc_log, &max_tasks,
-                                     &max_memory))
+                                     &max_memory, &input_thread))
         return -1;
     if (index && length < 0) {
         PyErr_SetString(PyExc_ValueError, "MapIter: index dispatch needs the length");
@@ -3014,6 +3097,7 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
     }
     self->mode = mode;
     self->daemon = daemon;
+    self->input_thread = input_thread;
     return 0;
 }
 
@@ -3026,6 +3110,7 @@ static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
     Py_VISIT(self->index_seq);
     Py_VISIT(self->input_exc);
     Py_VISIT(self->proc_log);
+    Py_VISIT(self->reader);
     return 0;
 }
 
@@ -3039,6 +3124,10 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->index_seq);
     Py_CLEAR(self->input_exc);
     Py_CLEAR(self->proc_log);
+    if (self->reader) {
+        reader_close(self->reader);
+        Py_CLEAR(self->reader);
+    }
     return 0;
 }
 
@@ -3132,7 +3221,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyExc_TypeError, NULL);
     if (!ItemShapeError || add_object(m, "ItemShapeError", ItemShapeError) < 0)
         goto fail;
-    if (PyType_Ready(&CallerType) < 0 || PyType_Ready(&MapIterType) < 0)
+    if (PyType_Ready(&CallerType) < 0 || PyType_Ready(&MapIterType) < 0 ||
+        PyType_Ready(&InputReaderType) < 0)
         goto fail;
     PyObject *max_items = PyLong_FromUnsignedLongLong(PM_TASK_MAX_COUNT);
     int bad = !max_items || add_object(m, "TASK_MAX_ITEMS", max_items) < 0;

@@ -39,6 +39,7 @@ class _Parmap(Protocol):
         timeout: Optional[float] = ...,
         max_tasks_per_worker: Optional[int] = ...,
         max_memory: Optional[int | str] = ...,
+        input_thread: bool = ...,
     ) -> Iterator[_R]: ...
     map: "_Parmap"
     imap: "_Parmap"

@@ -125,7 +125,8 @@ def _memory(value):
 def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
            progress=False, total=None, args=(), kwargs=None, star=False,
            kwstar=False, exception=None, executor=None, retries=0,
-           timeout=None, max_tasks_per_worker=None, max_memory=None):
+           timeout=None, max_tasks_per_worker=None, max_memory=None,
+           input_thread=True):
     """Map `fun` over `seq` in parallel processes and/or threads.
 
     The function is inherited by forked worker processes, never pickled, so
@@ -219,6 +220,17 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         to `exception`, or run again with `retries`.  Measured by the
         parent about every 20 ms: an allocation faster than that can pass
         it (docs/design.md).  Each task then holds one item.
+    input_thread : bool, default True
+        Read an input that is not a list, tuple, range or numpy array (a
+        generator, a file, any iterator) in a thread of its own, so that
+        results already computed are delivered while the input's ``next()``
+        blocks.  Each item is still copied before the input is asked for the
+        next one, so an input that reuses one buffer or object for every
+        item is safe.  ``False`` reads it in the caller's thread (results
+        then wait while a ``next()`` blocks): for an iterator bound to the
+        thread that made it, such as a ``sqlite3`` cursor.  Only the worker
+        processes' input (``N > 1``, `retries`, `timeout`...): with
+        ``N=1`` or `executor`, the caller's thread reads it.
     executor : dask.distributed.Client or concurrent.futures.Executor, optional
         Run the map on this executor (a cluster, an ``MPIPoolExecutor``, a
         ``ProcessPoolExecutor``...) instead of forked workers.  Chunks of
@@ -342,6 +354,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     kwstar = _flag("kwstar", kwstar)
     ordered = _flag("ordered", ordered)
     daemon = _flag("daemon", daemon)
+    input_thread = _flag("input_thread", input_thread)
     total = _total(total)
 
     # len() is a hint (progress, worker count, chunk sizes), never a bound on
@@ -425,7 +438,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
                                               if exception == "proc"
                                               else None),
                                     max_tasks=max_tasks_per_worker or 0,
-                                    max_memory=max_memory or 0)
+                                    max_memory=max_memory or 0,
+                                    input_thread=input_thread)
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results

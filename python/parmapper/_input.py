@@ -1,4 +1,4 @@
-"""Reads a map's input in chunks for the Python-level paths (threads, executor).
+"""Reads a map's input: in chunks for the Python-level paths (threads, executor), and starts the thread that reads it for the worker processes.
 
 Two rules, the same as the forked-worker path's (binding) and ``builtins.map``:
 
@@ -10,7 +10,9 @@ Two rules, the same as the forked-worker path's (binding) and ``builtins.map``:
   A ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
   ``SystemExit``...) propagates at once, as in a plain loop.
 """
+import contextvars
 import itertools
+import threading
 import time
 
 # Reading a chunk for longer than this hands over what was read (the
@@ -67,3 +69,34 @@ class ChunkReader:
         e, self.error = self.error, None
         if e is not None:
             raise e
+
+
+def start_reader(run):
+    """Starts the thread that reads a map's input for its worker processes
+    (the binding's InputReader; `run` is its body).
+
+    A daemon thread: a ``next()`` of the input that never returns must not
+    keep the interpreter from exiting.  It runs in a copy of the caller's
+    context, so context variables (``decimal``'s context...) read by the
+    input are the caller's.
+    """
+    t = threading.Thread(target=contextvars.copy_context().run, args=(run,),
+                         name="parmapper-input", daemon=True)
+    t.start()
+    return None
+
+
+def note_input_thread(exc):
+    """Says in what the user reads of `exc`, raised by the input, that the
+    input's thread read it (an iterator bound to the thread that made it
+    fails there).  Never raises."""
+    note = ("parmap: raised by the input, which parmapper reads in a thread "
+            "of its own; input_thread=False reads it in the caller's thread")
+    try:
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)
+        else:
+            notes = getattr(exc, "__notes__", None)
+            exc.__notes__ = (notes if isinstance(notes, list) else []) + [note]
+    except Exception:
+        pass

@@ -20,7 +20,7 @@ import io
 import pickle
 import types
 
-__all__ = ["rescue", "rescue_items", "load", "reaches_marker", "unbuilt_items", "describe",
+__all__ = ["rescue", "rescue_items", "item_error", "load", "reaches_marker", "unbuilt_items", "describe",
            "result_error", "exception_error"]
 
 
@@ -226,15 +226,43 @@ def rescue_items(data, buffers, first):
     ``_Unsent`` marker carrying an :class:`ItemPicklingError` naming it,
     which the worker raises in the item's place (so it follows
     `exception`); the other items run as usual."""
-    from ._errors import ItemPicklingError, _Unsent
+    from ._errors import _Unsent
     items = load(data, buffers)
     if not isinstance(items, list):
         raise pickle.UnpicklingError("parmapper: bad task record")
     for j, marker in unbuilt_items(items).items():
-        value = items[j]
-        items[j] = _Unsent(ItemPicklingError(
-            "item {}: the item (type {}) cannot be rebuilt in the worker: "
-            "{}".format(first + j, marker.what.rpartition(".")[2]
-                        if value is marker else type(value).__qualname__,
-                        describe(marker))))
+        items[j] = _Unsent(_item_error(first + j, items[j], marker))
     return items
+
+
+def _item_error(index, value, marker):
+    from ._errors import ItemPicklingError
+    return ItemPicklingError(
+        "item {}: the item (type {}) cannot be rebuilt in the worker: "
+        "{}".format(index, marker.what.rpartition(".")[2]
+                    if value is marker else type(value).__qualname__,
+                    describe(marker)))
+
+
+def item_error(data, index):
+    """In a worker: the :class:`ItemPicklingError` for item `index`, which
+    came pickled alone (`data`, an item of a task made by the input's
+    thread) and that ``pickle.loads`` failed on."""
+    from ._errors import ItemPicklingError
+    try:
+        value = load(data)
+    except Exception as e:
+        return ItemPicklingError(
+            "item {}: the item cannot be rebuilt in the worker: {}: {}".format(
+                index, type(e).__name__, e))
+    marker = reaches_marker(value)
+    if marker is None:  # loaded the second time: say what the first said
+        try:
+            pickle.loads(data)
+        except Exception as e:
+            return ItemPicklingError(
+                "item {}: the item cannot be rebuilt in the worker: "
+                "{}: {}".format(index, type(e).__name__, e))
+        return ItemPicklingError(
+            "item {}: the item could not be rebuilt in the worker".format(index))
+    return _item_error(index, value, marker)

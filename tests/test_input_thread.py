@@ -1,0 +1,305 @@
+"""Results are delivered while the input's next() blocks (issue 14, item 6),
+on every path, and reading the input in a thread of its own keeps every
+input rule: each item is sent as it was when it was yielded, the items
+before an input's exception are delivered first, unpicklable items fail
+alone, and the map's end stops the thread."""
+import concurrent.futures
+import sqlite3
+import threading
+import time
+
+import pytest
+
+import parmapper
+
+# A deadline for what must happen at once: generous (a busy machine), and
+# the test fails only when it passes, never on a timing goal.
+DEADLINE = 30.0
+
+PAUSE_PATHS = {
+    "procs": dict(N=2),
+    "procs-chunk1": dict(N=2, chunksize=1),
+    "procs-chunk4": dict(N=2, chunksize=4),
+    "procs-unordered": dict(N=2, ordered=False),
+    "procs-threads": dict(N=2, Nt=2),
+    "procs-timeout": dict(N=2, timeout=60),
+    "one-process-retries": dict(N=1, retries=1),
+    "threads": dict(N=1, Nt=2),
+    "threads-chunk4": dict(N=1, Nt=2, chunksize=4),
+    "threads-unordered": dict(N=1, Nt=2, ordered=False),
+    "executor": "executor",
+    "pool-imap": "pool-imap",
+}
+
+
+def ten(x):
+    return x * 10
+
+
+def pausing(resume, n_before=5, n_after=3):
+    """Yields n_before items, then blocks until `resume` is set (or the
+    deadline: then it says so), then yields n_after more."""
+    for i in range(n_before):
+        yield i
+    if not resume.wait(DEADLINE):
+        raise AssertionError("the input's pause ended on the deadline: the "
+                             "results before it never came")
+    for i in range(n_before, n_before + n_after):
+        yield i
+
+
+@pytest.mark.parametrize("path", sorted(PAUSE_PATHS))
+def test_results_arrive_while_the_input_blocks(path):
+    # The source yields 5 items, then blocks until the caller has their 5
+    # results: before, nothing came until the pause ended.
+    resume = threading.Event()
+    opts = PAUSE_PATHS[path]
+    ex = pool = None
+    if opts == "executor":
+        ex = concurrent.futures.ThreadPoolExecutor(2)
+        it = parmapper.parmap(ten, pausing(resume), executor=ex)
+    elif opts == "pool-imap":
+        pool = parmapper.Pool(2)
+        it = pool.imap(ten, pausing(resume))
+    else:
+        it = parmapper.parmap(ten, pausing(resume), **opts)
+    got = []
+    try:
+        for r in it:
+            got.append(r)
+            if len(got) == 5:
+                resume.set()
+    finally:
+        resume.set()
+        if ex is not None:
+            ex.shutdown()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    assert sorted(got) == [x * 10 for x in range(8)]
+
+
+def test_input_thread_false_reads_in_the_callers_thread():
+    # An iterator bound to its thread (sqlite3's check_same_thread) works
+    # with input_thread=False; with the default it fails with its own error,
+    # raised after the results before it, with a note saying why.
+    db = sqlite3.connect(":memory:")
+    db.execute("create table t (x)")
+    db.executemany("insert into t values (?)", [(i,) for i in range(20)])
+    got = list(parmapper.parmap(lambda row: row[0] + 1,
+                                db.execute("select x from t order by x"),
+                                N=2, input_thread=False))
+    assert got == list(range(1, 21))
+    with pytest.raises(sqlite3.ProgrammingError) as ei:
+        list(parmapper.parmap(lambda row: row[0] + 1,
+                              db.execute("select x from t order by x"), N=2))
+    notes = "\n".join(getattr(ei.value, "__notes__", []))
+    assert "input_thread=False" in notes
+
+
+def test_input_thread_must_be_a_bool():
+    with pytest.raises(TypeError, match="input_thread"):
+        parmapper.parmap(ten, iter(range(3)), N=2, input_thread=1)
+
+
+# --- each item as it was when it was yielded ----------------------------------
+
+def refilled_list(n):
+    row = [0, 0, 0]
+    for i in range(n):
+        row[:] = [i, i, i]
+        yield row
+
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+
+def refilled_object(n):
+    b = Box(0)
+    for i in range(n):
+        b.v = i
+        yield b
+
+
+def refilled_array(n):
+    np = pytest.importorskip("numpy")
+    a = np.zeros(100_000)  # past the out-of-band size: sent from its memory
+    for i in range(n):
+        a[:] = i
+        yield a
+
+
+def slowly(gen, every=7):
+    """The same items, with a pause every few (the reader runs ahead of
+    the map's asking only while the input is quick)."""
+    for k, x in enumerate(gen):
+        if k % every == 0:
+            time.sleep(0.002)
+        yield x
+
+
+@pytest.mark.parametrize("opts", [dict(N=2), dict(N=2, chunksize=1),
+                                  dict(N=2, chunksize=16)])
+@pytest.mark.parametrize("make,check", [
+    (refilled_list, lambda r: r == [r[0]] * 3),
+    (refilled_object, None),
+    (refilled_array, None),
+])
+def test_an_input_that_reuses_its_object_sends_each_item_as_yielded(
+        opts, make, check):
+    n = 300 if make is not refilled_array else 40
+
+    if make is refilled_list:
+        def fun(row):
+            return row[0] if row == [row[0]] * 3 else -1
+    elif make is refilled_object:
+        def fun(b):
+            return b.v
+    else:
+        def fun(a):
+            return int(a[0]) if (a == a[0]).all() else -1
+    assert list(parmapper.parmap(fun, make(n), **opts)) == list(range(n))
+    assert list(parmapper.parmap(fun, slowly(make(n)), **opts)) == list(range(n))
+
+
+def test_mixed_items_keep_their_order_and_values():
+    # Compact values, pickled ones, large bytes (sent from the object) and
+    # arrays with large buffers (tasks of their own), in one input.
+    np = pytest.importorskip("numpy")
+
+    def mixed():
+        for i in range(200):
+            k = i % 5
+            if k == 0:
+                yield i
+            elif k == 1:
+                yield {"i": i}
+            elif k == 2:
+                yield bytes([i % 256]) * 100_000
+            elif k == 3:
+                yield np.full(20_000, i)
+            else:
+                yield (i, "s", 1.5, None, [i])
+
+    def key(x):
+        if isinstance(x, int):
+            return x
+        if isinstance(x, dict):
+            return x["i"]
+        if isinstance(x, bytes):
+            return (len(x), x[0])
+        if isinstance(x, tuple):
+            return x[0]
+        return int(x[0])
+
+    want = [key(x) for x in mixed()]
+    for opts in (dict(N=2), dict(N=2, chunksize=3), dict(N=2, ordered=False)):
+        got = list(parmapper.parmap(key, mixed(), **opts))
+        if not opts.get("ordered", True):
+            got, want2 = sorted(got, key=repr), sorted(want, key=repr)
+            assert got == want2
+        else:
+            assert got == want
+
+
+# --- the input rules, through the thread --------------------------------------
+
+def test_unpicklable_item_fails_alone_naming_it():
+    def items():
+        for i in range(10):
+            yield (lambda: i) if i == 6 else i
+
+    got = list(parmapper.parmap(lambda x: x, items(), N=2,
+                                exception="return"))
+    assert got[:6] == list(range(6)) and got[7:] == list(range(7, 10))
+    assert isinstance(got[6], parmapper.ItemPicklingError)
+    assert "item 6" in str(got[6])
+
+
+def test_input_exception_after_the_results_before_it():
+    def items():
+        yield from range(7)
+        raise KeyError("input broke")
+
+    got = []
+    with pytest.raises(KeyError, match="input broke"):
+        for r in parmapper.parmap(ten, items(), N=2):
+            got.append(r)
+    assert got == [x * 10 for x in range(7)]
+
+
+def test_input_base_exception_ends_the_map():
+    def items():
+        yield from range(3)
+        raise SystemExit(7)
+
+    with pytest.raises(SystemExit):
+        list(parmapper.parmap(ten, items(), N=2))
+
+
+def test_closing_the_map_stops_the_input_thread():
+    # The thread stops before its next read once the map is closed: the
+    # input is not drained in the background.
+    read = []
+
+    def items():
+        for i in range(10**6):
+            read.append(i)
+            yield i
+
+    it = parmapper.parmap(ten, items(), N=2)
+    assert next(it) == 0
+    it.close()
+    time.sleep(0.3)
+    n = len(read)
+    time.sleep(0.3)
+    assert len(read) == n
+    assert n < 10**5
+    assert not [t for t in threading.enumerate()
+                if t.name == "parmapper-input" and t.is_alive()]
+
+
+def test_dropped_map_stops_the_input_thread_and_its_workers():
+    import gc
+
+    def items():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    it = parmapper.parmap(ten, items(), N=2)
+    assert next(it) == 0
+    pids = it._pids()
+    del it
+    gc.collect()
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline and [
+            t for t in threading.enumerate()
+            if t.name == "parmapper-input" and t.is_alive()]:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate()
+                if t.name == "parmapper-input" and t.is_alive()]
+    import os
+    for p in pids:  # the workers went with the map
+        with pytest.raises(ProcessLookupError):
+            os.kill(p, 0)
+
+
+def test_context_variables_reach_the_input():
+    import contextvars
+    import decimal
+    var = contextvars.ContextVar("var", default="unset")
+    var.set("caller's")
+    seen = []
+
+    def items():
+        seen.append((var.get(), decimal.getcontext().prec))
+        yield from range(3)
+
+    with decimal.localcontext() as ctx:
+        ctx.prec = 7
+        assert list(parmapper.parmap(ten, items(), N=2)) == [0, 10, 20]
+    assert seen == [("caller's", 7)]
