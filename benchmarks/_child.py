@@ -40,6 +40,19 @@ def build(spec):
             return None
         return _funcs.inc, items, check
 
+    if kind in ("inc_gen", "dict_gen"):
+        # A generator: read in the input's thread (input_thread=True).
+        if kind == "inc_gen":
+            items = (i for i in range(n))
+        else:
+            items = ({"i": i} for i in range(n))
+
+        def check(res):
+            if len(res) != n or sum(res) != n * (n + 1) // 2:
+                return "wrong results (len {}, sum {})".format(len(res), sum(res))
+            return None
+        return (_funcs.inc if kind == "inc_gen" else _funcs.inc_i), items, check
+
     if kind == "busy":
         loops = spec["loops"]
         items = [loops] * n

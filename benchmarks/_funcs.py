@@ -25,6 +25,10 @@ def inc(x):
     return x + 1
 
 
+def inc_i(d):
+    return d["i"] + 1
+
+
 def busy(n):
     """Pure-Python busy loop of `n` iterations (calibrated to a duration)."""
     s = 0

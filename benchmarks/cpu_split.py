@@ -5,7 +5,7 @@
 
 Each case is a workload kind of run.py (see _child.build: inc, sleep,
 bytes_in, bytes_in_gen, array_in, array_in_gen, bytes_out, array_out,
-slow_consumer), with an item count after a colon (default 64) and a
+slow_consumer, inc_gen, dict_gen), with an item count after a colon (default 64) and a
 chunksize after another (default: parmapper's, adaptive), mapped with N=2.  Every measurement runs in a fresh
 process (after the imports and the inputs are built) and prints the wall
 time of the call, then user and system CPU time and minor page faults of

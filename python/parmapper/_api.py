@@ -13,7 +13,7 @@ from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._cpu import cpu_count
 from ._errors import item_stop_iteration
-from ._input import ChunkReader
+from ._input import InputThread, open_input
 from ._progress import check_progress, progress_iter, wants_progress
 from ._worker import hide_ours, note_item
 
@@ -228,9 +228,12 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         next one, so an input that reuses one buffer or object for every
         item is safe.  ``False`` reads it in the caller's thread (results
         then wait while a ``next()`` blocks): for an iterator bound to the
-        thread that made it, such as a ``sqlite3`` cursor.  Only the worker
-        processes' input (``N > 1``, `retries`, `timeout`...): with
-        ``N=1`` or `executor`, the caller's thread reads it.
+        thread that made it, such as a ``sqlite3`` cursor.  With threads
+        (``N=1, Nt > 1``) and `executor`, the items are handed over as they
+        are, read ahead a bounded number of chunks, as always there.  A map
+        that ends (closed, an error, dropped) stops the thread before its
+        next read; a ``next()`` that never returns keeps it (a daemon
+        thread) but nothing else.
     executor : dask.distributed.Client or concurrent.futures.Executor, optional
         Run the map on this executor (a cluster, an ``MPIPoolExecutor``, a
         ``ProcessPoolExecutor``...) instead of forked workers.  Chunks of
@@ -377,7 +380,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         return executor_map(executor, fun, seq, n, N, Nt,
                             1 if adaptive else chunksize, ordered,
                             progress, total, args, kwargs, star, kwstar,
-                            exception, retries, timeout)
+                            exception, retries, timeout, input_thread)
 
     if chunksize == -1:
         if n is not None:
@@ -407,7 +410,8 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
             results = _serial(caller, seq, exception, star is not None)
         else:
             results = _threaded(caller, seq, Nt, Nt if adaptive else chunksize,
-                                ordered, exception, star is not None)
+                                ordered, exception, star is not None,
+                                input_thread)
     else:
         for name, v in (("N", user_N), ("Nt", Nt)):
             if v > _core.MAX_WORKERS:
@@ -509,25 +513,31 @@ def _ready(pending, ordered):
     return any(f.done() for f in pending)
 
 
-def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
+def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True,
+              input_thread=True):
     """N == 1, Nt > 1: a bounded thread pool in the caller's process."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    src = ChunkReader(seq)
+    ahead = 2 * Nt
+    src = open_input(seq, input_thread, chunksize)
+    threaded = isinstance(src, InputThread)
     stop = threading.Event()
     pending = collections.deque() if ordered else set()
-    ahead = 2 * Nt
     ex = ThreadPoolExecutor(max_workers=Nt)
     first = 0
     try:
         while True:
+            if threaded:
+                src.wake.clear()  # before looking: a later event sets it
             while not src.done and len(pending) < ahead:
-                items = src.take(chunksize)
+                items = src.take(chunksize, not pending)
                 if not items:
                     break
                 fut = ex.submit(_run_chunk, caller, first, items, stop,
                                 has_item)
                 fut.first = first
+                if threaded:
+                    fut.add_done_callback(src.poke)
                 first += len(items)
                 if ordered:
                     pending.append(fut)
@@ -535,9 +545,14 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
                     pending.add(fut)
                 if _ready(pending, ordered):
                     break  # deliver before reading on (a slow input)
-            if not pending:
+            if not pending and src.done:
                 src.raise_error()
                 return
+            if threaded and not (pending and _ready(pending, ordered)):
+                # For a result, or input while there is room: whichever
+                # comes first (the input's next() may block for ever).
+                src.wake.wait(src.due())
+                continue
             if ordered:
                 fut = pending.popleft()
             else:
@@ -560,6 +575,8 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True):
                 yield val
     finally:
         stop.set()  # chunks running in threads end after their current item
+        if threaded:
+            src.close()
         for f in pending:
             f.cancel()
         ex.shutdown(wait=False)

@@ -20,7 +20,7 @@ import pickle
 import warnings
 
 from ._errors import RemoteError, RemoteTraceback, item_stop_iteration
-from ._input import ChunkReader
+from ._input import InputThread, open_input
 from ._progress import progress_iter, wants_progress
 from ._worker import hide_ours
 
@@ -147,7 +147,8 @@ def _slots(ex):
 
 
 def executor_map(ex, fun, seq, n, N, Nt, chunksize, ordered, progress, total,
-                 args, kwargs, star, kwstar, mode, retries=0, timeout=None):
+                 args, kwargs, star, kwstar, mode, retries=0, timeout=None,
+                 input_thread=True):
     """parmap's executor path; the options are already validated.
 
     Nothing is submitted until the first result is requested.
@@ -166,7 +167,7 @@ def executor_map(ex, fun, seq, n, N, Nt, chunksize, ordered, progress, total,
                          "a lost worker); {} cannot".format(type(ex).__name__))
     results = _executor_iter(ex, fun, seq, n, N, Nt, chunksize,
                              bool(ordered), args, kwargs, star, kwstar, mode,
-                             retries)
+                             retries, input_thread)
     if wants_progress(progress):
         results = progress_iter(results, progress,
                                 total if total is not None else n)
@@ -186,7 +187,7 @@ def _raise_or_return(kind, exc, tb, index, mode):
 
 
 def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
-                   kwargs, star, kwstar, mode, retries):
+                   kwargs, star, kwstar, mode, retries, input_thread=True):
     dask = _is_dask(ex)
     if slots is None:
         slots = _slots(ex)
@@ -199,7 +200,8 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                           UserWarning, stacklevel=3)
             chunksize = Nt
     ahead = 2 * slots
-    src = ChunkReader(seq)
+    src = open_input(seq, input_thread, chunksize)
+    threaded = isinstance(src, InputThread)
     kw = dict(kwargs) if kwargs else None
 
     def submit(first, items):
@@ -219,21 +221,32 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
     first = 0
     try:
         while True:
+            if threaded:
+                src.wake.clear()  # before looking: a later event sets it
             while not src.done and len(pending) < ahead:
-                items = src.take(chunksize)
+                items = src.take(chunksize, not pending)
                 if not items:
                     break
                 fut = submit(first, items)
                 pending[fut] = first
+                if threaded:
+                    fut.add_done_callback(src.poke)
                 if dask and not ordered:
                     done_iter.add(fut)
                 first += len(items)
                 if (next(iter(pending)).done() if ordered
                         else any(f.done() for f in pending)):
                     break  # deliver before reading on (a slow input)
-            if not pending:
+            if not pending and src.done:
                 src.raise_error()
                 return
+            if threaded and not (
+                    pending and (next(iter(pending)).done() if ordered
+                                 else any(f.done() for f in pending))):
+                # For a result, or input while there is room: whichever
+                # comes first (the input's next() may block for ever).
+                src.wake.wait(src.due())
+                continue
             if ordered:
                 fut = next(iter(pending))
             elif dask:
@@ -256,6 +269,8 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                         raise  # bare: adds no frame of ours
                 yield value
     finally:
+        if threaded:
+            src.close()
         for fut in pending:
             try:
                 fut.cancel()

@@ -10,6 +10,7 @@ Two rules, the same as the forked-worker path's (binding) and ``builtins.map``:
   A ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
   ``SystemExit``...) propagates at once, as in a plain loop.
 """
+import collections
 import contextvars
 import itertools
 import threading
@@ -38,10 +39,11 @@ class ChunkReader:
         self.done = False   # the input will not be asked again
         self.error = None   # the Exception that ended the input, if any
 
-    def take(self, n):
+    def take(self, n, idle=True):
         """Returns a list of at most `n` (>= 1) items; ``[]`` once the input
         is finished (`done`).  Fewer than `n` items when the input finished or
-        reading took longer than ``SLOW_INPUT_S``."""
+        reading took longer than ``SLOW_INPUT_S``.  (`idle`: for the same
+        call as :meth:`InputThread.take`; reading here always waits.)"""
         if self.done:
             return []
         items = []
@@ -69,6 +71,134 @@ class ChunkReader:
         e, self.error = self.error, None
         if e is not None:
             raise e
+
+
+class InputThread:
+    """Reads the input in a thread of its own for the Python-level paths
+    (threads, executor), so that results are delivered while its ``next()``
+    blocks.  The same interface as :class:`ChunkReader`, except that
+    :meth:`take` never waits: it returns what was read.
+
+    The thread puts items in a deque (at most `limit` waiting: then it
+    waits for room).  The map waits on :attr:`wake`, an Event set when an
+    item arrives while the map waits for one, when the input ends, and by
+    :meth:`poke`, which the map adds as a done callback to its futures.
+    Items are handed over as they are (references): the threads and the
+    executor get the objects the input yielded, as from ``ChunkReader``.
+
+    Parameters
+    ----------
+    seq : iterable
+        The map's input.
+    limit : int
+        Items waiting at most (>= 1; the map passes one chunk): the input
+        is read that far ahead of what the map took.
+    """
+
+    def __init__(self, seq, limit):
+        self._it = iter(seq)
+        self._items = collections.deque()
+        self._limit = max(1, limit)
+        self._room = threading.Condition(threading.Lock())
+        self._since = 0.0       # when the oldest waiting item arrived
+        self._ended = False     # the thread stopped reading
+        self._fatal = None      # a BaseException to raise where it is reached
+        self._closed = False
+        self.error = None       # the Exception that ended the input, if any
+        self.wake = threading.Event()
+        t = threading.Thread(target=contextvars.copy_context().run,
+                             args=(self._run,), name="parmapper-input",
+                             daemon=True)
+        t.start()
+
+    def _run(self):
+        items = self._items
+        try:
+            for x in self._it:
+                if self._closed:
+                    return
+                if not items:
+                    self._since = time.monotonic()
+                items.append(x)
+                self.wake.set()
+                if len(items) >= self._limit:
+                    with self._room:
+                        while len(items) >= self._limit and not self._closed:
+                            self._room.wait()
+                if self._closed:
+                    return
+        except Exception as e:
+            note_input_thread(e)
+            self.error = e
+        except BaseException as e:
+            note_input_thread(e)
+            self._fatal = e
+        finally:
+            self._ended = True
+            self.wake.set()
+
+    @property
+    def done(self):
+        """Nothing more will come: the input ended, every item was taken,
+        and its BaseException, if any, was raised."""
+        return self._ended and not self._items and self._fatal is None
+
+    def take(self, n, idle=True):
+        """At most `n` (>= 1) of the items read so far, without waiting:
+        fewer than `n` only when the input ended, when `idle` (the map has
+        nothing running), or when the oldest has waited ``SLOW_INPUT_S``;
+        else ``[]``.  Raises the input's BaseException once the items before
+        it are taken."""
+        items = self._items
+        k = len(items)
+        if not k:
+            if self._ended and self._fatal is not None:
+                e, self._fatal = self._fatal, None
+                raise e
+            return []
+        if (k < n and not self._ended and not idle
+                and time.monotonic() - self._since < SLOW_INPUT_S):
+            return []
+        out = [items.popleft() for _ in range(min(n, k))]
+        if items:
+            self._since = time.monotonic()
+        if k >= self._limit:
+            with self._room:
+                self._room.notify()
+        return out
+
+    def due(self):
+        """Seconds until a partial chunk is due (see :meth:`take`), or None."""
+        if not self._items or self._ended:
+            return None
+        return max(0.0, SLOW_INPUT_S - (time.monotonic() - self._since))
+
+    def poke(self, _future=None):
+        """Wakes the map (a future's done callback)."""
+        self.wake.set()
+
+    def close(self):
+        """The map is over: the thread stops before its next read."""
+        self._closed = True
+        with self._room:
+            self._room.notify()
+
+    def raise_error(self):
+        """Raises the input's exception, if it ended with one (once)."""
+        e, self.error = self.error, None
+        if e is not None:
+            raise e
+
+
+def open_input(seq, input_thread, limit):
+    """The reader of a Python-level path's input: an :class:`InputThread`
+    for an iterator when `input_thread`, else a :class:`ChunkReader` (a
+    list, tuple, range or numpy array never blocks)."""
+    t = type(seq)
+    if (not input_thread or t in (list, tuple, range)
+            or (t.__name__ == "ndarray" and t.__module__ == "numpy")):
+        return ChunkReader(seq)
+    return InputThread(seq, limit)
 
 
 def start_reader(run):
