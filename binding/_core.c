@@ -646,6 +646,8 @@ done:
  *   'i' int64            'f' float64
  *   's' u32 length + UTF-8     'b' u64 length + bytes
  *   't' u32 count + values     'l' u32 count + values
+ *   'd' u32 count + key, value pairs (an exact dict, in its order)
+ *   'p' u64 length + a pickle (an item pickled alone: input_thread.c)
  * Only exact types are encoded (a subclass may carry state pickle keeps);
  * anything else makes the whole record fall back to pickle.
  */
@@ -876,6 +878,35 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
         }
         return 0;
     }
+    if (t == &PyDict_Type) {
+        /* Exact keys and values only: no __hash__ or __eq__ of ours runs,
+         * so the dict cannot change while it is read. */
+        if (depth >= ENC_MAX_DEPTH)
+            return ENC_UNSUPPORTED;
+        if (depth >= 2 && Py_REFCNT(o) > 1 && enc_shared(b, o))
+            return ENC_UNSUPPORTED; /* held twice in one item: pickle it */
+        Py_ssize_t n = PyDict_GET_SIZE(o);
+        if ((size_t)n > 0xffffffffu)
+            return ENC_UNSUPPORTED;
+        uint32_t n32 = (uint32_t)n;
+        if (buf_reserve(b, 5) < 0)
+            return -1;
+        b->p[b->len] = 'd';
+        memcpy(b->p + b->len + 1, &n32, 4);
+        b->len += 5;
+        Py_ssize_t pos = 0, k = 0;
+        PyObject *key, *val;
+        while (PyDict_Next(o, &pos, &key, &val)) {
+            if (++k > n)
+                return ENC_UNSUPPORTED;
+            int rc = enc_value(b, key, depth + 1);
+            if (rc == 0)
+                rc = enc_value(b, val, depth + 1);
+            if (rc)
+                return rc;
+        }
+        return k == n ? 0 : ENC_UNSUPPORTED;
+    }
     return ENC_UNSUPPORTED;
 }
 
@@ -963,6 +994,30 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
             return dec_corrupt();
         r = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
         p += n;
+        break;
+    }
+    case 'd': {
+        uint32_t n;
+        if (end - p < 4)
+            return dec_corrupt();
+        memcpy(&n, p, 4);
+        p += 4;
+        if ((size_t)(end - p) / 2 < n) /* a key and a value take 2 bytes */
+            return dec_corrupt();
+        r = PyDict_New();
+        if (!r)
+            return NULL;
+        for (uint32_t i = 0; i < n; i++) {
+            PyObject *k = dec_value(&p, end, depth + 1, rt);
+            PyObject *v = k ? dec_value(&p, end, depth + 1, rt) : NULL;
+            int rc = v ? PyDict_SetItem(r, k, v) : -1;
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            if (rc < 0) {
+                Py_DECREF(r);
+                return NULL;
+            }
+        }
         break;
     }
     case 'p': { /* an item pickled alone (input_thread.c) */

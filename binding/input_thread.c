@@ -37,7 +37,11 @@
  * frees what is left when both are done.
  */
 
-#define READ_AHEAD_TASKS 8
+/* Tasks made ahead of the map's asking, at most: READ_AHEAD_TASKS - 1, or
+ * READ_AHEAD_BYTES of them (and one task more).  The reader, once asleep,
+ * is woken when half of either is left (fewer wake-ups: a futex each). */
+#define READ_AHEAD_TASKS 64
+#define READ_AHEAD_BYTES (4u << 20)
 
 typedef struct {
     Pieces *pieces;    /* the task's bytes, handed to the engine as owner */
@@ -69,6 +73,7 @@ struct InputReader {
     Py_ssize_t open_n, open_first;
     ReadTask q[READ_AHEAD_TASKS];
     int qhead, qn;
+    size_t qbytes;         /* of the tasks in q */
 };
 
 static void reader_sleep(InputReader *r)
@@ -104,6 +109,7 @@ static int reader_push(InputReader *r, Pieces *t, Py_ssize_t first,
         bytes += t->iov[i].len;
     ReadTask *e = &r->q[(r->qhead + r->qn++) % READ_AHEAD_TASKS];
     *e = (ReadTask){t, (uint64_t)first, (uint32_t)count, flags, bytes};
+    r->qbytes += bytes;
     return 0;
 }
 
@@ -299,7 +305,8 @@ static PyObject *InputReader_run(InputReader *r, PyObject *unused)
     (void)unused;
     while (!r->closed) {
         /* Room for two tasks: the open one and an item's own. */
-        if (r->hold || r->qn >= READ_AHEAD_TASKS - 1) {
+        if (r->hold || r->qn >= READ_AHEAD_TASKS - 1 ||
+            r->qbytes >= READ_AHEAD_BYTES) {
             reader_sleep(r);
             continue;
         }
@@ -351,9 +358,11 @@ static int reader_take(InputReader *r, ReadTask *out)
         *out = r->q[r->qhead];
         r->qhead = (r->qhead + 1) % READ_AHEAD_TASKS;
         r->qn--;
+        r->qbytes -= out->bytes;
         if (out->flags & PM_PRODUCED_VOLATILE)
             r->hold = 2;
-        reader_wake(r);
+        if (r->qn <= READ_AHEAD_TASKS / 2 && r->qbytes < READ_AHEAD_BYTES / 2)
+            reader_wake(r);
         return 1;
     }
     if (!r->done) {

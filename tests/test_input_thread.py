@@ -303,3 +303,54 @@ def test_context_variables_reach_the_input():
         ctx.prec = 7
         assert list(parmapper.parmap(ten, items(), N=2)) == [0, 10, 20]
     assert seen == [("caller's", 7)]
+
+
+# --- dicts in the compact codec -----------------------------------------------
+
+DICTS = [
+    {},
+    {"a": 1, "b": 2.5, "c": None, "d": True, "e": "s", "f": b"b"},
+    {1: "one", 2.5: "f", (1, "t"): [1, 2], None: {"nested": {"x": [1]}}},
+    {True: 1, 0: 2},              # True and 0 are distinct keys
+    {"order": 1, "kept": 2, "as": 3, "inserted": 4},
+    {"big": bytes(100_000), "small": b"x"},  # a spliced value inside
+    {"obj": Box(3)},              # a value only pickle holds
+]
+
+
+def _dict_pair(x):
+    d = {"x": x}
+    return {"a": d, "b": d, "c": [d]}
+
+
+@pytest.mark.parametrize("opts", [dict(N=2), dict(N=2, chunksize=1),
+                                  dict(N=2, input_thread=False)])
+def test_dicts_round_trip_as_items_and_results(opts):
+    def gen():
+        yield from DICTS
+
+    def same(d):
+        return d
+
+    got = list(parmapper.parmap(same, gen(), **opts))
+    assert len(got) == len(DICTS)
+    for g, d in zip(got, DICTS):
+        if "obj" in d:
+            assert g["obj"].v == 3
+            continue
+        assert g == d and list(g) == list(d)
+        assert [type(k) for k in g] == [type(k) for k in d]
+    # A dict held twice in one result (or item) stays one object.
+    for r in parmapper.parmap(_dict_pair, range(4), **opts):
+        assert r["a"] is r["b"] and r["c"][0] is r["a"]
+    for r in parmapper.parmap(lambda v: v["a"] is v["b"] is v["c"][0],
+                              (_dict_pair(i) for i in range(4)), **opts):
+        assert r is True
+
+
+def test_dict_subclasses_keep_their_type():
+    import collections
+    items = [collections.OrderedDict(a=1), collections.defaultdict(int, a=2),
+             collections.Counter("aab")]
+    got = list(parmapper.parmap(lambda d: d, iter(items), N=2))
+    assert got == items and [type(g) for g in got] == [type(d) for d in items]

@@ -162,9 +162,10 @@ class InputThread:
         out = [items.popleft() for _ in range(min(n, k))]
         if items:
             self._since = time.monotonic()
-        if k >= self._limit:
-            with self._room:
-                self._room.notify()
+        # Always (one lock per chunk): the thread may have filled the deque
+        # and gone to wait after `k` was counted.
+        with self._room:
+            self._room.notify()
         return out
 
     def due(self):
