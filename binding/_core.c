@@ -1501,7 +1501,7 @@ static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
                        int *niov, void **owner)
 {
     InputReader *r = self->reader;
-    ReadTask t;
+    ReadTask t; /* a copy: the reader may reuse the entry */
     int rc = reader_take(r, &t);
     if (rc == 0) {
         self->input_done = 1;
@@ -1512,9 +1512,18 @@ static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
     }
     if (rc != 1)
         return rc;
-    *iov = t.pieces->iov;
-    *niov = t.pieces->niov;
-    *owner = t.pieces;
+    if (t.pieces) {
+        *iov = t.pieces->iov;
+        *niov = t.pieces->niov;
+        *owner = t.pieces;
+    } else { /* small: copied (the engine copies what it cannot write) */
+        buf_clear(&self->enc);
+        if (buf_put(&self->enc, t.small, t.bytes) < 0)
+            return PM_ECALLBACK;
+        self->iov1 = (pm_iov){self->enc.p, self->enc.len};
+        *iov = &self->iov1;
+        *niov = 1;
+    }
     task->first = t.first;
     task->count = t.count;
     self->next_index = (Py_ssize_t)(t.first + t.count);
@@ -3284,7 +3293,8 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_XDECREF(max_items);
     if (bad ||
         PyModule_AddIntConstant(m, "MAX_WORKERS", PM_MAX_NPROC) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_RETRIES", INT_MAX) < 0)
+        PyModule_AddIntConstant(m, "MAX_RETRIES", INT_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "READ_AHEAD_TASKS", READ_AHEAD_TASKS) < 0)
         goto fail;
     if (add_object(m, "Caller", (PyObject *)&CallerType) < 0 ||
         add_object(m, "MapIter", (PyObject *)&MapIterType) < 0)

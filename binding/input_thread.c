@@ -43,12 +43,18 @@
 #define READ_AHEAD_TASKS 64
 #define READ_AHEAD_BYTES (4u << 20)
 
+/* A task this small is copied into its queue entry, not handed over as
+ * pieces: no allocation per task (chunksize=1, the first adaptive tasks). */
+#define READ_SMALL_TASK 240
+
 typedef struct {
-    Pieces *pieces;    /* the task's bytes, handed to the engine as owner */
+    Pieces *pieces;    /* the task's bytes, handed to the engine as owner,
+                          or NULL: they are in `small` */
     uint64_t first;
     uint32_t count;
     int flags;         /* PM_PRODUCED_VOLATILE: written from an item's memory */
     size_t bytes;
+    unsigned char small[READ_SMALL_TASK];
 } ReadTask;
 
 struct InputReader {
@@ -101,16 +107,20 @@ static void reader_tell_map(InputReader *r)
     }
 }
 
-static int reader_push(InputReader *r, Pieces *t, Py_ssize_t first,
-                       Py_ssize_t count, int flags)
+static ReadTask *reader_push(InputReader *r, Pieces *t, Py_ssize_t first,
+                             Py_ssize_t count, int flags)
 {
     size_t bytes = 0;
-    for (int i = 0; i < t->niov; i++)
+    for (int i = 0; t && i < t->niov; i++)
         bytes += t->iov[i].len;
     ReadTask *e = &r->q[(r->qhead + r->qn++) % READ_AHEAD_TASKS];
-    *e = (ReadTask){t, (uint64_t)first, (uint32_t)count, flags, bytes};
+    e->pieces = t;
+    e->first = (uint64_t)first;
+    e->count = (uint32_t)count;
+    e->flags = flags;
+    e->bytes = bytes;
     r->qbytes += bytes;
-    return 0;
+    return e;
 }
 
 /* Closes the open task (there is room in q): its list's count written, its
@@ -119,6 +129,14 @@ static int reader_publish(InputReader *r)
 {
     uint32_t n32 = (uint32_t)r->open_n;
     memcpy(r->open.p + 2, &n32, 4); /* tag, 'l', then the count */
+    if (!r->open.nsp && r->open.len <= READ_SMALL_TASK) {
+        ReadTask *e = reader_push(r, NULL, r->open_first, r->open_n, 0);
+        memcpy(e->small, r->open.p, r->open.len);
+        e->bytes = r->open.len;
+        r->qbytes += e->bytes;
+        r->open_n = 0; /* the buffer stays, for the next task */
+        return 0;
+    }
     Pieces *t;
     if (r->open.nsp) {
         t = spliced_task(&r->open, r->keep);
@@ -412,7 +430,8 @@ static void InputReader_dealloc(InputReader *r)
     PyObject_GC_UnTrack(r);
     InputReader_clear(r);
     while (r->qn) {
-        release_pieces(NULL, r->q[r->qhead].pieces);
+        if (r->q[r->qhead].pieces)
+            release_pieces(NULL, r->q[r->qhead].pieces);
         r->qhead = (r->qhead + 1) % READ_AHEAD_TASKS;
         r->qn--;
     }

@@ -73,8 +73,8 @@ def test_lazy_start_does_not_consume_input(N, Nt):
 @pytest.mark.parametrize("chunksize", [1, 16, 200])
 def test_read_ahead_is_bounded(chunksize):
     """An infinite input is read at most N × Nt × window tasks ahead of the
-    results, the window being 4096 / chunksize tasks between 32 and 256
-    (docs/api.md)."""
+    results, the window being 4096 / chunksize tasks between 32 and 256,
+    plus the input thread's tasks (docs/api.md)."""
     consumed = itertools.count()
     pulled = [0]
 
@@ -88,8 +88,11 @@ def test_read_ahead_is_bounded(chunksize):
     chunksize = max(chunksize, Nt)  # as the original parmapper does
     window = min(256, max(32, 4096 // chunksize))
     assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
-    # ahead of the 5 results handed out (a task refills each freed place)
-    assert pulled[0] - 5 <= N * Nt * window * chunksize + chunksize
+    # ahead of the 5 results handed out (a task refills each freed place),
+    # and the tasks the input's thread made ahead, with the one it fills
+    from parmapper import _core
+    ahead = _core.READ_AHEAD_TASKS * chunksize
+    assert pulled[0] - 5 <= N * Nt * window * chunksize + chunksize + ahead
     assert next(it) == 25
     it.close()
 
