@@ -1,4 +1,8 @@
 /* error.c -- messages and names for the engine's error codes. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <string.h>
 

@@ -144,7 +144,7 @@ typedef struct pm_slot {
     void *pend_owner;
     int pend_active; /* bytes or the end marker still to write */
     /* A result that came in several fragments, or wrapped around. */
-    pm_asm asm;
+    pm_asm assembly;
     /* Timeouts: since when (0: not) the worker has tasks in its ring, no
      * result waiting and runs nothing, and its progress then (task bytes
      * taken + result bytes written). */
@@ -216,7 +216,7 @@ struct pm_map {
     int held_slot;        /* fragment delivered in place, consumed next call */
     pm_frag held;
     unsigned char *held_copy; /* a saved result delivered, freed next call */
-    int asm_slot;         /* the result delivered was assembled in this
+    int assembly_slot;    /* the result delivered was assembled in this
                              slot's buffer (-1: it was not) */
     void *routed;         /* owner of the delivered result's routed ranges,
                              released next call unless taken */

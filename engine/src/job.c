@@ -23,6 +23,10 @@
  * aside (the held list) until their turn: the only copies, and only after a
  * crash.
  */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <stdatomic.h>
 #include <stddef.h>

@@ -1,4 +1,8 @@
 /* map.c -- the parent side: shared memory, dispatch, delivery, teardown. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,7 +111,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         m->hooks = *hooks;
     m->held_slot = -1;
     m->volatile_slot = -1;
-    m->asm_slot = -1;
+    m->assembly_slot = -1;
     m->last_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
               m->opt.deliver_lost || m->opt.max_rss_bytes;
@@ -534,21 +538,21 @@ static int read_msg(pm_map *m, pm_slot *s, const unsigned char **msg,
         int rc = pm__rx_peek(&s->rx, f);
         if (rc <= 0)
             return rc;
-        if (pm__asm_whole(&s->asm, f)) {
+        if (pm__asm_whole(&s->assembly, f)) {
             *msg = f->p1;
             *len = f->len;
             *in_ring = 1;
             return 1;
         }
-        rc = pm__asm_add(&s->asm, &m->hooks, f);
+        rc = pm__asm_add(&s->assembly, &m->hooks, f);
         if (rc < 0)
             return rc;
         pm__rx_consume(&s->rx, f);
         pm__bell_ring(&s->ctl->bell);
         *progress = 1;
         if (rc == 1) {
-            *msg = s->asm.buf;
-            *len = s->asm.len;
+            *msg = s->assembly.buf;
+            *len = s->assembly.len;
             *in_ring = 0;
             return 1;
         }
@@ -641,7 +645,7 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     if (rc <= 0)
         return rc;
     if (!in_ring)
-        m->routed = pm__asm_take_owner(&s->asm);
+        m->routed = pm__asm_take_owner(&s->assembly);
     if (!msg_answers(msg, len, &e->task)) {
         release_routed(m, &m->routed);
         return corrupt(m, s, progress);
@@ -650,7 +654,7 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
         m->held = f;
         m->held_slot = si;
     } else {
-        m->asm_slot = si;
+        m->assembly_slot = si;
     }
     m->workers[s->worker].uncharged = 0;
     res->status = PM_RESULT_OK;
@@ -672,7 +676,7 @@ static void release_held(pm_map *m)
     free(m->held_copy);
     m->held_copy = NULL;
     release_routed(m, &m->routed);
-    m->asm_slot = -1;
+    m->assembly_slot = -1;
     if (m->held_slot < 0)
         return;
     pm_slot *s = &m->slots[m->held_slot];
@@ -806,7 +810,7 @@ static void reset_worker_shm(pm_map *m, int w)
         s->pend_active = 0;
         s->pend_len = s->pend_off = 0;
         pend_release(m, s);
-        pm__asm_reset(&s->asm, &m->hooks);
+        pm__asm_reset(&s->assembly, &m->hooks);
         s->resend = 0;
         s->stall_ns = 0;
         if (m->held_slot == si)
@@ -827,7 +831,7 @@ static void drain_dead(pm_map *m, pm_slot *s)
         int in_ring = 0;
         if (read_msg(m, s, &msg, &len, &f, &in_ring, &progress) != 1)
             return;
-        void *routed = in_ring ? NULL : pm__asm_take_owner(&s->asm);
+        void *routed = in_ring ? NULL : pm__asm_take_owner(&s->assembly);
         pm_inflight *e = NULL;
         for (; i < s->fifo_n; i++) {
             e = pm__fifo_at(m, s, i);
@@ -1524,10 +1528,10 @@ int pm_map_next(pm_map *m, pm_result *res)
 void *pm_map_take_result(pm_map *m)
 {
     void *p = NULL;
-    if (m->asm_slot >= 0) {
-        pm_slot *s = &m->slots[m->asm_slot];
-        p = pm__asm_take_buf(&s->asm);
-        m->asm_slot = -1;
+    if (m->assembly_slot >= 0) {
+        pm_slot *s = &m->slots[m->assembly_slot];
+        p = pm__asm_take_buf(&s->assembly);
+        m->assembly_slot = -1;
     } else if (m->held_copy) {
         p = m->held_copy;
         m->held_copy = NULL;
@@ -1623,7 +1627,7 @@ int pm_map_destroy(pm_map *m)
                 pend_release(m, s);
             free(m->slots[i].fifo);
             free(m->slots[i].pend);
-            pm__asm_free(&s->asm, &h);
+            pm__asm_free(&s->assembly, &h);
         }
     }
     free(m->slots);

@@ -1,4 +1,8 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

@@ -1,4 +1,8 @@
 /* worker.c -- the worker process: serve tasks from its rings, write results. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,8 +23,8 @@ struct pm_writer {
     pm_ring_rx rx; /* tasks */
     pm_ring_tx tx; /* results */
     pm_spin spin;
-    pm_asm asm;         /* assembly of large or wrapped tasks */
-    int in_buf;         /* the running task's input is in asm.buf */
+    pm_asm assembly;    /* a large or wrapped task, being assembled */
+    int in_buf;         /* the running task's input is in assembly.buf */
     void *routed;       /* the running task's routed ranges' owner */
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
@@ -136,7 +140,7 @@ void *pm_writer_take_input(pm_writer *w)
     if (!w->in_buf)
         return NULL;
     w->in_buf = 0;
-    return pm__asm_take_buf(&w->asm);
+    return pm__asm_take_buf(&w->assembly);
 }
 
 void *pm_writer_take_routed(pm_writer *w)
@@ -323,33 +327,33 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!w->asm.active && nothing_more(w))
+            if (!w->assembly.active && nothing_more(w))
                 return 0;
             rc = worker_wait(w, task_ready);
             if (rc < 0)
                 return rc;
-            if (w->asm.active &&
+            if (w->assembly.active &&
                 atomic_load_explicit(&w->wctl->stop, memory_order_relaxed) &&
                 !pm__rx_ready(&w->rx))
                 return 0;
             continue;
         }
-        if (pm__asm_whole(&w->asm, &f)) {
+        if (pm__asm_whole(&w->assembly, &f)) {
             *msg = f.p1;
             *len = f.len;
             *held = f;
             *in_place = 1;
             return 1;
         }
-        rc = pm__asm_add(&w->asm, &w->m->hooks, &f);
+        rc = pm__asm_add(&w->assembly, &w->m->hooks, &f);
         if (rc < 0)
             return rc;
         pm__rx_consume(&w->rx, &f);
         pm__ring_parent(w->m);
         if (rc == 1) {
-            w->routed = pm__asm_take_owner(&w->asm);
-            *msg = w->asm.buf;
-            *len = w->asm.len;
+            w->routed = pm__asm_take_owner(&w->assembly);
+            *msg = w->assembly.buf;
+            *len = w->assembly.len;
             *in_place = 0;
             return 1;
         }
