@@ -35,6 +35,9 @@ static inline int pm__grow(unsigned char **p, size_t *cap, size_t need)
     return 0;
 }
 
+/* The shared structures and rings start on their own cache lines. */
+#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
+
 #define PM_DEFAULT_WINDOW 32
 #define PM_DEFAULT_RING (1u << 20)
 #define PM_MSG_MAGIC 0x4d41504du /* "MPAM" */
@@ -272,6 +275,14 @@ static inline void pm__ring_parent(pm_map *m)
     }
 }
 
+/* error.c */
+
+/* Records in why[len] a sentence naming the call that failed with err
+ * (negative errno) for worker w (-1: none) and the limit most likely
+ * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
+void pm__explain(char *why, size_t len, const char *call, int err, int w,
+                 int nproc, size_t bytes);
+
 /* proc.c */
 
 /* Forks worker w, letting only the mappings it needs into the fork
@@ -281,22 +292,9 @@ static inline void pm__ring_parent(pm_map *m)
  * -errno of fork(). */
 int pm__spawn(pm_map *m, int w);
 
-/* 1 in a process that fork() made and the engine did not make a worker of:
- * set by an at-fork child handler (registered on the first spawn), cleared
- * by the engine in each worker it forks.  A copy of a worker that the work
- * function forked shares the worker's rings; worker code reads this (one
- * load) before it touches them and ends such a copy instead. */
-extern volatile int pm__forked_copy;
-
 /* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
  * still running, or when it was not running. */
 int pm__try_reap(pm_map *m, int w);
-
-/* Records in why[len] a sentence naming the call that failed with err
- * (negative errno) for worker w (-1: none) and the limit most likely
- * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
-void pm__explain(char *why, size_t len, const char *call, int err, int w,
-                 int nproc, size_t bytes);
 
 /* Resident bytes of process pid (/proc/PID/statm), or 0 when unknown. */
 uint64_t pm__rss_bytes(pid_t pid);
@@ -332,6 +330,13 @@ static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
 
 /* worker.c */
 
+/* 1 in a process that fork() made and the engine did not make a worker of:
+ * set by an at-fork child handler (registered on the first spawn), cleared
+ * by the engine in each worker it forks.  A copy of a worker that the work
+ * function forked shares the worker's rings; worker code reads this (one
+ * load) before it touches them and ends such a copy instead. */
+extern volatile int pm__forked_copy;
+
 /* The worker process: serves its slots (one thread each when nthreads > 1)
  * until asked to stop or the parent dies, then runs the worker_exit hook and
  * _exits.  Never returns. */
@@ -344,9 +349,24 @@ uint64_t pm__writer_written(const pm_writer *w);
 /* Sets what pm_writer_item() returns (jobs: the item being run). */
 void pm__writer_set_item(pm_writer *w, uint64_t item);
 
-/* map.c */
+/* shm.c */
 
-/* Address of slot s of worker w inside the worker's mapping. */
+/* Address of the control words of slot t of worker w inside the worker's
+ * mapping (then come its task ring and its result ring). */
 pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t);
+
+/* Maps the parent's bell and each worker's memory (m->workers and m->slots
+ * allocated, m->opt final), and points each slot at its control words and
+ * rings, initialised.  Keeps the mappings out of forks where the kernel
+ * can (m->dontfork).  Returns 0, or the -errno of mmap() with why[why_len]
+ * saying which mapping failed; what was mapped is pm__shm_unmap()'s. */
+int pm__shm_map(pm_map *m, char *why, size_t why_len);
+
+/* Resets worker w's shared memory (control words, its slots' bells, clocks
+ * and rings) and the parent's ends of its rings, for a fresh process. */
+void pm__shm_reset_worker(pm_map *m, int w);
+
+/* Unmaps what pm__shm_map() mapped. */
+void pm__shm_unmap(pm_map *m);
 
 #endif

@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/eventfd.h>
@@ -21,46 +20,12 @@
 #define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
 #define STOP_GRACE_MS 200
 
-#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
-
 void pm_options_init(pm_options *o)
 {
     memset(o, 0, sizeof *o);
     o->nproc = 1;
     o->nthreads = 1;
     o->ordered = 1;
-}
-
-static size_t ring_bytes(const pm_map *m)
-{
-    return ALIGN64(pm__ring_size(m->opt.ring_bytes));
-}
-
-pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t)
-{
-    unsigned char *base = m->workers[w].shm;
-    return (pm_slot_ctl *)(base + ALIGN64(sizeof(pm_wctl)) +
-                           (size_t)t * m->slot_bytes);
-}
-
-static void *map_shared(size_t len)
-{
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-/* Keeps mapping p out of every fork (pm__spawn lets it through for the
- * workers that need it).  Returns 1 when the kernel took it. */
-static int no_fork(void *p, size_t len)
-{
-#ifdef MADV_DONTFORK
-    return madvise(p, len, MADV_DONTFORK) == 0;
-#else
-    (void)p;
-    (void)len;
-    return 0;
-#endif
 }
 
 static uint64_t pow2_at_least(uint64_t x)
@@ -118,7 +83,6 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
-    m->slot_bytes = ALIGN64(sizeof(pm_slot_ctl)) + 2 * ring_bytes(m);
 
     m->efd = -1;
     m->workers = calloc((size_t)m->opt.nproc, sizeof *m->workers);
@@ -137,46 +101,15 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
      * naps (PARENT_SLEEP_MS). */
     m->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 #endif
-    m->ctl = map_shared(ALIGN64(sizeof(pm_ctl)));
-    if (!m->ctl) {
-        err = -errno;
-        pm__explain(create_why, sizeof create_why, "mmap", err, -1,
-                    m->opt.nproc, ALIGN64(sizeof(pm_ctl)));
+    err = pm__shm_map(m, create_why, sizeof create_why);
+    if (err < 0)
         goto fail;
-    }
-    /* Isolation: the rings of this map reach its own workers only, not the
-     * caller's other children nor the workers of its other maps. */
-    m->dontfork = no_fork(m->ctl, ALIGN64(sizeof(pm_ctl)));
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        wk->shm_len = ALIGN64(sizeof(pm_wctl)) +
-                      (size_t)m->opt.nthreads * m->slot_bytes;
-        wk->shm = map_shared(wk->shm_len);
-        if (!wk->shm) {
-            err = -errno;
-            pm__explain(create_why, sizeof create_why, "mmap", err, w,
-                        m->opt.nproc, wk->shm_len);
+    for (int i = 0; i < m->nslots; i++) {
+        m->slots[i].fifo = calloc((size_t)m->opt.window,
+                                  sizeof *m->slots[i].fifo);
+        if (!m->slots[i].fifo) {
+            err = -ENOMEM;
             goto fail;
-        }
-        m->dontfork &= no_fork(wk->shm, wk->shm_len);
-        wk->wctl = wk->shm;
-        for (int t = 0; t < m->opt.nthreads; t++) {
-            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-            s->worker = w;
-            s->ctl = pm__slot_ctl(m, w, t);
-            s->task_ring = (pm_ring *)((unsigned char *)s->ctl +
-                                       ALIGN64(sizeof(pm_slot_ctl)));
-            s->result_ring =
-                (pm_ring *)((unsigned char *)s->task_ring + ring_bytes(m));
-            pm__ring_init(s->task_ring, m->opt.ring_bytes);
-            pm__ring_init(s->result_ring, m->opt.ring_bytes);
-            pm__tx_init(&s->tx, s->task_ring, m->opt.ring_bytes);
-            pm__rx_init(&s->rx, s->result_ring, m->opt.ring_bytes);
-            s->fifo = calloc((size_t)m->opt.window, sizeof *s->fifo);
-            if (!s->fifo) {
-                err = -ENOMEM;
-                goto fail;
-            }
         }
     }
     *out = m;
@@ -790,23 +723,11 @@ static int deliver(pm_map *m, pm_result *res, int *progress)
 /* Resets worker w's shared memory for a fresh process. */
 static void reset_worker_shm(pm_map *m, int w)
 {
-    atomic_store(&m->workers[w].wctl->stop, 0);
-    atomic_store(&m->workers[w].wctl->finish, 0);
-    atomic_store(&m->workers[w].wctl->stopped_at, 0);
-    atomic_store(&m->workers[w].wctl->stops, 0);
-    atomic_store(&m->workers[w].wctl->ready, 0);
+    pm__shm_reset_worker(m, w);
     m->workers[w].seen_stops = 0;
     for (int t = 0; t < m->opt.nthreads; t++) {
         int si = w * m->opt.nthreads + t;
         pm_slot *s = &m->slots[si];
-        atomic_store(&s->ctl->bell.seq, 0);
-        atomic_store(&s->ctl->bell.sleeping, 0);
-        atomic_store(&s->ctl->run_first, 0);
-        atomic_store(&s->ctl->run_start_ns, 0);
-        pm__ring_init(s->task_ring, m->opt.ring_bytes);
-        pm__ring_init(s->result_ring, m->opt.ring_bytes);
-        pm__tx_init(&s->tx, s->task_ring, m->opt.ring_bytes);
-        pm__rx_init(&s->rx, s->result_ring, m->opt.ring_bytes);
         s->pend_active = 0;
         s->pend_len = s->pend_off = 0;
         pend_release(m, s);
@@ -1593,13 +1514,8 @@ int pm_map_destroy(pm_map *m)
      * there when they were kept out of forks: its addresses may hold
      * something else by now. */
     int mapped = mine || !m->dontfork;
-    if (m->workers && mapped) {
-        for (int w = 0; w < m->opt.nproc; w++)
-            if (m->workers[w].shm)
-                munmap(m->workers[w].shm, m->workers[w].shm_len);
-    }
-    if (m->ctl && mapped)
-        munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
+    if (mapped)
+        pm__shm_unmap(m);
     if (m->efd >= 0)
         close(m->efd);
     for (int w = 0; m->workers && w < m->opt.nproc; w++)

@@ -15,6 +15,8 @@
 
 #define WORKER_SLEEP_MS 100
 
+volatile int pm__forked_copy = 0; /* set and cleared by proc.c */
+
 /* One thread's state: the worker ends of one slot's rings. */
 struct pm_writer {
     pm_map *m;
