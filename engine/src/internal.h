@@ -275,6 +275,20 @@ static inline void pm__ring_parent(pm_map *m)
     }
 }
 
+/* Makes err the map's sticky error, unless it has one already; returns
+ * the sticky one. */
+static inline int pm__fail(pm_map *m, int err)
+{
+    if (!m->error)
+        m->error = err;
+    return m->error;
+}
+
+static inline int pm__worker_alive(const pm_map *m, int w)
+{
+    return m->workers[w].state == PM_W_RUNNING;
+}
+
 /* error.c */
 
 /* Records in why[len] a sentence naming the call that failed with err
@@ -311,22 +325,12 @@ void pm__stop_all(pm_map *m, int grace_ms);
  * for PM_WAIT_UNKNOWN). */
 void pm__decode_status(int st, int *signal, int *exit_code);
 
-/* Fills m->death for worker w from its wait status and the tasks of its
- * slots' FIFOs that were not completed. */
-void pm__record_death(pm_map *m, int w);
-
 /* The result delivered last is malformed (a job's trailers): kills and
  * names its worker (pm_map_death), fails the map with PM_ECORRUPT. */
 int pm__map_corrupt_result(pm_map *m, const pm_task *task);
 
 /* For the tests: a job's map. */
 pm_map *pm__job_map(pm_job *job);
-
-/* The FIFO entry at position i (0 = oldest) of slot s. */
-static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
-{
-    return &s->fifo[(s->fifo_head + i) % (uint32_t)m->opt.window];
-}
 
 /* worker.c */
 

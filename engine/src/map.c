@@ -11,7 +11,7 @@
 #include <sys/eventfd.h>
 #endif
 
-#include "internal.h"
+#include "slot.h"
 
 #define PARENT_SLEEP_MS 50
 #define PM_FUTEX_FIRST_MS 1 /* futex sleep before the poll on deaths too */
@@ -157,38 +157,7 @@ int pm_map_start(pm_map *m)
     return 0;
 }
 
-static int fail(pm_map *m, int err)
-{
-    if (!m->error)
-        m->error = err;
-    return m->error;
-}
-
-static int worker_alive(const pm_map *m, int w)
-{
-    return m->workers[w].state == PM_W_RUNNING;
-}
-
 /* --- dispatch ------------------------------------------------------------ */
-
-/* Gives a gathered task's pieces back to the caller. */
-static void release_owner(pm_map *m, void *owner)
-{
-    if (owner && m->release)
-        m->release(m->produce_ctx, owner);
-}
-
-/* Gives the caller's pieces of a pending task back: they are written, or
- * no longer needed. */
-static void pend_release(pm_map *m, pm_slot *s)
-{
-    void *owner = s->pend_owner;
-    s->pend_owner = NULL;
-    s->pend_iov = NULL;
-    s->pend_niov = s->pend_i = 0;
-    s->pend_ioff = 0;
-    release_owner(m, owner);
-}
 
 /* Pushes what remains of a slot's pending task message.  Returns 1 when
  * bytes moved. */
@@ -216,7 +185,7 @@ static int flush_pending(pm_map *m, pm_slot *s)
         s->pend_ioff = 0;
     }
     if (s->pend_off == s->pend_len && s->pend_i == s->pend_niov) {
-        pend_release(m, s);
+        pm__pend_release(m, s);
         if (pm__tx_end(&s->tx) == 0) {
             s->pend_active = 0;
             moved = 1;
@@ -286,7 +255,7 @@ static pm_slot *choose_slot(pm_map *m)
         pm_slot *s = &m->slots[i];
         if (s->pend_active || s->resend < s->fifo_n ||
             s->fifo_n >= (uint32_t)m->opt.window ||
-            !worker_alive(m, s->worker) || m->workers[s->worker].finishing)
+            !pm__worker_alive(m, s->worker) || m->workers[s->worker].finishing)
             continue;
         if (!best || s->fifo_n < best->fifo_n)
             best = s;
@@ -309,7 +278,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
         if (len) {
             e->copy = malloc(sizeof hdr + len);
             if (!e->copy) {
-                release_owner(m, owner);
+                pm__release_owner(m, owner);
                 return -ENOMEM;
             }
             memcpy(e->copy, &hdr, sizeof hdr);
@@ -354,7 +323,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     }
     /* Pieces not kept pending are written (or failed): give them back. */
     if (owner && s->pend_owner != owner)
-        release_owner(m, owner);
+        pm__release_owner(m, owner);
     pm__bell_ring(&s->ctl->bell);
     return rc;
 }
@@ -391,7 +360,7 @@ static int dispatch(pm_map *m, int *progress)
 {
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (!worker_alive(m, s->worker))
+        if (!pm__worker_alive(m, s->worker))
             continue;
         if (s->pend_active) {
             *progress |= flush_pending(m, s);
@@ -430,7 +399,7 @@ static int dispatch(pm_map *m, int *progress)
                      ? m->gather(m->produce_ctx, &task, &iov, &niov, &owner)
                      : m->produce(m->produce_ctx, &task, &one.base, &one.len);
         if (rc < 0) {
-            release_owner(m, owner);
+            pm__release_owner(m, owner);
             return rc;
         }
         if (rc == 0) {
@@ -439,7 +408,7 @@ static int dispatch(pm_map *m, int *progress)
             break;
         }
         if (niov < 0 || (niov > 0 && !iov)) {
-            release_owner(m, owner);
+            pm__release_owner(m, owner);
             return -EINVAL;
         }
         int flags = rc;
@@ -456,52 +425,6 @@ static int dispatch(pm_map *m, int *progress)
 }
 
 /* --- delivery ------------------------------------------------------------ */
-
-/*
- * Reads the next complete message of slot s's result ring.  Returns 1 with
- * *msg and *len set (when *in_ring, *f is the fragment to consume once the
- * message is no longer needed; otherwise the message is in the slot's
- * assembly buffer), 0 when no complete message is there yet, or a negative
- * code.
- */
-static int read_msg(pm_map *m, pm_slot *s, const unsigned char **msg,
-                    size_t *len, pm_frag *f, int *in_ring, int *progress)
-{
-    for (;;) {
-        int rc = pm__rx_peek(&s->rx, f);
-        if (rc <= 0)
-            return rc;
-        if (pm__asm_whole(&s->assembly, f)) {
-            *msg = f->p1;
-            *len = f->len;
-            *in_ring = 1;
-            return 1;
-        }
-        rc = pm__asm_add(&s->assembly, &m->hooks, f);
-        if (rc < 0)
-            return rc;
-        pm__rx_consume(&s->rx, f);
-        pm__bell_ring(&s->ctl->bell);
-        *progress = 1;
-        if (rc == 1) {
-            *msg = s->assembly.buf;
-            *len = s->assembly.len;
-            *in_ring = 0;
-            return 1;
-        }
-    }
-}
-
-/* Checks that a result message answers task t. */
-static int msg_answers(const unsigned char *msg, size_t len, const pm_task *t)
-{
-    pm_msg_hdr hdr;
-    if (len < sizeof hdr)
-        return 0;
-    memcpy(&hdr, msg, sizeof hdr);
-    return hdr.magic == PM_MSG_MAGIC && hdr.first == t->first &&
-           hdr.count == t->count;
-}
 
 static void pop_entry(pm_map *m, pm_slot *s)
 {
@@ -536,7 +459,7 @@ static int deliver_abandoned(pm_map *m, pm_slot *s, pm_inflight *e,
     return 1;
 }
 
-static void release_routed(pm_map *m, void **owner);
+static void pm__release_routed(pm_map *m, void **owner);
 
 /*
  * Delivers the next result of slot si.  Returns 1 with *res filled (a
@@ -572,15 +495,15 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     size_t len;
     pm_frag f;
     int in_ring = 0;
-    int rc = read_msg(m, s, &msg, &len, &f, &in_ring, progress);
+    int rc = pm__read_msg(m, s, &msg, &len, &f, &in_ring, progress);
     if (rc == PM_ECORRUPT)
         return corrupt(m, s, progress);
     if (rc <= 0)
         return rc;
     if (!in_ring)
         m->routed = pm__asm_take_owner(&s->assembly);
-    if (!msg_answers(msg, len, &e->task)) {
-        release_routed(m, &m->routed);
+    if (!pm__msg_answers(msg, len, &e->task)) {
+        pm__release_routed(m, &m->routed);
         return corrupt(m, s, progress);
     }
     if (in_ring) {
@@ -597,18 +520,11 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
     return 1;
 }
 
-static void release_routed(pm_map *m, void **owner)
-{
-    if (*owner && m->hooks.route_release)
-        m->hooks.route_release(m->hooks.ctx, *owner);
-    *owner = NULL;
-}
-
 static void release_held(pm_map *m)
 {
     free(m->held_copy);
     m->held_copy = NULL;
-    release_routed(m, &m->routed);
+    pm__release_routed(m, &m->routed);
     m->assembly_slot = -1;
     if (m->held_slot < 0)
         return;
@@ -638,7 +554,7 @@ static int handle_dead(pm_map *m, int w, int killed);
 static int corrupt(pm_map *m, pm_slot *s, int *progress)
 {
     int w = s->worker;
-    int was_running = worker_alive(m, w);
+    int was_running = pm__worker_alive(m, w);
     pm__kill_reap(m, w);
     pm_inflight *e = NULL;
     for (uint32_t i = 0; i < s->fifo_n && !e; i++)
@@ -665,10 +581,10 @@ static int corrupt(pm_map *m, pm_slot *s, int *progress)
 int pm__map_corrupt_result(pm_map *m, const pm_task *task)
 {
     if (m->last_slot < 0)
-        return fail(m, PM_ECORRUPT);
+        return pm__fail(m, PM_ECORRUPT);
     int w = m->slots[m->last_slot].worker;
     int same = m->workers[w].pid == m->last_pid;
-    if (same && worker_alive(m, w))
+    if (same && pm__worker_alive(m, w))
         pm__kill_reap(m, w);
     pm__record_death(m, w);
     m->death.pid = m->last_pid;
@@ -685,7 +601,7 @@ int pm__map_corrupt_result(pm_map *m, const pm_task *task)
         m->death.nlost++;
     }
     m->death_corrupt = 1;
-    return fail(m, PM_ECORRUPT);
+    return pm__fail(m, PM_ECORRUPT);
 }
 
 static int deliver(pm_map *m, pm_result *res, int *progress)
@@ -697,7 +613,7 @@ static int deliver(pm_map *m, pm_result *res, int *progress)
         int rc = try_read(m, si, res, progress);
         if (rc == 1)
             m->next_deliver++;
-        if (rc == 0 && !worker_alive(m, m->slots[si].worker))
+        if (rc == 0 && !pm__worker_alive(m, m->slots[si].worker))
             return lost(m, si);
         return rc;
     }
@@ -710,7 +626,7 @@ static int deliver(pm_map *m, pm_result *res, int *progress)
             m->rr = (si + 1) % m->nslots;
             m->next_deliver++;
         }
-        if (rc == 0 && !worker_alive(m, m->slots[si].worker))
+        if (rc == 0 && !pm__worker_alive(m, m->slots[si].worker))
             return lost(m, si);
         if (rc != 0)
             return rc;
@@ -719,75 +635,6 @@ static int deliver(pm_map *m, pm_result *res, int *progress)
 }
 
 /* --- worker health: deaths, respawns, timeouts ---------------------------- */
-
-/* Resets worker w's shared memory for a fresh process. */
-static void reset_worker_shm(pm_map *m, int w)
-{
-    pm__shm_reset_worker(m, w);
-    m->workers[w].seen_stops = 0;
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        int si = w * m->opt.nthreads + t;
-        pm_slot *s = &m->slots[si];
-        s->pend_active = 0;
-        s->pend_len = s->pend_off = 0;
-        pend_release(m, s);
-        pm__asm_reset(&s->assembly, &m->hooks);
-        s->resend = 0;
-        s->stall_ns = 0;
-        if (m->held_slot == si)
-            m->held_slot = -1;
-    }
-}
-
-/* Saves the complete results still in a dead worker's ring into the FIFO
- * entries they answer, so they are delivered and not run again. */
-static void drain_dead(pm_map *m, pm_slot *s)
-{
-    uint32_t i = 0;
-    int progress = 0;
-    for (;;) {
-        const unsigned char *msg;
-        size_t len;
-        pm_frag f;
-        int in_ring = 0;
-        if (read_msg(m, s, &msg, &len, &f, &in_ring, &progress) != 1)
-            return;
-        void *routed = in_ring ? NULL : pm__asm_take_owner(&s->assembly);
-        pm_inflight *e = NULL;
-        for (; i < s->fifo_n; i++) {
-            e = pm__fifo_at(m, s, i);
-            if ((e->state == PM_T_SENT || e->state == PM_T_TIMEDOUT ||
-                 e->state == PM_T_MEMORY) &&
-                msg_answers(msg, len, &e->task))
-                break;
-        }
-        unsigned char *copy = i < s->fifo_n ? malloc(len) : NULL;
-        if (!copy) { /* not asked for, or it will run again instead */
-            release_routed(m, &routed);
-            return;
-        }
-        memcpy(copy, msg, len);
-        e->result = copy;
-        e->result_len = len;
-        e->routed = routed;
-        e->state = PM_T_DONE;
-        if (in_ring)
-            pm__rx_consume(&s->rx, &f);
-        i++;
-    }
-}
-
-/* Does a task sent to worker w still wait for its result? */
-static int undone(pm_map *m, int w)
-{
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        for (uint32_t i = 0; i < s->fifo_n; i++)
-            if (pm__fifo_at(m, s, i)->state == PM_T_SENT)
-                return 1;
-    }
-    return 0;
-}
 
 /* The worker running e died with wait status st: e is delivered as
  * PM_RESULT_DIED instead of being run again. */
@@ -830,7 +677,7 @@ static int handle_dead(pm_map *m, int w, int killed)
     int nt = m->opt.nthreads;
     for (int t = 0; t < nt; t++) {
         pm_slot *s = &m->slots[w * nt + t];
-        drain_dead(m, s);
+        pm__drain_dead(m, s);
         running += !killed && atomic_load(&s->ctl->run_start_ns) != 0;
     }
     for (int t = 0; t < nt; t++) {
@@ -861,7 +708,7 @@ static int handle_dead(pm_map *m, int w, int killed)
         }
     }
     pm_worker *wk = &m->workers[w];
-    if (wk->finishing && !fatal && !undone(m, w)) {
+    if (wk->finishing && !fatal && !pm__undone(m, w)) {
         /* Told to finish, and nothing of its is left to run: it ended as
          * asked (or died after its last task, which costs nothing). */
         wk->state = PM_W_DONE;
@@ -877,7 +724,7 @@ static int handle_dead(pm_map *m, int w, int killed)
         m->draining = 1;
         return 0;
     }
-    reset_worker_shm(m, w);
+    pm__reset_worker(m, w);
     m->finish_scan = 1;
     return pm__spawn(m, w);
 }
@@ -888,13 +735,13 @@ static int handle_dead(pm_map *m, int w, int killed)
 static int restart_one(pm_map *m, int w)
 {
     for (int t = 0; t < m->opt.nthreads; t++)
-        drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
-    if (undone(m, w)) {
+        pm__drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
+    if (pm__undone(m, w)) {
         /* A result is missing: delivery reports the death. */
         m->workers[w].state = PM_W_REAPED;
         return 0;
     }
-    reset_worker_shm(m, w);
+    pm__reset_worker(m, w);
     m->finish_scan = 1;
     int rc = pm__spawn(m, w);
     return rc < 0 ? rc : 1;
@@ -913,18 +760,6 @@ static int restart_done(pm_map *m)
         int rc = restart_one(m, w);
         if (rc != 0)
             return rc;
-    }
-    return 0;
-}
-
-/* Does a task of worker w still wait to be written (pending bytes, or
- * tasks to send again after a respawn)? */
-static int tasks_unwritten(pm_map *m, int w)
-{
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        if (s->pend_active || s->resend < s->fifo_n)
-            return 1;
     }
     return 0;
 }
@@ -953,7 +788,7 @@ static void retire_idle(pm_map *m)
         pm_worker *wk = &m->workers[w];
         if (wk->state != PM_W_RUNNING || wk->retiring != 1)
             continue;
-        if (tasks_unwritten(m, w)) {
+        if (pm__tasks_unwritten(m, w)) {
             later = 1;
             continue;
         }
@@ -977,7 +812,7 @@ static void finish_idle(pm_map *m)
         pm_worker *wk = &m->workers[w];
         if (wk->state != PM_W_RUNNING || wk->finishing)
             continue;
-        if (tasks_unwritten(m, w)) {
+        if (pm__tasks_unwritten(m, w)) {
             later = 1;
             continue;
         }
@@ -1054,7 +889,7 @@ static int check_timeouts(pm_map *m, uint64_t now)
     uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
     for (int w = 0; w < m->opt.nproc; w++) {
         pm_worker *wk = &m->workers[w];
-        if (!worker_alive(m, w))
+        if (!pm__worker_alive(m, w))
             continue;
         uint32_t stops = atomic_load_explicit(&wk->wctl->stops,
                                               memory_order_acquire);
@@ -1107,7 +942,7 @@ static int check_memory(pm_map *m)
 {
     for (int w = 0; w < m->opt.nproc; w++) {
         pm_worker *wk = &m->workers[w];
-        if (!worker_alive(m, w))
+        if (!pm__worker_alive(m, w))
             continue;
         uint64_t rss = pm__rss_bytes(wk->pid);
         if (rss <= wk->rss_base || rss - wk->rss_base <= m->opt.max_rss_bytes)
@@ -1167,7 +1002,7 @@ static int poll_health(pm_map *m)
      * write there, and wait for that worker's results for ever). */
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (worker_alive(m, s->worker) && pm__tx_check(&s->tx)) {
+        if (pm__worker_alive(m, s->worker) && pm__tx_check(&s->tx)) {
             int progress = 0;
             int rc = corrupt(m, s, &progress);
             if (rc < 0)
@@ -1223,7 +1058,7 @@ static int parent_ready(pm_map *m)
 static int any_alive(pm_map *m)
 {
     for (int w = 0; w < m->opt.nproc; w++)
-        if (worker_alive(m, w))
+        if (pm__worker_alive(m, w))
             return 1;
     return 0;
 }
@@ -1235,7 +1070,7 @@ static int lost_worker(pm_map *m)
         int si = m->opt.ordered ? m->slot_of[m->next_deliver & (m->win - 1)]
                                 : i;
         pm_slot *s = &m->slots[si];
-        if (s->fifo_n && !worker_alive(m, s->worker) &&
+        if (s->fifo_n && !pm__worker_alive(m, s->worker) &&
             pm__fifo_at(m, s, 0)->state == PM_T_SENT && !pm__rx_ready(&s->rx))
             return s->worker;
         if (m->opt.ordered)
@@ -1270,7 +1105,7 @@ static int next_due_ms(pm_map *m)
     uint64_t now = pm__now_ns(), due = UINT64_MAX;
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (!worker_alive(m, s->worker))
+        if (!pm__worker_alive(m, s->worker))
             continue;
         uint64_t t = atomic_load_explicit(&s->ctl->run_start_ns,
                                           memory_order_acquire);
@@ -1323,7 +1158,7 @@ static void parent_sleep(pm_map *m, uint32_t v)
     m->pfds[n].fd = m->efd;
     m->pfds[n++].events = POLLIN;
     for (int w = 0; w < m->opt.nproc && all; w++) {
-        if (!worker_alive(m, w))
+        if (!pm__worker_alive(m, w))
             continue;
         all = m->workers[w].pidfd >= 0;
         m->pfds[n].fd = m->workers[w].pidfd;
@@ -1403,7 +1238,7 @@ int pm_map_next(pm_map *m, pm_result *res)
     if (!m->started) {
         int rc = pm_map_start(m);
         if (rc < 0)
-            return fail(m, rc);
+            return pm__fail(m, rc);
     }
     for (;;) {
         int progress = 0;
@@ -1413,18 +1248,18 @@ int pm_map_next(pm_map *m, pm_result *res)
         if ((++m->loops & 63) == 0 && pm__now_ns() >= m->next_health_ns) {
             rc = poll_health(m);
             if (rc < 0)
-                return fail(m, rc);
+                return pm__fail(m, rc);
         }
         rc = dispatch(m, &progress);
         if (rc < 0)
-            return fail(m, rc);
+            return pm__fail(m, rc);
         if (m->finish_scan && m->input_done)
             finish_idle(m);
         if (m->retire_scan)
             retire_idle(m);
         rc = deliver(m, res, &progress);
         if (rc < 0)
-            return fail(m, rc);
+            return pm__fail(m, rc);
         if (rc == 1) {
             if (++m->checks >= CHECK_EVERY && m->hooks.check) {
                 m->checks = 0;
@@ -1432,7 +1267,7 @@ int pm_map_next(pm_map *m, pm_result *res)
                  * so an abort here must not lose it silently. */
                 int c = m->hooks.check(m->hooks.ctx);
                 if (c != 0)
-                    return fail(m, c);
+                    return pm__fail(m, c);
             }
             return 1;
         }
@@ -1441,7 +1276,7 @@ int pm_map_next(pm_map *m, pm_result *res)
         if (!progress) {
             rc = idle_wait(m);
             if (rc != 0)
-                return fail(m, rc);
+                return pm__fail(m, rc);
         }
     }
 }
@@ -1540,7 +1375,7 @@ int pm_map_destroy(pm_map *m)
                     h.route_release(h.ctx, e->routed);
             }
             if (mine)
-                pend_release(m, s);
+                pm__pend_release(m, s);
             free(m->slots[i].fifo);
             free(m->slots[i].pend);
             pm__asm_free(&s->assembly, &h);

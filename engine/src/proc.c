@@ -316,44 +316,6 @@ void pm__decode_status(int st, int *signal, int *exit_code)
     }
 }
 
-void pm__record_death(pm_map *m, int w)
-{
-    pm_worker *wk = &m->workers[w];
-    pm_death *d = &m->death;
-    d->pid = wk->pid;
-    d->worker = w;
-    pm__decode_status(wk->status, &d->signal, &d->exit_code);
-    size_t n = 0;
-    for (int t = 0; t < m->opt.nthreads; t++)
-        n += m->slots[w * m->opt.nthreads + t].fifo_n;
-    d->nlost = 0;
-    d->lost = NULL;
-    free(m->lost);
-    m->lost = n ? malloc(n * sizeof *m->lost) : NULL;
-    d->nlost = 0;
-    if (!m->lost)
-        return;
-    /* Oldest first across the worker's slots: merge by item index. */
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        for (uint32_t i = 0; i < s->fifo_n; i++) {
-            pm_inflight *e = pm__fifo_at(m, s, i);
-            if (e->state == PM_T_SENT)
-                m->lost[d->nlost++] = e->task;
-        }
-    }
-    for (size_t i = 1; i < d->nlost; i++) {
-        pm_task key = m->lost[i];
-        size_t j = i;
-        while (j > 0 && m->lost[j - 1].first > key.first) {
-            m->lost[j] = m->lost[j - 1];
-            j--;
-        }
-        m->lost[j] = key;
-    }
-    d->lost = m->lost;
-}
-
 static void sleep_us(long us)
 {
     struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
