@@ -332,6 +332,38 @@ int pm__map_corrupt_result(pm_map *m, const pm_task *task);
 /* For the tests: a job's map. */
 pm_map *pm__job_map(pm_job *job);
 
+/* health.c */
+
+/* Look at the workers this often while busy (pm_map_next) and while asleep
+ * with a memory limit (idle.c). */
+#define HEALTH_EVERY_NS 20000000u
+
+/* Slot s's worker broke the ring protocol: it is killed, its oldest task
+ * on s charged one attempt; with retries left a fresh worker is started
+ * (returns 0, *progress set), else PM_ECORRUPT (m->death names it). */
+int pm__corrupt(pm_map *m, pm_slot *s, int *progress);
+
+/* Starts again a worker that had finished (the input was re-opened, or a
+ * retired worker is not replaced yet).  Returns 1 when it did, 0 when there
+ * is none, or the -errno of fork(). */
+int pm__restart_done(pm_map *m);
+
+/* Tells each retiring worker (opt.max_items_per_worker) whose last task is
+ * whole in its rings to finish. */
+void pm__retire_idle(pm_map *m);
+
+/* Once the input is exhausted, tells each running worker whose tasks are
+ * all in its rings that no task will come. */
+void pm__finish_idle(pm_map *m);
+
+/* How long a worker may stall with tasks unstarted, in ns. */
+uint64_t pm__stall_limit(const pm_map *m);
+
+/* Reaps dead workers, replaces them when tasks may be re-run, enforces the
+ * timeout and the memory limit.  Returns 1 when anything changed, 0, or a
+ * negative code. */
+int pm__poll_health(pm_map *m);
+
 /* worker.c */
 
 /* 1 in a process that fork() made and the engine did not make a worker of:
