@@ -332,6 +332,24 @@ int pm__map_corrupt_result(pm_map *m, const pm_task *task);
 /* For the tests: a job's map. */
 pm_map *pm__job_map(pm_job *job);
 
+/* dispatch.c */
+
+/* One round of dispatch: pending bytes pushed, tasks of a respawned worker
+ * sent again, new tasks asked of the source while the window has room.
+ * Returns 0 (*progress set when anything moved) or a negative code. */
+int pm__dispatch(pm_map *m, int *progress);
+
+/* deliver.c */
+
+/* Delivers the next result (ordered or as they come): 1 with *res filled,
+ * 0 when none is complete yet, or a negative code (PM_EWORKERDIED: the
+ * result waited for can no longer come). */
+int pm__deliver(pm_map *m, pm_result *res, int *progress);
+
+/* Releases what the result delivered last held: the ring space it was read
+ * in place from, its saved copy, its routed ranges unless taken. */
+void pm__release_held(pm_map *m);
+
 /* health.c */
 
 /* Look at the workers this often while busy (pm_map_next) and while asleep
