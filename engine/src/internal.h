@@ -350,6 +350,13 @@ int pm__deliver(pm_map *m, pm_result *res, int *progress);
  * in place from, its saved copy, its routed ranges unless taken. */
 void pm__release_held(pm_map *m);
 
+/* idle.c */
+
+/* The wait when a round of pm_map_next() made no progress.  Returns 0 to go
+ * round again, PM_EWORKERDIED when no worker is left to finish the work, or
+ * another negative code. */
+int pm__idle_wait(pm_map *m);
+
 /* health.c */
 
 /* Look at the workers this often while busy (pm_map_next) and while asleep
