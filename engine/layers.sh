@@ -59,7 +59,7 @@ awk '$1 != $2 { from[++n] = $1; to[n] = $2; calls[$1] = calls[$1] " " $2 }
          } while (changed)
          for (f in level)
              printf "%d  %s\n", level[f],
-                    calls[f] ? sprintf("%-12s ->%s", f, calls[f]) : f
+                    calls[f] ? sprintf("%-14s ->%s", f, calls[f]) : f
      }' "$tmp/calls" | sort -k1,1n -k2,2 >"$tmp/layers"
 echo "layers: $(wc -l <"$tmp/layers" | tr -d ' ') files," \
      "$(awk '$1 != $2' "$tmp/calls" | wc -l | tr -d ' ') calls between files," \
