@@ -39,6 +39,19 @@ static uint64_t pow2_at_least(uint64_t x)
 /* pm_map_why(NULL): why the last create of this thread failed. */
 static __thread char create_why[320];
 
+/* Are the options within their bounds (pm.h)? */
+static int options_valid(const pm_options *opt)
+{
+    if (!opt || opt->nproc < 1 || opt->nthreads < 1 || opt->window < 0 ||
+        opt->nproc > PM_MAX_NPROC || opt->nthreads > PM_MAX_NTHREADS ||
+        opt->retries < 0 || opt->timeout_ms < 0 ||
+        opt->timeout_ms > PM_MAX_TIMEOUT_MS)
+        return 0;
+    return !opt->ring_bytes ||
+           (opt->ring_bytes >= 4096 &&
+            !(opt->ring_bytes & (opt->ring_bytes - 1)));
+}
+
 static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                   pm_gather_fn gather, pm_release_fn release,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
@@ -48,13 +61,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     pm_map *m = NULL;
     *out = NULL;
     create_why[0] = '\0';
-    if (!opt || !(produce || gather) || !work || opt->nproc < 1 || opt->nthreads < 1 ||
-        opt->window < 0 || opt->nproc > PM_MAX_NPROC ||
-        opt->nthreads > PM_MAX_NTHREADS || opt->retries < 0 ||
-        opt->timeout_ms < 0 || opt->timeout_ms > PM_MAX_TIMEOUT_MS)
-        return -EINVAL;
-    if (opt->ring_bytes &&
-        (opt->ring_bytes < 4096 || (opt->ring_bytes & (opt->ring_bytes - 1))))
+    if (!(produce || gather) || !work || !options_valid(opt))
         return -EINVAL;
 
     m = calloc(1, sizeof *m);
