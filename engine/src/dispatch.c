@@ -119,6 +119,13 @@ static pm_slot *choose_slot(pm_map *m)
     return best;
 }
 
+/*
+ * Records task in slot s's FIFO (with a copy of its message when it may
+ * have to be sent again) and writes the header and the pieces iov[0..niov)
+ * into the slot's task ring; what does not fit waits as the slot's pending
+ * state.  The owner's pieces are released once written, or kept pending.
+ * Returns 0 or -ENOMEM.
+ */
 static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
                      const pm_iov *iov, int niov, void *owner)
 {
