@@ -1,4 +1,8 @@
 /* asm.c -- assembling fragmented messages, routing ranges to the caller. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <string.h>
 

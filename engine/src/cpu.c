@@ -9,6 +9,10 @@
  * package's CPU_COUNT (python/parmapper/_cpu.py): the affinity mask, capped
  * by the quota rounded up, at least 1.
  */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <limits.h>
 #include <sched.h>

@@ -1,6 +1,7 @@
 /*
  * internal.h -- the engine's shared declarations: memory layout, the map
- * object, and the functions the engine's files call in each other.
+ * object, and the functions the engine's files call in each other (the
+ * per-slot helpers of the parent's hot path: slot.h; jobs: job.h).
  */
 #ifndef PM_INTERNAL_H
 #define PM_INTERNAL_H
@@ -35,6 +36,9 @@ static inline int pm__grow(unsigned char **p, size_t *cap, size_t need)
     return 0;
 }
 
+/* The shared structures and rings start on their own cache lines. */
+#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
+
 #define PM_DEFAULT_WINDOW 32
 #define PM_DEFAULT_RING (1u << 20)
 #define PM_MSG_MAGIC 0x4d41504du /* "MPAM" */
@@ -65,7 +69,7 @@ typedef struct pm_wctl {
     /* No task will come any more: exit once every task in the rings is done
      * and its result written (stop, by contrast, abandons them). */
     _Atomic uint32_t finish;
-    /* Job control (worker.c, on_tstp): the clock when the worker stopped
+    /* Job control (proc.c, on_tstp): the clock when the worker stopped
      * itself on SIGTSTP, 0 once it runs again and has moved the start of
      * its running tasks past the stop; stops counts the stops so ended, so
      * that the parent, which was stopped too, does not judge a timeout on a
@@ -144,7 +148,7 @@ typedef struct pm_slot {
     void *pend_owner;
     int pend_active; /* bytes or the end marker still to write */
     /* A result that came in several fragments, or wrapped around. */
-    pm_asm asm;
+    pm_asm assembly;
     /* Timeouts: since when (0: not) the worker has tasks in its ring, no
      * result waiting and runs nothing, and its progress then (task bytes
      * taken + result bytes written). */
@@ -219,7 +223,7 @@ struct pm_map {
     int held_slot;        /* fragment delivered in place, consumed next call */
     pm_frag held;
     unsigned char *held_copy; /* a saved result delivered, freed next call */
-    int asm_slot;         /* the result delivered was assembled in this
+    int assembly_slot;    /* the result delivered was assembled in this
                              slot's buffer (-1: it was not) */
     void *routed;         /* owner of the delivered result's routed ranges,
                              released next call unless taken */
@@ -246,7 +250,7 @@ struct pm_map {
     /* The parent's bell as a descriptor (eventfd, -1: none): the workers
      * write it instead of waking the futex when the parent sleeps in poll()
      * on it and the workers' pidfds together, to be woken by a result or by
-     * a death (map.c, parent_sleep). */
+     * a death (idle.c, parent_sleep). */
     int efd;
     struct pollfd *pfds; /* nproc + 1 entries for that poll */
     int last_slot;        /* the slot of the result delivered last (-1) */
@@ -255,7 +259,7 @@ struct pm_map {
 
 /* Wakes the parent if it is (about to be) asleep; cheap otherwise (a fence
  * and a load, as pm__bell_ring).  sleeping is 1 while the parent sleeps on
- * the futex, 2 while it sleeps in poll() on the eventfd (map.c,
+ * the futex, 2 while it sleeps in poll() on the eventfd (idle.c,
  * parent_sleep). */
 static inline void pm__ring_parent(pm_map *m)
 {
@@ -275,6 +279,78 @@ static inline void pm__ring_parent(pm_map *m)
     }
 }
 
+/* Makes err the map's sticky error, unless it has one already; returns
+ * the sticky one. */
+static inline int pm__fail(pm_map *m, int err)
+{
+    if (!m->error)
+        m->error = err;
+    return m->error;
+}
+
+static inline int pm__worker_alive(const pm_map *m, int w)
+{
+    return m->workers[w].state == PM_W_RUNNING;
+}
+
+/*
+ * The functions the engine's files call in each other, by file, lowest
+ * layer first.  Calls run one way (make layers checks it): the map's main
+ * loop (map.c) calls dispatch.c, deliver.c and idle.c, which call health.c,
+ * which calls the per-slot bookkeeping (slot.h, slot.c), which calls
+ * proc.c (processes), which calls worker.c, shm.c (the layout) and the
+ * messages and rings (asm.c, ring.c, wait.c).  Jobs (job*.c) sit on the map.
+ */
+
+/* error.c */
+
+/* Records in why[len] a sentence naming the call that failed with err
+ * (negative errno) for worker w (-1: none) and the limit most likely
+ * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
+void pm__explain(char *why, size_t len, const char *call, int err, int w,
+                 int nproc, size_t bytes);
+
+/* shm.c */
+
+/* Address of the control words of slot t of worker w inside the worker's
+ * mapping (then come its task ring and its result ring). */
+pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t);
+
+/* Maps the parent's bell and each worker's memory (m->workers and m->slots
+ * allocated, m->opt final), and points each slot at its control words and
+ * rings, initialised.  Keeps the mappings out of forks where the kernel
+ * can (m->dontfork).  Returns 0, or the -errno of mmap() with why[why_len]
+ * saying which mapping failed; what was mapped is pm__shm_unmap()'s. */
+int pm__shm_map(pm_map *m, char *why, size_t why_len);
+
+/* Resets worker w's shared memory (control words, its slots' bells, clocks
+ * and rings) and the parent's ends of its rings, for a fresh process. */
+void pm__shm_reset_worker(pm_map *m, int w);
+
+/* Unmaps what pm__shm_map() mapped. */
+void pm__shm_unmap(pm_map *m);
+
+/* worker.c */
+
+/* 1 in a process that fork() made and the engine did not make a worker of:
+ * set by an at-fork child handler (registered on the first spawn), cleared
+ * by the engine in each worker it forks.  A copy of a worker that the work
+ * function forked shares the worker's rings; worker code reads this (one
+ * load) before it touches them and ends such a copy instead. */
+extern volatile int pm__forked_copy;
+
+/* The worker process: serves its slots (one thread each when nthreads > 1)
+ * until asked to stop or the parent dies, then runs the worker_exit hook and
+ * _exits.  Never returns. */
+void pm__worker_main(pm_map *m, int w) __attribute__((noreturn));
+
+/* Bytes written through w with pm_write() since the worker started: a
+ * work function can tell how long each part of its result is. */
+uint64_t pm__writer_written(const pm_writer *w);
+
+/* Sets what pm_writer_item() returns (jobs: the item being run). */
+void pm__writer_set_item(pm_writer *w, uint64_t item);
+
 /* proc.c */
 
 /* Forks worker w, letting only the mappings it needs into the fork
@@ -284,22 +360,9 @@ static inline void pm__ring_parent(pm_map *m)
  * -errno of fork(). */
 int pm__spawn(pm_map *m, int w);
 
-/* 1 in a process that fork() made and the engine did not make a worker of:
- * set by an at-fork child handler (registered on the first spawn), cleared
- * by the engine in each worker it forks.  A copy of a worker that the work
- * function forked shares the worker's rings; worker code reads this (one
- * load) before it touches them and ends such a copy instead. */
-extern volatile int pm__forked_copy;
-
 /* Reaps worker w if it has exited: 1 when reaped (status recorded), 0 when
  * still running, or when it was not running. */
 int pm__try_reap(pm_map *m, int w);
-
-/* Records in why[len] a sentence naming the call that failed with err
- * (negative errno) for worker w (-1: none) and the limit most likely
- * reached.  call: "fork" or "mmap"; bytes: the size asked of mmap. */
-void pm__explain(char *why, size_t len, const char *call, int err, int w,
-                 int nproc, size_t bytes);
 
 /* Resident bytes of process pid (/proc/PID/statm), or 0 when unknown. */
 uint64_t pm__rss_bytes(pid_t pid);
@@ -316,40 +379,70 @@ void pm__stop_all(pm_map *m, int grace_ms);
  * for PM_WAIT_UNKNOWN). */
 void pm__decode_status(int st, int *signal, int *exit_code);
 
-/* Fills m->death for worker w from its wait status and the tasks of its
- * slots' FIFOs that were not completed. */
-void pm__record_death(pm_map *m, int w);
+/* health.c */
+
+/* Look at the workers this often while busy (pm_map_next) and while asleep
+ * with a memory limit (idle.c). */
+#define HEALTH_EVERY_NS 20000000u
+
+/* Slot s's worker broke the ring protocol: it is killed, its oldest task
+ * on s charged one attempt; with retries left a fresh worker is started
+ * (returns 0, *progress set), else PM_ECORRUPT (m->death names it). */
+int pm__corrupt(pm_map *m, pm_slot *s, int *progress);
+
+/* Starts again a worker that had finished (the input was re-opened, or a
+ * retired worker is not replaced yet).  Returns 1 when it did, 0 when there
+ * is none, or the -errno of fork(). */
+int pm__restart_done(pm_map *m);
+
+/* Tells each retiring worker (opt.max_items_per_worker) whose last task is
+ * whole in its rings to finish. */
+void pm__retire_idle(pm_map *m);
+
+/* Once the input is exhausted, tells each running worker whose tasks are
+ * all in its rings that no task will come. */
+void pm__finish_idle(pm_map *m);
+
+/* How long a worker may stall with tasks unstarted, in ns. */
+uint64_t pm__stall_limit(const pm_map *m);
+
+/* Reaps dead workers, replaces them when tasks may be re-run, enforces the
+ * timeout and the memory limit.  Returns 1 when anything changed, 0, or a
+ * negative code. */
+int pm__poll_health(pm_map *m);
 
 /* The result delivered last is malformed (a job's trailers): kills and
  * names its worker (pm_map_death), fails the map with PM_ECORRUPT. */
 int pm__map_corrupt_result(pm_map *m, const pm_task *task);
 
+/* dispatch.c */
+
+/* One round of dispatch: pending bytes pushed, tasks of a respawned worker
+ * sent again, new tasks asked of the source while the window has room.
+ * Returns 0 (*progress set when anything moved) or a negative code. */
+int pm__dispatch(pm_map *m, int *progress);
+
+/* deliver.c */
+
+/* Delivers the next result (ordered or as they come): 1 with *res filled,
+ * 0 when none is complete yet, or a negative code (PM_EWORKERDIED: the
+ * result waited for can no longer come). */
+int pm__deliver(pm_map *m, pm_result *res, int *progress);
+
+/* Releases what the result delivered last held: the ring space it was read
+ * in place from, its saved copy, its routed ranges unless taken. */
+void pm__release_held(pm_map *m);
+
+/* idle.c */
+
+/* The wait when a round of pm_map_next() made no progress.  Returns 0 to go
+ * round again, PM_EWORKERDIED when no worker is left to finish the work, or
+ * another negative code. */
+int pm__idle_wait(pm_map *m);
+
+/* job.c */
+
 /* For the tests: a job's map. */
 pm_map *pm__job_map(pm_job *job);
-
-/* The FIFO entry at position i (0 = oldest) of slot s. */
-static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
-{
-    return &s->fifo[(s->fifo_head + i) % (uint32_t)m->opt.window];
-}
-
-/* worker.c */
-
-/* The worker process: serves its slots (one thread each when nthreads > 1)
- * until asked to stop or the parent dies, then runs the worker_exit hook and
- * _exits.  Never returns. */
-void pm__worker_main(pm_map *m, int w) __attribute__((noreturn));
-
-/* Bytes written through w with pm_write() since the worker started: a
- * work function can tell how long each part of its result is. */
-uint64_t pm__writer_written(const pm_writer *w);
-
-/* Sets what pm_writer_item() returns (jobs: the item being run). */
-void pm__writer_set_item(pm_writer *w, uint64_t item);
-
-/* map.c */
-
-/* Address of slot s of worker w inside the worker's mapping. */
-pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t);
 
 #endif

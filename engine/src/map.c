@@ -1,23 +1,24 @@
-/* map.c -- the parent side: shared memory, dispatch, delivery, teardown. */
+/*
+ * map.c -- the map, the parent's side: creating it, the main loop of
+ * pm_map_next() (health now and then, a round of dispatch, one of delivery,
+ * else the idle wait), the other public calls, and teardown.
+ */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/eventfd.h>
 #endif
 
-#include "internal.h"
+#include "slot.h"
 
-#define PARENT_SLEEP_MS 50
-#define PM_FUTEX_FIRST_MS 1 /* futex sleep before the poll on deaths too */
-#define STALL_MIN_NS 1000000000u /* see stall_limit() */
-#define HEALTH_EVERY_NS 20000000u /* look at the workers this often when busy */
 #define CHECK_EVERY 4096 /* deliveries between two check-hook calls */
 #define STOP_GRACE_MS 200
-
-#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
 
 void pm_options_init(pm_options *o)
 {
@@ -25,38 +26,6 @@ void pm_options_init(pm_options *o)
     o->nproc = 1;
     o->nthreads = 1;
     o->ordered = 1;
-}
-
-static size_t ring_bytes(const pm_map *m)
-{
-    return ALIGN64(pm__ring_size(m->opt.ring_bytes));
-}
-
-pm_slot_ctl *pm__slot_ctl(pm_map *m, int w, int t)
-{
-    unsigned char *base = m->workers[w].shm;
-    return (pm_slot_ctl *)(base + ALIGN64(sizeof(pm_wctl)) +
-                           (size_t)t * m->slot_bytes);
-}
-
-static void *map_shared(size_t len)
-{
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-/* Keeps mapping p out of every fork (pm__spawn lets it through for the
- * workers that need it).  Returns 1 when the kernel took it. */
-static int no_fork(void *p, size_t len)
-{
-#ifdef MADV_DONTFORK
-    return madvise(p, len, MADV_DONTFORK) == 0;
-#else
-    (void)p;
-    (void)len;
-    return 0;
-#endif
 }
 
 static uint64_t pow2_at_least(uint64_t x)
@@ -70,6 +39,19 @@ static uint64_t pow2_at_least(uint64_t x)
 /* pm_map_why(NULL): why the last create of this thread failed. */
 static __thread char create_why[320];
 
+/* Are the options within their bounds (pm.h)? */
+static int options_valid(const pm_options *opt)
+{
+    if (!opt || opt->nproc < 1 || opt->nthreads < 1 || opt->window < 0 ||
+        opt->nproc > PM_MAX_NPROC || opt->nthreads > PM_MAX_NTHREADS ||
+        opt->retries < 0 || opt->timeout_ms < 0 ||
+        opt->timeout_ms > PM_MAX_TIMEOUT_MS)
+        return 0;
+    return !opt->ring_bytes ||
+           (opt->ring_bytes >= 4096 &&
+            !(opt->ring_bytes & (opt->ring_bytes - 1)));
+}
+
 static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
                   pm_gather_fn gather, pm_release_fn release,
                   void *produce_ctx, pm_work_fn work, void *work_ctx,
@@ -79,13 +61,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     pm_map *m = NULL;
     *out = NULL;
     create_why[0] = '\0';
-    if (!opt || !(produce || gather) || !work || opt->nproc < 1 || opt->nthreads < 1 ||
-        opt->window < 0 || opt->nproc > PM_MAX_NPROC ||
-        opt->nthreads > PM_MAX_NTHREADS || opt->retries < 0 ||
-        opt->timeout_ms < 0 || opt->timeout_ms > PM_MAX_TIMEOUT_MS)
-        return -EINVAL;
-    if (opt->ring_bytes &&
-        (opt->ring_bytes < 4096 || (opt->ring_bytes & (opt->ring_bytes - 1))))
+    if (!(produce || gather) || !work || !options_valid(opt))
         return -EINVAL;
 
     m = calloc(1, sizeof *m);
@@ -107,14 +83,13 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         m->hooks = *hooks;
     m->held_slot = -1;
     m->volatile_slot = -1;
-    m->asm_slot = -1;
+    m->assembly_slot = -1;
     m->last_slot = -1;
     m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
               m->opt.deliver_lost || m->opt.max_rss_bytes;
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
-    m->slot_bytes = ALIGN64(sizeof(pm_slot_ctl)) + 2 * ring_bytes(m);
 
     m->efd = -1;
     m->workers = calloc((size_t)m->opt.nproc, sizeof *m->workers);
@@ -130,49 +105,18 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
         m->workers[w].pidfd = -1;
 #ifdef __linux__
     /* Without it, the parent sleeps on the futex and notices deaths on
-     * naps (PARENT_SLEEP_MS). */
+     * naps (idle.c, PARENT_SLEEP_MS). */
     m->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 #endif
-    m->ctl = map_shared(ALIGN64(sizeof(pm_ctl)));
-    if (!m->ctl) {
-        err = -errno;
-        pm__explain(create_why, sizeof create_why, "mmap", err, -1,
-                    m->opt.nproc, ALIGN64(sizeof(pm_ctl)));
+    err = pm__shm_map(m, create_why, sizeof create_why);
+    if (err < 0)
         goto fail;
-    }
-    /* Isolation: the rings of this map reach its own workers only, not the
-     * caller's other children nor the workers of its other maps. */
-    m->dontfork = no_fork(m->ctl, ALIGN64(sizeof(pm_ctl)));
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        wk->shm_len = ALIGN64(sizeof(pm_wctl)) +
-                      (size_t)m->opt.nthreads * m->slot_bytes;
-        wk->shm = map_shared(wk->shm_len);
-        if (!wk->shm) {
-            err = -errno;
-            pm__explain(create_why, sizeof create_why, "mmap", err, w,
-                        m->opt.nproc, wk->shm_len);
+    for (int i = 0; i < m->nslots; i++) {
+        m->slots[i].fifo = calloc((size_t)m->opt.window,
+                                  sizeof *m->slots[i].fifo);
+        if (!m->slots[i].fifo) {
+            err = -ENOMEM;
             goto fail;
-        }
-        m->dontfork &= no_fork(wk->shm, wk->shm_len);
-        wk->wctl = wk->shm;
-        for (int t = 0; t < m->opt.nthreads; t++) {
-            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-            s->worker = w;
-            s->ctl = pm__slot_ctl(m, w, t);
-            s->task_ring = (pm_ring *)((unsigned char *)s->ctl +
-                                       ALIGN64(sizeof(pm_slot_ctl)));
-            s->result_ring =
-                (pm_ring *)((unsigned char *)s->task_ring + ring_bytes(m));
-            pm__ring_init(s->task_ring, m->opt.ring_bytes);
-            pm__ring_init(s->result_ring, m->opt.ring_bytes);
-            pm__tx_init(&s->tx, s->task_ring, m->opt.ring_bytes);
-            pm__rx_init(&s->rx, s->result_ring, m->opt.ring_bytes);
-            s->fifo = calloc((size_t)m->opt.window, sizeof *s->fifo);
-            if (!s->fifo) {
-                err = -ENOMEM;
-                goto fail;
-            }
         }
     }
     *out = m;
@@ -220,1270 +164,6 @@ int pm_map_start(pm_map *m)
     return 0;
 }
 
-static int fail(pm_map *m, int err)
-{
-    if (!m->error)
-        m->error = err;
-    return m->error;
-}
-
-static int worker_alive(const pm_map *m, int w)
-{
-    return m->workers[w].state == PM_W_RUNNING;
-}
-
-/* --- dispatch ------------------------------------------------------------ */
-
-/* Gives a gathered task's pieces back to the caller. */
-static void release_owner(pm_map *m, void *owner)
-{
-    if (owner && m->release)
-        m->release(m->produce_ctx, owner);
-}
-
-/* Gives the caller's pieces of a pending task back: they are written, or
- * no longer needed. */
-static void pend_release(pm_map *m, pm_slot *s)
-{
-    void *owner = s->pend_owner;
-    s->pend_owner = NULL;
-    s->pend_iov = NULL;
-    s->pend_niov = s->pend_i = 0;
-    s->pend_ioff = 0;
-    release_owner(m, owner);
-}
-
-/* Pushes what remains of a slot's pending task message.  Returns 1 when
- * bytes moved. */
-static int flush_pending(pm_map *m, pm_slot *s)
-{
-    int moved = 0;
-    if (s->pend_off < s->pend_len) {
-        size_t k = pm__tx_write(&s->tx, s->pend + s->pend_off,
-                                s->pend_len - s->pend_off);
-        s->pend_off += k;
-        moved = k > 0;
-    }
-    while (s->pend_off == s->pend_len && s->pend_i < s->pend_niov) {
-        const pm_iov *v = &s->pend_iov[s->pend_i];
-        size_t left = v->len - s->pend_ioff;
-        size_t k = left ? pm__tx_write(&s->tx,
-                                       (const unsigned char *)v->base +
-                                           s->pend_ioff, left)
-                        : 0;
-        s->pend_ioff += k;
-        moved |= k > 0;
-        if (k < left)
-            break;
-        s->pend_i++;
-        s->pend_ioff = 0;
-    }
-    if (s->pend_off == s->pend_len && s->pend_i == s->pend_niov) {
-        pend_release(m, s);
-        if (pm__tx_end(&s->tx) == 0) {
-            s->pend_active = 0;
-            moved = 1;
-        }
-    }
-    if (moved)
-        pm__bell_ring(&s->ctl->bell);
-    return moved;
-}
-
-/* Copies the pieces iov[0..niov) from offset off of the first to dst;
- * returns the bytes copied.  With dst NULL, only counts them. */
-static size_t copy_pieces(unsigned char *dst, const pm_iov *iov, int niov,
-                          size_t off)
-{
-    size_t n = 0;
-    for (int i = 0; i < niov; i++) {
-        size_t skip = i == 0 ? off : 0;
-        size_t k = iov[i].len > skip ? iov[i].len - skip : 0;
-        if (dst && k)
-            memcpy(dst + n, (const unsigned char *)iov[i].base + skip, k);
-        n += k;
-    }
-    return n;
-}
-
-/*
- * Keeps what did not fit of a task message for later: the bytes a[0..na)
- * are copied, then the pieces iov[0..niov) from offset off of the first:
- * referenced when owner holds them, else copied too.
- */
-static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
-                        const pm_iov *iov, int niov, size_t off, void *owner)
-{
-    size_t need = na + (owner ? 0 : copy_pieces(NULL, iov, niov, off));
-    if (need > s->pend_cap) {
-        unsigned char *p = realloc(s->pend, need);
-        if (!p)
-            return -ENOMEM;
-        s->pend = p;
-        s->pend_cap = need;
-    }
-    if (na)
-        memcpy(s->pend, a, na);
-    s->pend_len = na;
-    s->pend_off = 0;
-    s->pend_iov = NULL;
-    s->pend_niov = s->pend_i = 0;
-    s->pend_ioff = 0;
-    if (owner) {
-        s->pend_iov = iov;
-        s->pend_niov = niov;
-        s->pend_ioff = off;
-        s->pend_owner = owner;
-    } else if (niov) {
-        s->pend_len += copy_pieces(s->pend + na, iov, niov, off);
-    }
-    s->pend_active = 1;
-    return 0;
-}
-
-/* The live slot with the fewest tasks in flight and room for one more. */
-static pm_slot *choose_slot(pm_map *m)
-{
-    pm_slot *best = NULL;
-    for (int i = 0; i < m->nslots; i++) {
-        pm_slot *s = &m->slots[i];
-        if (s->pend_active || s->resend < s->fifo_n ||
-            s->fifo_n >= (uint32_t)m->opt.window ||
-            !worker_alive(m, s->worker) || m->workers[s->worker].finishing)
-            continue;
-        if (!best || s->fifo_n < best->fifo_n)
-            best = s;
-        if (s->fifo_n == 0)
-            break;
-    }
-    return best;
-}
-
-static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
-                     const pm_iov *iov, int niov, void *owner)
-{
-    pm_msg_hdr hdr = {task->first, task->count, PM_MSG_MAGIC};
-    pm_inflight *e = pm__fifo_at(m, s, s->fifo_n);
-    memset(e, 0, sizeof *e);
-    e->task = *task;
-    if (m->keep) {
-        /* It may have to be sent again to a fresh worker. */
-        size_t len = copy_pieces(NULL, iov, niov, 0);
-        if (len) {
-            e->copy = malloc(sizeof hdr + len);
-            if (!e->copy) {
-                release_owner(m, owner);
-                return -ENOMEM;
-            }
-            memcpy(e->copy, &hdr, sizeof hdr);
-            e->copy_len = sizeof hdr + copy_pieces(e->copy + sizeof hdr, iov,
-                                                   niov, 0);
-        }
-    }
-    s->fifo_n++;
-    s->resend = s->fifo_n;
-    m->slot_of[m->next_seq & (m->win - 1)] = (int32_t)(s - m->slots);
-    m->next_seq++;
-    m->outstanding++;
-    if (m->opt.max_items_per_worker) {
-        /* This task is its last: it is told to finish once the task is
-         * whole in its ring (retire_idle), and replaced when it exits. */
-        pm_worker *wk = &m->workers[s->worker];
-        wk->items_sent += task->count;
-        if (wk->items_sent >= m->opt.max_items_per_worker) {
-            wk->finishing = 1;
-            wk->retiring = 1;
-            m->retire_scan = 1;
-        }
-    }
-
-    int rc = 0;
-    size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
-    if (k < sizeof hdr) {
-        rc = save_pending(s, (const unsigned char *)&hdr + k, sizeof hdr - k,
-                          iov, niov, 0, owner);
-    } else {
-        int i = 0;
-        size_t d = 0;
-        for (; i < niov; i++) {
-            d = iov[i].len ? pm__tx_write(&s->tx, iov[i].base, iov[i].len) : 0;
-            if (d < iov[i].len)
-                break;
-        }
-        if (i < niov)
-            rc = save_pending(s, NULL, 0, iov + i, niov - i, d, owner);
-        else if (pm__tx_end(&s->tx) == -EAGAIN)
-            rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
-    }
-    /* Pieces not kept pending are written (or failed): give them back. */
-    if (owner && s->pend_owner != owner)
-        release_owner(m, owner);
-    pm__bell_ring(&s->ctl->bell);
-    return rc;
-}
-
-/* After a respawn: sends the slot's tasks again, in FIFO order. */
-static int resend_some(pm_map *m, pm_slot *s, int *progress)
-{
-    while (s->resend < s->fifo_n && !s->pend_active) {
-        pm_inflight *e = pm__fifo_at(m, s, s->resend++);
-        if (e->state != PM_T_SENT)
-            continue;
-        pm_msg_hdr hdr = {e->task.first, e->task.count,
-                          e->suspect ? PM_MSG_MAGIC_SOLO : PM_MSG_MAGIC};
-        const unsigned char *msg = e->copy ? e->copy : (unsigned char *)&hdr;
-        size_t len = e->copy ? e->copy_len : sizeof hdr;
-        size_t k = pm__tx_write(&s->tx, msg, len);
-        int rc = 0;
-        if (k < len)
-            rc = save_pending(s, msg + k, len - k, NULL, 0, 0, NULL);
-        else if (pm__tx_end(&s->tx) == -EAGAIN)
-            rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
-        pm__bell_ring(&s->ctl->bell);
-        *progress = 1;
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-static int restart_done(pm_map *m);
-static int corrupt(pm_map *m, pm_slot *s, int *progress);
-
-static int dispatch(pm_map *m, int *progress)
-{
-    for (int i = 0; i < m->nslots; i++) {
-        pm_slot *s = &m->slots[i];
-        if (!worker_alive(m, s->worker))
-            continue;
-        if (s->pend_active) {
-            *progress |= flush_pending(m, s);
-            if (s->tx.bad) { /* the worker published an impossible tail */
-                int rc = corrupt(m, s, progress);
-                if (rc < 0)
-                    return rc;
-                continue;
-            }
-        }
-        if (s->resend < s->fifo_n) {
-            int rc = resend_some(m, s, progress);
-            if (rc < 0)
-                return rc;
-        }
-    }
-    if (m->volatile_slot >= 0 && !m->slots[m->volatile_slot].pend_active)
-        m->volatile_slot = -1; /* written (or its worker died) */
-    while (!m->input_done && !m->draining && m->outstanding < m->win &&
-           m->volatile_slot < 0) {
-        if (m->input_later) {
-            /* Asked again once the source said it has a task (acquire:
-             * what it made before pm_map_wake() is seen). */
-            if (!atomic_exchange_explicit(&m->input_woken, 0,
-                                          memory_order_acquire))
-                break;
-            m->input_later = 0;
-        }
-        pm_slot *s = choose_slot(m);
-        if (!s) {
-            int rc = restart_done(m);
-            if (rc < 0)
-                return rc;
-            if (rc == 0)
-                break;
-            continue;
-        }
-        pm_task task = {0, 0};
-        pm_iov one = {NULL, 0};
-        const pm_iov *iov = &one;
-        int niov = 1;
-        void *owner = NULL;
-        int rc = m->gather
-                     ? m->gather(m->produce_ctx, &task, &iov, &niov, &owner)
-                     : m->produce(m->produce_ctx, &task, &one.base, &one.len);
-        if (rc < 0) {
-            release_owner(m, owner);
-            return rc;
-        }
-        if (rc == 0) {
-            m->input_done = 1;
-            m->finish_scan = 1;
-            break;
-        }
-        if (rc == PM_NO_TASK_YET) {
-            release_owner(m, owner);
-            m->input_later = 1;
-            break;
-        }
-        if (niov < 0 || (niov > 0 && !iov)) {
-            release_owner(m, owner);
-            return -EINVAL;
-        }
-        int flags = rc;
-        rc = send_task(m, s, &task, iov, niov, owner);
-        if (rc < 0)
-            return rc;
-        *progress = 1;
-        if ((flags & PM_PRODUCED_VOLATILE) && owner && s->pend_active)
-            m->volatile_slot = (int)(s - m->slots);
-        if (flags & PM_PRODUCED_SLOW)
-            break; /* deliver what is ready before waiting on the input */
-    }
-    return 0;
-}
-
-/* --- delivery ------------------------------------------------------------ */
-
-/*
- * Reads the next complete message of slot s's result ring.  Returns 1 with
- * *msg and *len set (when *in_ring, *f is the fragment to consume once the
- * message is no longer needed; otherwise the message is in the slot's
- * assembly buffer), 0 when no complete message is there yet, or a negative
- * code.
- */
-static int read_msg(pm_map *m, pm_slot *s, const unsigned char **msg,
-                    size_t *len, pm_frag *f, int *in_ring, int *progress)
-{
-    for (;;) {
-        int rc = pm__rx_peek(&s->rx, f);
-        if (rc <= 0)
-            return rc;
-        if (pm__asm_whole(&s->asm, f)) {
-            *msg = f->p1;
-            *len = f->len;
-            *in_ring = 1;
-            return 1;
-        }
-        rc = pm__asm_add(&s->asm, &m->hooks, f);
-        if (rc < 0)
-            return rc;
-        pm__rx_consume(&s->rx, f);
-        pm__bell_ring(&s->ctl->bell);
-        *progress = 1;
-        if (rc == 1) {
-            *msg = s->asm.buf;
-            *len = s->asm.len;
-            *in_ring = 0;
-            return 1;
-        }
-    }
-}
-
-/* Checks that a result message answers task t. */
-static int msg_answers(const unsigned char *msg, size_t len, const pm_task *t)
-{
-    pm_msg_hdr hdr;
-    if (len < sizeof hdr)
-        return 0;
-    memcpy(&hdr, msg, sizeof hdr);
-    return hdr.magic == PM_MSG_MAGIC && hdr.first == t->first &&
-           hdr.count == t->count;
-}
-
-static void pop_entry(pm_map *m, pm_slot *s)
-{
-    pm_inflight *e = pm__fifo_at(m, s, 0);
-    free(e->copy);
-    e->copy = NULL;
-    /* e->result is handed out through m->held_copy and freed next call. */
-    e->result = NULL;
-    s->fifo_head = (s->fifo_head + 1) % (uint32_t)m->opt.window;
-    s->fifo_n--;
-    if (s->resend)
-        s->resend--;
-    m->outstanding--;
-}
-
-/* Delivers a task that never completed (timed out, or lost with
- * deliver_lost) with its input, which is freed at the next call. */
-static int deliver_abandoned(pm_map *m, pm_slot *s, pm_inflight *e,
-                             pm_result *res)
-{
-    res->status = e->state == PM_T_LOST     ? PM_RESULT_DIED
-                  : e->state == PM_T_MEMORY ? PM_RESULT_MEMORY
-                                            : PM_RESULT_TIMEDOUT;
-    m->result_rss = e->state == PM_T_MEMORY ? e->rss : 0;
-    res->signal = e->signal;
-    res->exit_code = e->exit_code;
-    res->data = e->copy ? e->copy + sizeof(pm_msg_hdr) : NULL;
-    res->len = e->copy ? e->copy_len - sizeof(pm_msg_hdr) : 0;
-    m->held_copy = e->copy;
-    e->copy = NULL;
-    pop_entry(m, s);
-    return 1;
-}
-
-static void release_routed(pm_map *m, void **owner);
-
-/*
- * Delivers the next result of slot si.  Returns 1 with *res filled (a
- * fragment read in place stays in the ring until the next call), 0 when it
- * is not complete yet, or a negative code.
- */
-static int try_read(pm_map *m, int si, pm_result *res, int *progress)
-{
-    pm_slot *s = &m->slots[si];
-    if (s->fifo_n == 0)
-        return PM_ECORRUPT;
-    pm_inflight *e = pm__fifo_at(m, s, 0);
-    res->task = e->task;
-    res->signal = 0;
-    res->exit_code = 0;
-    m->last_slot = si;
-    m->last_pid = m->workers[s->worker].pid;
-    if (e->state == PM_T_TIMEDOUT || e->state == PM_T_LOST ||
-        e->state == PM_T_MEMORY) {
-        return deliver_abandoned(m, s, e, res);
-    }
-    if (e->state == PM_T_DONE) {
-        res->status = PM_RESULT_OK;
-        res->data = e->result + sizeof(pm_msg_hdr);
-        res->len = e->result_len - sizeof(pm_msg_hdr);
-        m->held_copy = e->result;
-        m->routed = e->routed;
-        e->routed = NULL;
-        pop_entry(m, s);
-        return 1;
-    }
-    const unsigned char *msg;
-    size_t len;
-    pm_frag f;
-    int in_ring = 0;
-    int rc = read_msg(m, s, &msg, &len, &f, &in_ring, progress);
-    if (rc == PM_ECORRUPT)
-        return corrupt(m, s, progress);
-    if (rc <= 0)
-        return rc;
-    if (!in_ring)
-        m->routed = pm__asm_take_owner(&s->asm);
-    if (!msg_answers(msg, len, &e->task)) {
-        release_routed(m, &m->routed);
-        return corrupt(m, s, progress);
-    }
-    if (in_ring) {
-        m->held = f;
-        m->held_slot = si;
-    } else {
-        m->asm_slot = si;
-    }
-    m->workers[s->worker].uncharged = 0;
-    res->status = PM_RESULT_OK;
-    res->data = msg + sizeof(pm_msg_hdr);
-    res->len = len - sizeof(pm_msg_hdr);
-    pop_entry(m, s);
-    return 1;
-}
-
-static void release_routed(pm_map *m, void **owner)
-{
-    if (*owner && m->hooks.route_release)
-        m->hooks.route_release(m->hooks.ctx, *owner);
-    *owner = NULL;
-}
-
-static void release_held(pm_map *m)
-{
-    free(m->held_copy);
-    m->held_copy = NULL;
-    release_routed(m, &m->routed);
-    m->asm_slot = -1;
-    if (m->held_slot < 0)
-        return;
-    pm_slot *s = &m->slots[m->held_slot];
-    pm__rx_consume(&s->rx, &m->held);
-    pm__bell_ring(&s->ctl->bell);
-    m->held_slot = -1;
-}
-
-/* A slot whose worker is gone and whose next result never came. */
-static int lost(pm_map *m, int si)
-{
-    pm__record_death(m, m->slots[si].worker);
-    return PM_EWORKERDIED;
-}
-
-static int handle_dead(pm_map *m, int w, int killed);
-
-/*
- * Slot s's worker broke the ring protocol: a malformed record, an impossible
- * counter, a result that answers no task.  Whatever it still wrote is not
- * trusted: it is killed, and its oldest task in flight on s is charged with
- * one attempt.  With retries left, a fresh worker is started that is sent
- * its tasks again (returns 0, *progress set); otherwise the map fails with
- * PM_ECORRUPT and pm_map_death() names the worker and the tasks in flight.
- */
-static int corrupt(pm_map *m, pm_slot *s, int *progress)
-{
-    int w = s->worker;
-    int was_running = worker_alive(m, w);
-    pm__kill_reap(m, w);
-    pm_inflight *e = NULL;
-    for (uint32_t i = 0; i < s->fifo_n && !e; i++)
-        if (pm__fifo_at(m, s, i)->state == PM_T_SENT)
-            e = pm__fifo_at(m, s, i);
-    if (was_running && m->keep && e &&
-        ++e->attempts <= (uint32_t)m->opt.retries) {
-        int rc = handle_dead(m, w, 1);
-        *progress = 1;
-        return rc < 0 ? rc : 0;
-    }
-    pm__record_death(m, w);
-    m->death_corrupt = 1;
-    return PM_ECORRUPT;
-}
-
-/*
- * The result pm_map_next() delivered last is malformed in a way only its
- * user can see (a job's item trailers): the worker that wrote it broke the
- * protocol.  It is killed (if it still runs as the process that wrote it)
- * and named by pm_map_death() with that task first among the lost ones;
- * the map fails with PM_ECORRUPT.
- */
-int pm__map_corrupt_result(pm_map *m, const pm_task *task)
-{
-    if (m->last_slot < 0)
-        return fail(m, PM_ECORRUPT);
-    int w = m->slots[m->last_slot].worker;
-    int same = m->workers[w].pid == m->last_pid;
-    if (same && worker_alive(m, w))
-        pm__kill_reap(m, w);
-    pm__record_death(m, w);
-    m->death.pid = m->last_pid;
-    if (!same) { /* it had died already: how it ended is not kept */
-        m->death.signal = 0;
-        m->death.exit_code = PM_EXIT_UNKNOWN;
-    }
-    pm_task *l = realloc(m->lost, (m->death.nlost + 1) * sizeof *l);
-    if (l) {
-        memmove(l + 1, l, m->death.nlost * sizeof *l);
-        l[0] = *task;
-        m->lost = l;
-        m->death.lost = l;
-        m->death.nlost++;
-    }
-    m->death_corrupt = 1;
-    return fail(m, PM_ECORRUPT);
-}
-
-static int deliver(pm_map *m, pm_result *res, int *progress)
-{
-    if (m->outstanding == 0)
-        return 0;
-    if (m->opt.ordered) {
-        int si = m->slot_of[m->next_deliver & (m->win - 1)];
-        int rc = try_read(m, si, res, progress);
-        if (rc == 1)
-            m->next_deliver++;
-        if (rc == 0 && !worker_alive(m, m->slots[si].worker))
-            return lost(m, si);
-        return rc;
-    }
-    for (int i = 0; i < m->nslots; i++) {
-        int si = (m->rr + i) % m->nslots;
-        if (m->slots[si].fifo_n == 0)
-            continue;
-        int rc = try_read(m, si, res, progress);
-        if (rc == 1) {
-            m->rr = (si + 1) % m->nslots;
-            m->next_deliver++;
-        }
-        if (rc == 0 && !worker_alive(m, m->slots[si].worker))
-            return lost(m, si);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
-}
-
-/* --- worker health: deaths, respawns, timeouts ---------------------------- */
-
-/* Resets worker w's shared memory for a fresh process. */
-static void reset_worker_shm(pm_map *m, int w)
-{
-    atomic_store(&m->workers[w].wctl->stop, 0);
-    atomic_store(&m->workers[w].wctl->finish, 0);
-    atomic_store(&m->workers[w].wctl->stopped_at, 0);
-    atomic_store(&m->workers[w].wctl->stops, 0);
-    atomic_store(&m->workers[w].wctl->ready, 0);
-    m->workers[w].seen_stops = 0;
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        int si = w * m->opt.nthreads + t;
-        pm_slot *s = &m->slots[si];
-        atomic_store(&s->ctl->bell.seq, 0);
-        atomic_store(&s->ctl->bell.sleeping, 0);
-        atomic_store(&s->ctl->run_first, 0);
-        atomic_store(&s->ctl->run_start_ns, 0);
-        pm__ring_init(s->task_ring, m->opt.ring_bytes);
-        pm__ring_init(s->result_ring, m->opt.ring_bytes);
-        pm__tx_init(&s->tx, s->task_ring, m->opt.ring_bytes);
-        pm__rx_init(&s->rx, s->result_ring, m->opt.ring_bytes);
-        s->pend_active = 0;
-        s->pend_len = s->pend_off = 0;
-        pend_release(m, s);
-        pm__asm_reset(&s->asm, &m->hooks);
-        s->resend = 0;
-        s->stall_ns = 0;
-        if (m->held_slot == si)
-            m->held_slot = -1;
-    }
-}
-
-/* Saves the complete results still in a dead worker's ring into the FIFO
- * entries they answer, so they are delivered and not run again. */
-static void drain_dead(pm_map *m, pm_slot *s)
-{
-    uint32_t i = 0;
-    int progress = 0;
-    for (;;) {
-        const unsigned char *msg;
-        size_t len;
-        pm_frag f;
-        int in_ring = 0;
-        if (read_msg(m, s, &msg, &len, &f, &in_ring, &progress) != 1)
-            return;
-        void *routed = in_ring ? NULL : pm__asm_take_owner(&s->asm);
-        pm_inflight *e = NULL;
-        for (; i < s->fifo_n; i++) {
-            e = pm__fifo_at(m, s, i);
-            if ((e->state == PM_T_SENT || e->state == PM_T_TIMEDOUT ||
-                 e->state == PM_T_MEMORY) &&
-                msg_answers(msg, len, &e->task))
-                break;
-        }
-        unsigned char *copy = i < s->fifo_n ? malloc(len) : NULL;
-        if (!copy) { /* not asked for, or it will run again instead */
-            release_routed(m, &routed);
-            return;
-        }
-        memcpy(copy, msg, len);
-        e->result = copy;
-        e->result_len = len;
-        e->routed = routed;
-        e->state = PM_T_DONE;
-        if (in_ring)
-            pm__rx_consume(&s->rx, &f);
-        i++;
-    }
-}
-
-/* Does a task sent to worker w still wait for its result? */
-static int undone(pm_map *m, int w)
-{
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        for (uint32_t i = 0; i < s->fifo_n; i++)
-            if (pm__fifo_at(m, s, i)->state == PM_T_SENT)
-                return 1;
-    }
-    return 0;
-}
-
-/* The worker running e died with wait status st: e is delivered as
- * PM_RESULT_DIED instead of being run again. */
-static void mark_lost(pm_inflight *e, int st)
-{
-    e->state = PM_T_LOST;
-    pm__decode_status(st, &e->signal, &e->exit_code);
-}
-
-/*
- * Worker w is gone (it died; killed 1: it was killed because a task timed
- * out; killed 2: because it stalled with tasks unstarted): keeps
- * what it finished, charges the tasks it was running with one attempt each
- * (unless it was killed), and starts a fresh worker that is sent the rest
- * again.  When several of its threads were running a task, the death is
- * nobody's in particular: none is charged, each is made a suspect and runs
- * alone in its process when sent again (with deliver_lost, a chunk of
- * several items is delivered lost as before: the job splits it).  When a task has used up its retries (or the worker keeps dying
- * with nothing to blame), the worker is not replaced and the map drains
- * instead: no new task is sent.  Returns 0 or the -errno of fork().
- */
-/* e was running when its worker died with other threads running: which of
- * them killed it is not known, so none is charged; each is sent again to run
- * alone in its process, where a crash is its own. */
-#define SUSPECT_MAX 3 /* shared deaths after which a task is charged anyway */
-static void make_suspect(pm_inflight *e)
-{
-    e->suspect++;
-    if (e->copy) {
-        pm_msg_hdr hdr;
-        memcpy(&hdr, e->copy, sizeof hdr);
-        hdr.magic = PM_MSG_MAGIC_SOLO;
-        memcpy(e->copy, &hdr, sizeof hdr);
-    }
-}
-
-static int handle_dead(pm_map *m, int w, int killed)
-{
-    int fatal = 0, charged = 0, running = 0;
-    int nt = m->opt.nthreads;
-    for (int t = 0; t < nt; t++) {
-        pm_slot *s = &m->slots[w * nt + t];
-        drain_dead(m, s);
-        running += !killed && atomic_load(&s->ctl->run_start_ns) != 0;
-    }
-    for (int t = 0; t < nt; t++) {
-        pm_slot *s = &m->slots[w * nt + t];
-        uint64_t started = atomic_load(&s->ctl->run_start_ns);
-        if (!started || killed)
-            continue;
-        uint64_t first = atomic_load(&s->ctl->run_first);
-        for (uint32_t i = 0; i < s->fifo_n; i++) {
-            pm_inflight *e = pm__fifo_at(m, s, i);
-            if (e->state != PM_T_SENT || e->task.first != first)
-                continue;
-            charged = 1;
-            if (running > 1 && !(m->opt.deliver_lost && e->task.count > 1)) {
-                make_suspect(e);
-                /* A suspect runs alone unless it had to wait for room in
-                 * its ring (worker.c, gate_yield): a task that keeps dying
-                 * in company is charged after SUSPECT_MAX such deaths, so
-                 * that retries stay bounded. */
-                if (e->suspect < SUSPECT_MAX)
-                    continue;
-            }
-            int spent = ++e->attempts > (uint32_t)m->opt.retries;
-            if (m->opt.deliver_lost && (spent || e->task.count > 1))
-                mark_lost(e, m->workers[w].status);
-            else if (spent)
-                fatal = 1;
-        }
-    }
-    pm_worker *wk = &m->workers[w];
-    if (wk->finishing && !fatal && !undone(m, w)) {
-        /* Told to finish, and nothing of its is left to run: it ended as
-         * asked (or died after its last task, which costs nothing). */
-        wk->state = PM_W_DONE;
-        return 0;
-    }
-    if (!charged && killed != 1 && ++wk->uncharged > 3)
-        fatal = 1; /* it dies, or stalls, between tasks: do not respawn
-                      forever */
-    if (fatal) {
-        /* Not replaced: the results due before its lost task are still
-         * delivered (from the live workers, and those it completed), then
-         * delivery reaches the lost task and fails with PM_EWORKERDIED. */
-        m->draining = 1;
-        return 0;
-    }
-    reset_worker_shm(m, w);
-    m->finish_scan = 1;
-    return pm__spawn(m, w);
-}
-
-/* Starts finished worker w again, after saving the results left in its
- * rings: 1 when it did, 0 when a result of its is missing (it is marked
- * reaped: delivery reports the death), or the -errno of fork(). */
-static int restart_one(pm_map *m, int w)
-{
-    for (int t = 0; t < m->opt.nthreads; t++)
-        drain_dead(m, &m->slots[w * m->opt.nthreads + t]);
-    if (undone(m, w)) {
-        /* A result is missing: delivery reports the death. */
-        m->workers[w].state = PM_W_REAPED;
-        return 0;
-    }
-    reset_worker_shm(m, w);
-    m->finish_scan = 1;
-    int rc = pm__spawn(m, w);
-    return rc < 0 ? rc : 1;
-}
-
-/* The input was re-opened (pm_map_resume), or a worker retired after
- * opt.max_items_per_worker is not replaced yet, and no running worker can take a
- * task: starts again a worker that had finished, after saving the results
- * left in its rings.  Returns 1 when it did, 0 when there is none, or the
- * -errno of fork(). */
-static int restart_done(pm_map *m)
-{
-    for (int w = 0; w < m->opt.nproc; w++) {
-        if (m->workers[w].state != PM_W_DONE)
-            continue;
-        int rc = restart_one(m, w);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
-}
-
-/* Does a task of worker w still wait to be written (pending bytes, or
- * tasks to send again after a respawn)? */
-static int tasks_unwritten(pm_map *m, int w)
-{
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        if (s->pend_active || s->resend < s->fifo_n)
-            return 1;
-    }
-    return 0;
-}
-
-/* Tells worker w that no task will come: after the last task was
- * published, a worker that sees finish looks at its ring once more
- * (worker.c, nothing_more), then exits after its last result. */
-static void tell_finish(pm_map *m, int w)
-{
-    atomic_store_explicit(&m->workers[w].wctl->finish, 1,
-                          memory_order_release);
-    for (int t = 0; t < m->opt.nthreads; t++)
-        pm__bell_ring(&pm__slot_ctl(m, w, t)->bell);
-}
-
-/*
- * opt.max_items_per_worker: tells each retiring worker whose last task is
- * whole in its rings (nothing pending, nothing to send again) to finish:
- * it runs what it has, writes the results and exits; poll_health then
- * forks its replacement.  The same handshake as finish_idle's.
- */
-static void retire_idle(pm_map *m)
-{
-    int later = 0;
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        if (wk->state != PM_W_RUNNING || wk->retiring != 1)
-            continue;
-        if (tasks_unwritten(m, w)) {
-            later = 1;
-            continue;
-        }
-        wk->retiring = 2;
-        tell_finish(m, w);
-    }
-    m->retire_scan = later;
-}
-
-/*
- * Once the input is exhausted, tells each running worker whose tasks are
- * all in its rings (nothing pending, nothing to send again) that no task
- * will come: it exits after its last result, so that its exit overlaps the
- * parent's handling of the last results instead of adding to the teardown.
- * A worker so told gets no new task, even if the input is re-opened.
- */
-static void finish_idle(pm_map *m)
-{
-    int later = 0;
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        if (wk->state != PM_W_RUNNING || wk->finishing)
-            continue;
-        if (tasks_unwritten(m, w)) {
-            later = 1;
-            continue;
-        }
-        wk->finishing = 1;
-        tell_finish(m, w);
-    }
-    m->finish_scan = later;
-}
-
-/*
- * Is slot s's worker stuck outside any task -- stopped (SIGSTOP), or hung
- * between tasks -- for the timeout?  It runs nothing (the caller checked),
- * tasks wait in its ring, no result waits for the parent (so it is not
- * blocked on a full result ring), and it has taken no task byte and written
- * no result byte since the parent first saw it so.  A healthy worker wakes
- * within microseconds of a task's arrival.  Not before the worker serves
- * its rings: starting up may take long (the caller's memory is large).
- */
-/* How long a stall may last: the timeout, but at least STALL_MIN_NS, so
- * that a tiny timeout does not take a worker the scheduler left waiting a
- * few milliseconds (on a loaded machine) for a stuck one. */
-static uint64_t stall_limit(const pm_map *m)
-{
-    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
-    return limit < STALL_MIN_NS ? STALL_MIN_NS : limit;
-}
-
-static int stalled(pm_map *m, pm_slot *s, uint64_t now)
-{
-    uint64_t taken = atomic_load_explicit(&s->task_ring->tail,
-                                          memory_order_acquire);
-    uint64_t mark = taken + atomic_load_explicit(&s->result_ring->head,
-                                                 memory_order_acquire);
-    if (!atomic_load_explicit(&m->workers[s->worker].wctl->ready,
-                              memory_order_acquire) ||
-        (!s->pend_active &&
-         atomic_load_explicit(&s->task_ring->head, memory_order_relaxed) ==
-             taken) ||
-        pm__rx_ready(&s->rx)) {
-        s->stall_ns = 0;
-        return 0;
-    }
-    if (!s->stall_ns || mark != s->stall_mark) {
-        s->stall_ns = now;
-        s->stall_mark = mark;
-        return 0;
-    }
-    return now - s->stall_ns >= stall_limit(m);
-}
-
-/* The FIFO entry of slot s that its worker is running (run_first), or
- * NULL. */
-static pm_inflight *running_entry(pm_map *m, pm_slot *s)
-{
-    uint64_t first = atomic_load(&s->ctl->run_first);
-    for (uint32_t i = 0; i < s->fifo_n; i++) {
-        pm_inflight *x = pm__fifo_at(m, s, i);
-        if (x->state == PM_T_SENT && x->task.first == first)
-            return x;
-    }
-    return NULL;
-}
-
-/*
- * Kills and replaces the workers whose running task is past the timeout, or
- * that have let their tasks wait unstarted for the timeout (stalled()): those
- * tasks are sent again to the fresh worker, and no item is charged.  A
- * worker stopped by job control (SIGTSTP) is left alone while stopped and
- * just after (see proc.c, on_tstp).  Returns 1 when it did, 0, or a
- * negative code.
- */
-static int check_timeouts(pm_map *m, uint64_t now)
-{
-    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        if (!worker_alive(m, w))
-            continue;
-        uint32_t stops = atomic_load_explicit(&wk->wctl->stops,
-                                              memory_order_acquire);
-        int jc = atomic_load_explicit(&wk->wctl->stopped_at,
-                                      memory_order_acquire) != 0 ||
-                 stops != wk->seen_stops;
-        wk->seen_stops = stops;
-        for (int t = 0; t < m->opt.nthreads; t++) {
-            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-            if (jc) {
-                s->stall_ns = 0;
-                continue;
-            }
-            uint64_t started = atomic_load_explicit(&s->ctl->run_start_ns,
-                                                    memory_order_acquire);
-            if (!started) {
-                if (!stalled(m, s, now))
-                    continue;
-                pm__kill_reap(m, w);
-                int rc = handle_dead(m, w, 2);
-                return rc < 0 ? rc : 1;
-            }
-            s->stall_ns = 0;
-            if (now <= started || now - started < limit)
-                continue;
-            pm_inflight *e = running_entry(m, s);
-            if (!e)
-                continue;
-            e->state = PM_T_TIMEDOUT;
-            pm__kill_reap(m, w);
-            int rc = handle_dead(m, w, 1);
-            return rc < 0 ? rc : 1;
-        }
-    }
-    return 0;
-}
-
-/*
- * opt.max_rss_bytes: reads each running worker's resident memory
- * (/proc/PID/statm, one open and read per worker, on the health schedule,
- * never on the path of an item).  A worker that grew by more than the limit
- * since its fork is killed and replaced: each task it was running is
- * charged an attempt, run again while retries last, else delivered as
- * PM_RESULT_MEMORY; its other tasks are sent again.  A worker over the
- * limit with no task running (memory kept after a task) is replaced too,
- * no task charged; three such in a row fail the map as a stall does.
- * Returns 1 when it killed one, 0, or a negative code.
- */
-static int check_memory(pm_map *m)
-{
-    for (int w = 0; w < m->opt.nproc; w++) {
-        pm_worker *wk = &m->workers[w];
-        if (!worker_alive(m, w))
-            continue;
-        uint64_t rss = pm__rss_bytes(wk->pid);
-        if (rss <= wk->rss_base || rss - wk->rss_base <= m->opt.max_rss_bytes)
-            continue;
-        int charged = 0;
-        for (int t = 0; t < m->opt.nthreads; t++) {
-            pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-            if (!atomic_load_explicit(&s->ctl->run_start_ns,
-                                      memory_order_acquire))
-                continue;
-            pm_inflight *e = running_entry(m, s);
-            if (!e)
-                continue;
-            charged = 1;
-            if (++e->attempts > (uint32_t)m->opt.retries) {
-                e->state = PM_T_MEMORY;
-                e->rss = rss - wk->rss_base;
-            }
-        }
-        pm__kill_reap(m, w);
-        int rc = handle_dead(m, w, charged ? 1 : 2);
-        return rc < 0 ? rc : 1;
-    }
-    return 0;
-}
-
-/* Reaps dead workers, replaces them when tasks may be re-run, enforces the
- * timeout and the memory limit.  Returns 1 when anything changed, 0, or a
- * negative code. */
-static int poll_health(pm_map *m)
-{
-    int changed = 0;
-    for (int w = 0; w < m->opt.nproc; w++) {
-        if (!pm__try_reap(m, w))
-            continue;
-        changed = 1;
-        if (m->keep) {
-            int rc = handle_dead(m, w, 0);
-            if (rc < 0)
-                return rc;
-        } else if (m->workers[w].finishing) {
-            /* Its results are read from its rings as usual; one missing
-             * is reported when delivery reaches it. */
-            m->workers[w].state = PM_W_DONE;
-        }
-        /* Retired after opt.max_items_per_worker: a fresh process takes
-         * its place while input remains. */
-        if (m->workers[w].retiring && m->workers[w].state == PM_W_DONE &&
-            !m->input_done && !m->draining) {
-            int rc = restart_one(m, w);
-            if (rc < 0)
-                return rc;
-        }
-    }
-    /* A worker that broke its task ring's tail is caught here too, not only
-     * when the parent next writes to that ring (it may have nothing more to
-     * write there, and wait for that worker's results for ever). */
-    for (int i = 0; i < m->nslots; i++) {
-        pm_slot *s = &m->slots[i];
-        if (worker_alive(m, s->worker) && pm__tx_check(&s->tx)) {
-            int progress = 0;
-            int rc = corrupt(m, s, &progress);
-            if (rc < 0)
-                return rc;
-            changed = 1;
-        }
-    }
-    uint64_t now = pm__now_ns();
-    if (m->opt.timeout_ms) {
-        int rc = check_timeouts(m, now);
-        if (rc < 0)
-            return rc;
-        changed |= rc;
-    }
-    if (m->opt.max_rss_bytes) {
-        int rc = check_memory(m);
-        if (rc < 0)
-            return rc;
-        changed |= rc;
-    }
-    m->next_health_ns = now + HEALTH_EVERY_NS;
-    return changed;
-}
-
-/* --- waiting ------------------------------------------------------------- */
-
-/* Would another round of dispatch/deliver make progress? */
-static int parent_ready(pm_map *m)
-{
-    if (m->outstanding) {
-        if (m->opt.ordered) {
-            pm_slot *s = &m->slots[m->slot_of[m->next_deliver & (m->win - 1)]];
-            if (pm__rx_ready(&s->rx) || pm__fifo_at(m, s, 0)->state != PM_T_SENT)
-                return 1;
-        } else {
-            for (int i = 0; i < m->nslots; i++) {
-                pm_slot *s = &m->slots[i];
-                if (s->fifo_n && (pm__rx_ready(&s->rx) ||
-                                  pm__fifo_at(m, s, 0)->state != PM_T_SENT))
-                    return 1;
-            }
-        }
-    }
-    for (int i = 0; i < m->nslots; i++) {
-        pm_slot *s = &m->slots[i];
-        if (s->pend_active &&
-            pm__tx_room(&s->tx, PM_FRAG_HDR * 2) >= PM_FRAG_HDR * 2)
-            return 1;
-    }
-    /* The source has a task again (pm_map_wake); dispatch takes the flag,
-     * so this holds for one round only. */
-    if (m->input_later && !m->input_done && !m->draining &&
-        m->outstanding < m->win && m->volatile_slot < 0 &&
-        atomic_load_explicit(&m->input_woken, memory_order_relaxed))
-        return 1;
-    return 0;
-}
-
-static int any_alive(pm_map *m)
-{
-    for (int w = 0; w < m->opt.nproc; w++)
-        if (worker_alive(m, w))
-            return 1;
-    return 0;
-}
-
-/* The dead worker whose missing result delivery waits for, or -1. */
-static int lost_worker(pm_map *m)
-{
-    for (int i = 0; i < m->nslots && m->outstanding; i++) {
-        int si = m->opt.ordered ? m->slot_of[m->next_deliver & (m->win - 1)]
-                                : i;
-        pm_slot *s = &m->slots[si];
-        if (s->fifo_n && !worker_alive(m, s->worker) &&
-            pm__fifo_at(m, s, 0)->state == PM_T_SENT && !pm__rx_ready(&s->rx))
-            return s->worker;
-        if (m->opt.ordered)
-            break;
-    }
-    return -1;
-}
-
-/* Could dispatch start a finished worker again? */
-static int restartable(pm_map *m)
-{
-    if (m->input_done || m->draining)
-        return 0;
-    for (int w = 0; w < m->opt.nproc; w++)
-        if (m->workers[w].state == PM_W_DONE)
-            return 1;
-    return 0;
-}
-
-static int parent_ready_cb(void *m)
-{
-    return parent_ready(m);
-}
-
-/* Milliseconds until the next timeout or stall could be due (at least 1),
- * or -1 when none can be. */
-static int next_due_ms(pm_map *m)
-{
-    if (!m->opt.timeout_ms)
-        return -1;
-    uint64_t limit = (uint64_t)m->opt.timeout_ms * 1000000u;
-    uint64_t now = pm__now_ns(), due = UINT64_MAX;
-    for (int i = 0; i < m->nslots; i++) {
-        pm_slot *s = &m->slots[i];
-        if (!worker_alive(m, s->worker))
-            continue;
-        uint64_t t = atomic_load_explicit(&s->ctl->run_start_ns,
-                                          memory_order_acquire);
-        if (t == PM_CLOCK_PAUSED)
-            continue;
-        uint64_t lim = limit;
-        if (!t) {
-            t = s->stall_ns;
-            lim = stall_limit(m);
-        }
-        if (t && t + lim < due)
-            due = t + lim;
-    }
-    if (due == UINT64_MAX)
-        return -1;
-    return due <= now ? 1 : (int)((due - now + 999999u) / 1000000u);
-}
-
-/*
- * The parent's sleep.  First on the futex, at most PM_FUTEX_FIRST_MS (or
- * until the next timeout is due): the usual wait while work flows, which
- * costs the workers a futex wake and the parent nothing more.  Then, with
- * the eventfd bell and a pidfd for every running worker, in poll() on all
- * of them: woken by a result (the workers see sleeping == 2 and write the
- * eventfd), by a worker's death itself, or when the next timeout is due.
- * Without them (old kernels, descriptors short) on the futex, at most
- * PARENT_SLEEP_MS, noticing deaths on the next look.  A signal ends either
- * sleep (EINTR), for the check hook.
- */
-static void parent_sleep(pm_map *m, uint32_t v)
-{
-    pm_bell *b = &m->ctl->parent;
-    /* Bounded all the same: the check hook is promised a call about every
-     * PARENT_SLEEP_MS while blocked, and a job-control stop moves the due
-     * time without telling the parent. */
-    int cap = m->hooks.check ? PARENT_SLEEP_MS : 1000;
-    /* The memory limit is sampled on the health schedule while asleep too. */
-    if (m->opt.max_rss_bytes && cap > (int)(HEALTH_EVERY_NS / 1000000u))
-        cap = (int)(HEALTH_EVERY_NS / 1000000u);
-    int due = next_due_ms(m);
-    if (due >= 0 && due < cap)
-        cap = due;
-    int n = 0, all = m->efd >= 0;
-    if (!all || cap <= PM_FUTEX_FIRST_MS) {
-        pm__bell_sleep(b, v, all ? cap : PARENT_SLEEP_MS);
-        return;
-    }
-    if (pm__bell_sleep(b, v, PM_FUTEX_FIRST_MS) != -ETIMEDOUT)
-        return;
-    m->pfds[n].fd = m->efd;
-    m->pfds[n++].events = POLLIN;
-    for (int w = 0; w < m->opt.nproc && all; w++) {
-        if (!worker_alive(m, w))
-            continue;
-        all = m->workers[w].pidfd >= 0;
-        m->pfds[n].fd = m->workers[w].pidfd;
-        m->pfds[n++].events = POLLIN;
-    }
-    if (!all) {
-        pm__bell_sleep(b, v, PARENT_SLEEP_MS);
-        return;
-    }
-    /* From now on a worker that publishes writes the eventfd.  A worker
-     * that saw sleeping == 1 published before this store: the recheck after
-     * the fence sees it (the same argument as the bell's). */
-    atomic_store_explicit(&b->sleeping, 2, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (parent_ready(m))
-        return;
-    if (poll(m->pfds, (nfds_t)n, cap - PM_FUTEX_FIRST_MS) > 0 &&
-        (m->pfds[0].revents & POLLIN)) {
-        uint64_t x;
-        if (read(m->efd, &x, sizeof x) < 0) {
-            /* EAGAIN: drained already. */
-        }
-    }
-}
-
-static int idle_wait(pm_map *m)
-{
-    if (pm__spin_until(&m->spin, parent_ready_cb, m))
-        return 0;
-
-    pm_bell *b = &m->ctl->parent;
-    uint32_t v = pm__bell_prepare(b);
-    int rc = poll_health(m);
-    if (rc == 0 && !parent_ready(m)) {
-        if (m->hooks.wait_begin)
-            m->hooks.wait_begin(m->hooks.ctx);
-        parent_sleep(m, v);
-        if (m->hooks.wait_end)
-            m->hooks.wait_end(m->hooks.ctx);
-        rc = poll_health(m);
-        if (rc >= 0 && m->hooks.check) {
-            int c = m->hooks.check(m->hooks.ctx);
-            if (c != 0)
-                rc = c;
-        }
-    }
-    pm__bell_done(b);
-    if (rc > 0)
-        rc = 0;
-    /* Nothing can finish the remaining work: no worker is left (one that
-     * finished is started again for re-opened input, by dispatch). */
-    if (rc == 0 && !any_alive(m) && !parent_ready(m) &&
-        (m->outstanding || !m->input_done) && !restartable(m)) {
-        int dead = lost_worker(m);
-        for (int w = 0; w < m->opt.nproc && dead < 0; w++)
-            if (m->workers[w].state == PM_W_REAPED)
-                dead = w;
-        for (int w = 0; w < m->opt.nproc && dead < 0; w++)
-            if (m->workers[w].state == PM_W_DONE)
-                dead = w;
-        if (dead >= 0)
-            pm__record_death(m, dead);
-        rc = PM_EWORKERDIED;
-    }
-    return rc;
-}
 
 /* --- the public entry points --------------------------------------------- */
 
@@ -1491,13 +171,13 @@ int pm_map_next(pm_map *m, pm_result *res)
 {
     if (getpid() != m->creator)
         return PM_ENOTOWNER;
-    release_held(m);
+    pm__release_held(m);
     if (m->error)
         return m->error;
     if (!m->started) {
         int rc = pm_map_start(m);
         if (rc < 0)
-            return fail(m, rc);
+            return pm__fail(m, rc);
     }
     for (;;) {
         int progress = 0;
@@ -1505,20 +185,20 @@ int pm_map_next(pm_map *m, pm_result *res)
         /* Look at the workers now and then even when busy: a worker that
          * dies while the others keep the parent busy is noticed too. */
         if ((++m->loops & 63) == 0 && pm__now_ns() >= m->next_health_ns) {
-            rc = poll_health(m);
+            rc = pm__poll_health(m);
             if (rc < 0)
-                return fail(m, rc);
+                return pm__fail(m, rc);
         }
-        rc = dispatch(m, &progress);
+        rc = pm__dispatch(m, &progress);
         if (rc < 0)
-            return fail(m, rc);
+            return pm__fail(m, rc);
         if (m->finish_scan && m->input_done)
-            finish_idle(m);
+            pm__finish_idle(m);
         if (m->retire_scan)
-            retire_idle(m);
-        rc = deliver(m, res, &progress);
+            pm__retire_idle(m);
+        rc = pm__deliver(m, res, &progress);
         if (rc < 0)
-            return fail(m, rc);
+            return pm__fail(m, rc);
         if (rc == 1) {
             if (++m->checks >= CHECK_EVERY && m->hooks.check) {
                 m->checks = 0;
@@ -1526,16 +206,16 @@ int pm_map_next(pm_map *m, pm_result *res)
                  * so an abort here must not lose it silently. */
                 int c = m->hooks.check(m->hooks.ctx);
                 if (c != 0)
-                    return fail(m, c);
+                    return pm__fail(m, c);
             }
             return 1;
         }
         if (m->outstanding == 0 && m->input_done)
             return 0;
         if (!progress) {
-            rc = idle_wait(m);
+            rc = pm__idle_wait(m);
             if (rc != 0)
-                return fail(m, rc);
+                return pm__fail(m, rc);
         }
     }
 }
@@ -1552,10 +232,10 @@ void pm_map_wake(pm_map *m)
 void *pm_map_take_result(pm_map *m)
 {
     void *p = NULL;
-    if (m->asm_slot >= 0) {
-        pm_slot *s = &m->slots[m->asm_slot];
-        p = pm__asm_take_buf(&s->asm);
-        m->asm_slot = -1;
+    if (m->assembly_slot >= 0) {
+        pm_slot *s = &m->slots[m->assembly_slot];
+        p = pm__asm_take_buf(&s->assembly);
+        m->assembly_slot = -1;
     } else if (m->held_copy) {
         p = m->held_copy;
         m->held_copy = NULL;
@@ -1617,13 +297,8 @@ int pm_map_destroy(pm_map *m)
      * there when they were kept out of forks: its addresses may hold
      * something else by now. */
     int mapped = mine || !m->dontfork;
-    if (m->workers && mapped) {
-        for (int w = 0; w < m->opt.nproc; w++)
-            if (m->workers[w].shm)
-                munmap(m->workers[w].shm, m->workers[w].shm_len);
-    }
-    if (m->ctl && mapped)
-        munmap(m->ctl, ALIGN64(sizeof(pm_ctl)));
+    if (mapped)
+        pm__shm_unmap(m);
     if (m->efd >= 0)
         close(m->efd);
     for (int w = 0; m->workers && w < m->opt.nproc; w++)
@@ -1648,10 +323,10 @@ int pm_map_destroy(pm_map *m)
                     h.route_release(h.ctx, e->routed);
             }
             if (mine)
-                pend_release(m, s);
+                pm__pend_release(m, s);
             free(m->slots[i].fifo);
             free(m->slots[i].pend);
-            pm__asm_free(&s->asm, &h);
+            pm__asm_free(&s->assembly, &h);
         }
     }
     free(m->slots);

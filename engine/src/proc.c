@@ -1,4 +1,8 @@
 /* proc.c -- forking, stopping and reaping the worker processes. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -7,7 +11,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -18,8 +21,6 @@
 #endif
 
 #include "internal.h"
-
-volatile int pm__forked_copy = 0;
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -44,7 +45,7 @@ static void let_fork(pm_map *m, int w, int let)
     int advice = let ? MADV_DOFORK : MADV_DONTFORK;
     if (!m->dontfork)
         return;
-    madvise(m->ctl, (sizeof(pm_ctl) + 63u) & ~(size_t)63u, advice);
+    madvise(m->ctl, ALIGN64(sizeof(pm_ctl)), advice);
     madvise(m->workers[w].shm, m->workers[w].shm_len, advice);
 #else
     (void)m;
@@ -315,99 +316,10 @@ void pm__decode_status(int st, int *signal, int *exit_code)
     }
 }
 
-void pm__record_death(pm_map *m, int w)
-{
-    pm_worker *wk = &m->workers[w];
-    pm_death *d = &m->death;
-    d->pid = wk->pid;
-    d->worker = w;
-    pm__decode_status(wk->status, &d->signal, &d->exit_code);
-    size_t n = 0;
-    for (int t = 0; t < m->opt.nthreads; t++)
-        n += m->slots[w * m->opt.nthreads + t].fifo_n;
-    d->nlost = 0;
-    d->lost = NULL;
-    free(m->lost);
-    m->lost = n ? malloc(n * sizeof *m->lost) : NULL;
-    d->nlost = 0;
-    if (!m->lost)
-        return;
-    /* Oldest first across the worker's slots: merge by item index. */
-    for (int t = 0; t < m->opt.nthreads; t++) {
-        pm_slot *s = &m->slots[w * m->opt.nthreads + t];
-        for (uint32_t i = 0; i < s->fifo_n; i++) {
-            pm_inflight *e = pm__fifo_at(m, s, i);
-            if (e->state == PM_T_SENT)
-                m->lost[d->nlost++] = e->task;
-        }
-    }
-    for (size_t i = 1; i < d->nlost; i++) {
-        pm_task key = m->lost[i];
-        size_t j = i;
-        while (j > 0 && m->lost[j - 1].first > key.first) {
-            m->lost[j] = m->lost[j - 1];
-            j--;
-        }
-        m->lost[j] = key;
-    }
-    d->lost = m->lost;
-}
-
 static void sleep_us(long us)
 {
     struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
     nanosleep(&ts, NULL);
-}
-
-/* Reads a number from a file of /proc, or -1. */
-static long proc_number(const char *path)
-{
-    FILE *f = fopen(path, "re");
-    long v = -1;
-    if (f) {
-        if (fscanf(f, "%ld", &v) != 1)
-            v = -1;
-        fclose(f);
-    }
-    return v;
-}
-
-void pm__explain(char *why, size_t len, const char *call, int err, int w,
-                 int nproc, size_t bytes)
-{
-    char who[96] = "";
-    if (call[0] == 'm')
-        snprintf(who, sizeof who, " of %zu bytes of shared memory", bytes);
-    if (w >= 0)
-        snprintf(who + strlen(who), sizeof who - strlen(who),
-                 " for worker %d of %d", w, nproc);
-    const char *msg = strerror(-err);
-    char limit[224] = "";
-    if (call[0] == 'f') { /* fork */
-        struct rlimit rl;
-        char cur[32] = "unlimited";
-        if (getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-            snprintf(cur, sizeof cur, "%llu", (unsigned long long)rl.rlim_cur);
-        if (err == -EAGAIN)
-            snprintf(limit, sizeof limit,
-                     "the processes of this user reached RLIMIT_NPROC "
-                     "(ulimit -u: %s), or the system's kernel.pid_max or "
-                     "kernel.threads-max (or a cgroup's pids.max)", cur);
-        else if (err == -ENOMEM)
-            snprintf(limit, sizeof limit,
-                     "memory is short: the kernel could not copy the "
-                     "caller's page tables (free memory, swap, "
-                     "vm.overcommit_memory)");
-    } else { /* mmap */
-        long maps = proc_number("/proc/sys/vm/max_map_count");
-        if (err == -ENOMEM)
-            snprintf(limit, sizeof limit,
-                     "memory is short (free memory, RLIMIT_AS: ulimit -v, a "
-                     "cgroup's memory.max), or the process has as many "
-                     "mappings as vm.max_map_count allows (%ld)", maps);
-    }
-    snprintf(why, len, "%s()%s failed: %s (errno %d)%s%s", call, who, msg,
-             -err, limit[0] ? "; likely cause: " : "", limit);
 }
 
 uint64_t pm__rss_bytes(pid_t pid)

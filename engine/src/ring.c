@@ -1,4 +1,8 @@
 /* ring.c -- the SPSC fragment ring: writing and peeking fragments. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "ring.h"
 
 #include <errno.h>

@@ -1,4 +1,8 @@
 /* wait.c -- futex wait/wake on shared words, with a portable fallback. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "wait.h"
 
 #include <errno.h>

@@ -1,4 +1,8 @@
 /* worker.c -- the worker process: serve tasks from its rings, write results. */
+/* GNU and POSIX interfaces under any -std (builds may -D it too). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -11,7 +15,17 @@
 
 #define WORKER_SLEEP_MS 100
 
-/* One thread's state: the worker ends of one slot's rings. */
+volatile int pm__forked_copy = 0; /* set and cleared by proc.c */
+
+/*
+ * One worker thread's whole context: the worker ends of one slot's rings,
+ * the task being assembled, its place at the gate, what pm_write() has
+ * counted.  pm.h calls it pm_writer, for the work function sees it only as
+ * where its result goes (pm_write(), pm_writer_item()...); here it is a
+ * pm_wthread, and the public calls take it under the public name.
+ */
+typedef struct pm_writer pm_wthread;
+
 struct pm_writer {
     pm_map *m;
     pm_slot_ctl *ctl;
@@ -19,8 +33,8 @@ struct pm_writer {
     pm_ring_rx rx; /* tasks */
     pm_ring_tx tx; /* results */
     pm_spin spin;
-    pm_asm asm;         /* assembly of large or wrapped tasks */
-    int in_buf;         /* the running task's input is in asm.buf */
+    pm_asm assembly;    /* a large or wrapped task, being assembled */
+    int in_buf;         /* the running task's input is in assembly.buf */
     void *routed;       /* the running task's routed ranges' owner */
     uint64_t written; /* bytes passed to pm_write() so far */
     uint64_t item;    /* pm_writer_item() */
@@ -47,13 +61,13 @@ enum { GATE_NONE, GATE_BUSY, GATE_SOLO };
  */
 static struct {
     _Atomic int solo;
-    struct pm_writer *ws;
+    pm_wthread *ws;
     int nt;
 } gate;
 
 /* Waits a little for the gate.  The first time, lets the caller release
  * what the other threads may need to finish (hooks.worker_idle: the GIL). */
-static void gate_nap(struct pm_writer *w, int *idle)
+static void gate_nap(pm_wthread *w, int *idle)
 {
     if (!*idle && w->m->hooks.worker_idle)
         w->m->hooks.worker_idle(w->m->hooks.ctx);
@@ -63,7 +77,7 @@ static void gate_nap(struct pm_writer *w, int *idle)
 }
 
 /* Returns 1 when the task may run, 0 when the worker is told to stop. */
-static int gate_enter(struct pm_writer *w, int solo)
+static int gate_enter(pm_wthread *w, int solo)
 {
     int idle = 0;
     if (solo) {
@@ -101,7 +115,7 @@ static int gate_enter(struct pm_writer *w, int solo)
     }
 }
 
-static void gate_leave(struct pm_writer *w)
+static void gate_leave(pm_wthread *w)
 {
     if (w->gate_held == GATE_SOLO)
         atomic_store_explicit(&gate.solo, 0, memory_order_release);
@@ -113,12 +127,12 @@ static void gate_leave(struct pm_writer *w)
 /* Before waiting for room in the result ring: lets the gate go.  A busy
  * thread takes busy back after the wait (without waiting for a solo task:
  * that one may be what the parent waits for); a solo one stays ordinary. */
-static void gate_yield(struct pm_writer *w)
+static void gate_yield(pm_wthread *w)
 {
     gate_leave(w);
 }
 
-static void gate_resume(struct pm_writer *w, int was)
+static void gate_resume(pm_wthread *w, int was)
 {
     if (was == GATE_BUSY) {
         atomic_store(&w->busy, 1);
@@ -136,7 +150,7 @@ void *pm_writer_take_input(pm_writer *w)
     if (!w->in_buf)
         return NULL;
     w->in_buf = 0;
-    return pm__asm_take_buf(&w->asm);
+    return pm__asm_take_buf(&w->assembly);
 }
 
 void *pm_writer_take_routed(pm_writer *w)
@@ -160,7 +174,7 @@ typedef int (*ready_fn)(void *w);
 
 static int task_ready(void *arg)
 {
-    struct pm_writer *w = arg;
+    pm_wthread *w = arg;
     return pm__rx_ready(&w->rx) ||
            atomic_load_explicit(&w->wctl->stop, memory_order_relaxed) ||
            atomic_load_explicit(&w->wctl->finish, memory_order_relaxed);
@@ -169,7 +183,7 @@ static int task_ready(void *arg)
 /* The ring is empty and the parent said no task will come any more (or
  * asked to stop).  The parent publishes its last task before it sets
  * finish, so after seeing finish (acquire) the ring is looked at again. */
-static int nothing_more(struct pm_writer *w)
+static int nothing_more(pm_wthread *w)
 {
     if (atomic_load_explicit(&w->wctl->stop, memory_order_relaxed))
         return 1;
@@ -180,7 +194,7 @@ static int nothing_more(struct pm_writer *w)
 
 static int room_ready(void *arg)
 {
-    struct pm_writer *w = arg;
+    pm_wthread *w = arg;
     return pm__tx_room(&w->tx, PM_FRAG_HDR * 2) >= PM_FRAG_HDR * 2 ||
            atomic_load_explicit(&w->wctl->stop, memory_order_relaxed);
 }
@@ -189,9 +203,9 @@ static int room_ready(void *arg)
  * Waits until ready(w): spins for the adaptive budget, then sleeps on the
  * slot's bell.  Returns 0, or -EPIPE when the parent is gone.
  */
-static int worker_wait_inner(struct pm_writer *w, ready_fn ready);
+static int worker_wait_inner(pm_wthread *w, ready_fn ready);
 
-static int worker_wait(struct pm_writer *w, ready_fn ready)
+static int worker_wait(pm_wthread *w, ready_fn ready)
 {
     const pm_hooks *h = &w->m->hooks;
     if (h->worker_idle)
@@ -199,7 +213,7 @@ static int worker_wait(struct pm_writer *w, ready_fn ready)
     return worker_wait_inner(w, ready);
 }
 
-static int worker_wait_inner(struct pm_writer *w, ready_fn ready)
+static int worker_wait_inner(pm_wthread *w, ready_fn ready)
 {
     if (pm__spin_until(&w->spin, ready, w))
         return 0;
@@ -259,7 +273,7 @@ static void copy_exit(pm_map *m)
  * meanwhile and moved on by the time waited.  Off the per-item path: only
  * a result that does not fit in the ring waits.
  */
-static int wait_room(struct pm_writer *w)
+static int wait_room(pm_wthread *w)
 {
     _Atomic uint64_t *start = &w->ctl->run_start_ns;
     uint64_t s0 = atomic_load_explicit(start, memory_order_relaxed);
@@ -314,7 +328,7 @@ int pm_write(pm_writer *w, const void *data, size_t len)
  * when asked to stop, or told to finish and the ring is empty, or a negative
  * code.
  */
-static int read_task(struct pm_writer *w, const unsigned char **msg,
+static int read_task(pm_wthread *w, const unsigned char **msg,
                      size_t *len, pm_frag *held, int *in_place)
 {
     for (;;) {
@@ -323,40 +337,40 @@ static int read_task(struct pm_writer *w, const unsigned char **msg,
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            if (!w->asm.active && nothing_more(w))
+            if (!w->assembly.active && nothing_more(w))
                 return 0;
             rc = worker_wait(w, task_ready);
             if (rc < 0)
                 return rc;
-            if (w->asm.active &&
+            if (w->assembly.active &&
                 atomic_load_explicit(&w->wctl->stop, memory_order_relaxed) &&
                 !pm__rx_ready(&w->rx))
                 return 0;
             continue;
         }
-        if (pm__asm_whole(&w->asm, &f)) {
+        if (pm__asm_whole(&w->assembly, &f)) {
             *msg = f.p1;
             *len = f.len;
             *held = f;
             *in_place = 1;
             return 1;
         }
-        rc = pm__asm_add(&w->asm, &w->m->hooks, &f);
+        rc = pm__asm_add(&w->assembly, &w->m->hooks, &f);
         if (rc < 0)
             return rc;
         pm__rx_consume(&w->rx, &f);
         pm__ring_parent(w->m);
         if (rc == 1) {
-            w->routed = pm__asm_take_owner(&w->asm);
-            *msg = w->asm.buf;
-            *len = w->asm.len;
+            w->routed = pm__asm_take_owner(&w->assembly);
+            *msg = w->assembly.buf;
+            *len = w->assembly.len;
             *in_place = 0;
             return 1;
         }
     }
 }
 
-static int serve_one(struct pm_writer *w)
+static int serve_one(pm_wthread *w)
 {
     const unsigned char *msg;
     size_t len;
@@ -419,7 +433,7 @@ static int serve_one(struct pm_writer *w)
 
 static void *slot_main(void *arg)
 {
-    struct pm_writer *w = arg;
+    pm_wthread *w = arg;
     int rc;
     while ((rc = serve_one(w)) > 0)
         ;
@@ -434,7 +448,7 @@ void pm__worker_main(pm_map *m, int w)
 {
     int nt = m->opt.nthreads;
     atomic_store_explicit(&m->workers[w].wctl->ready, 1, memory_order_release);
-    struct pm_writer *ws = calloc((size_t)nt, sizeof *ws);
+    pm_wthread *ws = calloc((size_t)nt, sizeof *ws);
     pthread_t *th = calloc((size_t)nt, sizeof *th);
     if (!ws || !th)
         worker_exit(m, PM_WORKER_FATAL_EXIT);

@@ -509,7 +509,7 @@ TEST_IMPL(job_corrupt_worker_named)
  * the item trailers already written (item 40's, of the message not yet
  * published): the map's framing is intact, the job's is not.  The job
  * fails with PM_ECORRUPT and names the worker, with that task first. */
-#define TEST_ITEM_MAGIC 0x4d455449u /* job.c's item trailer magic */
+#define TEST_ITEM_MAGIC 0x4d455449u /* job.h's item trailer magic */
 
 static int trailer_fn(void *ctx, const void *in, size_t len, pm_writer *out)
 {
