@@ -40,6 +40,121 @@ static PyObject *star_values(Py_ssize_t idx, PyObject *vals)
 }
 
 /*
+ * kwstar=True with star not None: the item is a pair (vals, kwvals).  Sets
+ * *pair (new reference, a tuple of two) and points *vals and *kwvals into
+ * it.  Returns 0, or -1 with an exception set (*shape 1 when the item is
+ * not a pair).
+ */
+static int kwstar_pair(Py_ssize_t idx, PyObject *item, PyObject **pair,
+                       PyObject **vals, PyObject **kwvals, int *shape)
+{
+    if (PyTuple_CheckExact(item)) {
+        *pair = item;
+        Py_INCREF(item);
+    } else {
+        *pair = PySequence_Tuple(item);
+        if (!*pair) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                return -1;
+            PyErr_Clear();
+        }
+    }
+    if (!*pair || PyTuple_GET_SIZE(*pair) != 2) {
+        shape_error(idx,
+                    "item %lld: kwstar=True expects a pair (vals, "
+                    "kwvals), got %s",
+                    item);
+        *shape = 1;
+        return -1;
+    }
+    *vals = PyTuple_GET_ITEM(*pair, 0);
+    *kwvals = PyTuple_GET_ITEM(*pair, 1);
+    return 0;
+}
+
+/* The positional arguments for the item's values `vals`: a new tuple, or
+ * NULL with an exception set (*shape 1 for a star item that is not an
+ * iterable). */
+static PyObject *call_positional(Caller *c, Py_ssize_t idx, PyObject *vals,
+                                 int *shape)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(c->args);
+    if (c->star == 1) {
+        PyObject *t = star_values(idx, vals);
+        if (!t) {
+            *shape = PyErr_ExceptionMatches(ItemShapeError);
+            return NULL;
+        }
+        if (!nargs)
+            return t;
+        PyObject *pos = PySequence_Concat(t, c->args);
+        Py_DECREF(t);
+        return pos;
+    }
+    if (c->star == 0) {
+        PyObject *pos = PyTuple_New(1 + nargs);
+        if (!pos)
+            return NULL;
+        Py_INCREF(vals);
+        PyTuple_SET_ITEM(pos, 0, vals);
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyObject *a = PyTuple_GET_ITEM(c->args, i);
+            Py_INCREF(a);
+            PyTuple_SET_ITEM(pos, i + 1, a);
+        }
+        return pos;
+    }
+    Py_INCREF(c->args);
+    return c->args;
+}
+
+/* The keyword arguments: kwargs updated with the item's kwvals (which win),
+ * a new dict.  NULL with an exception set (*shape 1 when kwvals is not a
+ * mapping with string keys). */
+static PyObject *call_keywords(Caller *c, Py_ssize_t idx, PyObject *kwvals,
+                               int *shape)
+{
+    if (!PyDict_Check(kwvals) && !PyMapping_Check(kwvals)) {
+        shape_error(idx,
+                    "item %lld: kwstar=True expects a mapping of keyword "
+                    "arguments (kwvals), got %s",
+                    kwvals);
+        *shape = 1;
+        return NULL;
+    }
+    PyObject *kw = c->kwargs ? PyDict_Copy(c->kwargs) : PyDict_New();
+    if (!kw)
+        return NULL;
+    if (PyDict_Update(kw, kwvals) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) ||
+            PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            shape_error(idx,
+                        "item %lld: kwstar=True expects a mapping of "
+                        "keyword arguments (kwvals), got %s",
+                        kwvals);
+            *shape = 1;
+        }
+        Py_DECREF(kw);
+        return NULL;
+    }
+    PyObject *key;
+    Py_ssize_t ppos = 0;
+    while (PyDict_Next(kw, &ppos, &key, NULL)) {
+        if (!PyUnicode_Check(key)) {
+            shape_error(idx,
+                        "item %lld: keyword names in kwvals must be "
+                        "strings, got a key of type %s",
+                        key);
+            *shape = 1;
+            Py_DECREF(kw);
+            return NULL;
+        }
+    }
+    return kw;
+}
+
+/*
  * Calls the function on one item.  Returns a new reference, or NULL with an
  * exception set; *shape is set to 1 when the item itself had the wrong shape
  * (the function was not called).
@@ -48,8 +163,8 @@ static PyObject *caller_call(Caller *c, Py_ssize_t idx, PyObject *item,
                              int *shape)
 {
     *shape = 0;
-    Py_ssize_t nargs = PyTuple_GET_SIZE(c->args);
-    if (c->star == 0 && !c->kwstar && nargs == 0 && !c->kwargs)
+    if (c->star == 0 && !c->kwstar && PyTuple_GET_SIZE(c->args) == 0 &&
+        !c->kwargs)
         return PyObject_CallOneArg(c->fun, item); /* the common case */
 
     PyObject *vals = item, *kwvals = NULL, *pair = NULL;
@@ -58,97 +173,15 @@ static PyObject *caller_call(Caller *c, Py_ssize_t idx, PyObject *item,
         if (c->star == -1) {
             vals = NULL;
             kwvals = item;
-        } else {
-            if (PyTuple_CheckExact(item)) {
-                pair = item;
-                Py_INCREF(pair);
-            } else {
-                pair = PySequence_Tuple(item);
-                if (!pair) {
-                    if (!PyErr_ExceptionMatches(PyExc_TypeError))
-                        goto done;
-                    PyErr_Clear();
-                }
-            }
-            if (!pair || PyTuple_GET_SIZE(pair) != 2) {
-                shape_error(idx,
-                            "item %lld: kwstar=True expects a pair (vals, "
-                            "kwvals), got %s",
-                            item);
-                *shape = 1;
-                goto done;
-            }
-            vals = PyTuple_GET_ITEM(pair, 0);
-            kwvals = PyTuple_GET_ITEM(pair, 1);
-        }
-    }
-    /* Positional arguments. */
-    if (c->star == 1) {
-        PyObject *t = star_values(idx, vals);
-        if (!t) {
-            *shape = PyErr_ExceptionMatches(ItemShapeError);
+        } else if (kwstar_pair(idx, item, &pair, &vals, &kwvals, shape) < 0) {
             goto done;
         }
-        if (nargs) {
-            pos = PySequence_Concat(t, c->args);
-            Py_DECREF(t);
-            if (!pos)
-                goto done;
-        } else {
-            pos = t;
-        }
-    } else if (c->star == 0) {
-        pos = PyTuple_New(1 + nargs);
-        if (!pos)
-            goto done;
-        Py_INCREF(vals);
-        PyTuple_SET_ITEM(pos, 0, vals);
-        for (Py_ssize_t i = 0; i < nargs; i++) {
-            PyObject *a = PyTuple_GET_ITEM(c->args, i);
-            Py_INCREF(a);
-            PyTuple_SET_ITEM(pos, i + 1, a);
-        }
-    } else {
-        pos = c->args;
-        Py_INCREF(pos);
     }
-    /* Keywords: kwvals win over kwargs. */
+    if (!(pos = call_positional(c, idx, vals, shape)))
+        goto done;
     if (kwvals) {
-        if (!PyDict_Check(kwvals) && !PyMapping_Check(kwvals)) {
-            shape_error(idx,
-                        "item %lld: kwstar=True expects a mapping of keyword "
-                        "arguments (kwvals), got %s",
-                        kwvals);
-            *shape = 1;
+        if (!(kw = call_keywords(c, idx, kwvals, shape)))
             goto done;
-        }
-        kw = c->kwargs ? PyDict_Copy(c->kwargs) : PyDict_New();
-        if (!kw)
-            goto done;
-        if (PyDict_Update(kw, kwvals) < 0) {
-            if (PyErr_ExceptionMatches(PyExc_TypeError) ||
-                PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                PyErr_Clear();
-                shape_error(idx,
-                            "item %lld: kwstar=True expects a mapping of "
-                            "keyword arguments (kwvals), got %s",
-                            kwvals);
-                *shape = 1;
-            }
-            goto done;
-        }
-        PyObject *key;
-        Py_ssize_t ppos = 0;
-        while (PyDict_Next(kw, &ppos, &key, NULL)) {
-            if (!PyUnicode_Check(key)) {
-                shape_error(idx,
-                            "item %lld: keyword names in kwvals must be "
-                            "strings, got a key of type %s",
-                            key);
-                *shape = 1;
-                goto done;
-            }
-        }
     } else if (c->kwargs) {
         kw = c->kwargs;
         Py_INCREF(kw);

@@ -94,7 +94,6 @@ static int enc_bytes_spliced(buf_t *b, PyObject *o)
     return 0;
 }
 
-/* Returns 0, ENC_UNSUPPORTED (nothing is raised), or -1 with an error. */
 /*
  * A list inside an item that something else references too (refcount > 1;
  * a list built for the item alone has 1) may be held twice in the item,
@@ -114,6 +113,82 @@ static int enc_shared(buf_t *b, PyObject *o)
     return 0;
 }
 
+static int enc_value(buf_t *b, PyObject *o, int depth);
+
+/* A str: 's', u32 length, UTF-8.  Lone surrogates and strings of 4 GB or
+ * more are left to pickle (ENC_UNSUPPORTED). */
+static int enc_str(buf_t *b, PyObject *o)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (!s) { /* lone surrogates: let pickle handle them */
+        PyErr_Clear();
+        return ENC_UNSUPPORTED;
+    }
+    if ((size_t)n > 0xffffffffu)
+        return ENC_UNSUPPORTED;
+    uint32_t n32 = (uint32_t)n;
+    if (buf_reserve(b, 5 + (size_t)n) < 0)
+        return -1;
+    b->p[b->len] = 's';
+    memcpy(b->p + b->len + 1, &n32, 4);
+    memcpy(b->p + b->len + 5, s, (size_t)n);
+    b->len += 5 + (size_t)n;
+    return 0;
+}
+
+/* A bytes: 'b', u64 length, the data; or spliced when large (see
+ * enc_bytes_spliced). */
+static int enc_bytes(buf_t *b, PyObject *o)
+{
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(o);
+    if (b->splice && n >= OOB_MIN)
+        return enc_bytes_spliced(b, o);
+    if (buf_reserve(b, 9 + (size_t)n) < 0)
+        return -1;
+    b->p[b->len] = 'b';
+    memcpy(b->p + b->len + 1, &n, 8);
+    memcpy(b->p + b->len + 9, PyBytes_AS_STRING(o), (size_t)n);
+    b->len += 9 + (size_t)n;
+    return 0;
+}
+
+/* A tuple or a list: 't' or 'l', u32 count, the values.  Depth 0 is the
+ * record's list of items (or results): each of its values is one item,
+ * within which shared lists are looked for (enc_shared). */
+static int enc_seq(buf_t *b, PyObject *o, int is_list, int depth)
+{
+    if (depth >= ENC_MAX_DEPTH)
+        return ENC_UNSUPPORTED;
+    if (is_list && depth >= 2 && Py_REFCNT(o) > 1 && enc_shared(b, o))
+        return ENC_UNSUPPORTED; /* held twice in one item: pickle it */
+    Py_ssize_t n = is_list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o);
+    if ((size_t)n > 0xffffffffu)
+        return ENC_UNSUPPORTED;
+    uint32_t n32 = (uint32_t)n;
+    if (buf_reserve(b, 5) < 0)
+        return -1;
+    b->p[b->len] = is_list ? 'l' : 't';
+    memcpy(b->p + b->len + 1, &n32, 4);
+    b->len += 5;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* A list may change size while encoding only through __del__
+         * tricks; re-check the bound on every step. */
+        if (is_list && i >= PyList_GET_SIZE(o))
+            return ENC_UNSUPPORTED;
+        PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
+        if (depth == 0)
+            b->nseen = 0; /* sharing is looked for within one item */
+        int rc = enc_value(b, x, depth + 1);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Encodes one value into b.  Returns 0, ENC_UNSUPPORTED (nothing is raised:
+ * the record is pickled instead), or -1 with an exception set.  The common
+ * scalars first: this runs once per item and per result. */
 static int enc_value(buf_t *b, PyObject *o, int depth)
 {
     PyTypeObject *t = Py_TYPE(o);
@@ -146,65 +221,12 @@ static int enc_value(buf_t *b, PyObject *o, int depth)
         return buf_tag(b, 'T');
     if (o == Py_False)
         return buf_tag(b, 'F');
-    if (t == &PyUnicode_Type) {
-        Py_ssize_t n;
-        const char *s = PyUnicode_AsUTF8AndSize(o, &n);
-        if (!s) { /* lone surrogates: let pickle handle them */
-            PyErr_Clear();
-            return ENC_UNSUPPORTED;
-        }
-        if ((size_t)n > 0xffffffffu)
-            return ENC_UNSUPPORTED;
-        uint32_t n32 = (uint32_t)n;
-        if (buf_reserve(b, 5 + (size_t)n) < 0)
-            return -1;
-        b->p[b->len] = 's';
-        memcpy(b->p + b->len + 1, &n32, 4);
-        memcpy(b->p + b->len + 5, s, (size_t)n);
-        b->len += 5 + (size_t)n;
-        return 0;
-    }
-    if (t == &PyBytes_Type) {
-        uint64_t n = (uint64_t)PyBytes_GET_SIZE(o);
-        if (b->splice && n >= OOB_MIN)
-            return enc_bytes_spliced(b, o);
-        if (buf_reserve(b, 9 + (size_t)n) < 0)
-            return -1;
-        b->p[b->len] = 'b';
-        memcpy(b->p + b->len + 1, &n, 8);
-        memcpy(b->p + b->len + 9, PyBytes_AS_STRING(o), (size_t)n);
-        b->len += 9 + (size_t)n;
-        return 0;
-    }
-    if (t == &PyTuple_Type || t == &PyList_Type) {
-        if (depth >= ENC_MAX_DEPTH)
-            return ENC_UNSUPPORTED;
-        int is_list = t == &PyList_Type;
-        if (is_list && depth >= 2 && Py_REFCNT(o) > 1 && enc_shared(b, o))
-            return ENC_UNSUPPORTED; /* held twice in one item: pickle it */
-        Py_ssize_t n = is_list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o);
-        if ((size_t)n > 0xffffffffu)
-            return ENC_UNSUPPORTED;
-        uint32_t n32 = (uint32_t)n;
-        if (buf_reserve(b, 5) < 0)
-            return -1;
-        b->p[b->len] = is_list ? 'l' : 't';
-        memcpy(b->p + b->len + 1, &n32, 4);
-        b->len += 5;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            /* A list may change size while encoding only through __del__
-             * tricks; re-check the bound on every step. */
-            if (is_list && i >= PyList_GET_SIZE(o))
-                return ENC_UNSUPPORTED;
-            PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
-            if (depth == 0)
-                b->nseen = 0; /* sharing is looked for within one item */
-            int rc = enc_value(b, x, depth + 1);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
+    if (t == &PyUnicode_Type)
+        return enc_str(b, o);
+    if (t == &PyBytes_Type)
+        return enc_bytes(b, o);
+    if (t == &PyTuple_Type || t == &PyList_Type)
+        return enc_seq(b, o, t == &PyList_Type, depth);
     return ENC_UNSUPPORTED;
 }
 
@@ -212,6 +234,68 @@ static PyObject *dec_corrupt(void)
 {
     PyErr_SetString(PyExc_RuntimeError, "parmapper: corrupt compact record");
     return NULL;
+}
+
+static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
+                           int depth, Routed *rt);
+
+/* The data of a 'b' or 'B' value at *pp (after its tag): a bytes object
+ * read from the record, or for 'B' the next routed one (rt).  NULL with an
+ * exception set. */
+static PyObject *dec_bytes(const unsigned char **pp, const unsigned char *end,
+                           unsigned char tag, Routed *rt)
+{
+    const unsigned char *p = *pp;
+    uint64_t n;
+    PyObject *r;
+    if (end - p < 8)
+        return dec_corrupt();
+    memcpy(&n, p, 8);
+    p += 8;
+    if (tag == 'B' && rt) {
+        if (rt->k == rt->n || (uint64_t)PyBytes_GET_SIZE(rt->objs[rt->k]) != n)
+            return dec_corrupt();
+        r = rt->objs[rt->k]; /* the reference moves to the result */
+        rt->objs[rt->k++] = NULL;
+    } else {
+        if ((uint64_t)(end - p) < n)
+            return dec_corrupt();
+        r = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+        p += n;
+    }
+    *pp = p;
+    return r;
+}
+
+/* The count and values of a 't' or 'l' value at *pp (after its tag): a new
+ * tuple or list, or NULL with an exception set. */
+static PyObject *dec_seq(const unsigned char **pp, const unsigned char *end,
+                         unsigned char tag, int depth, Routed *rt)
+{
+    const unsigned char *p = *pp;
+    uint32_t n;
+    if (end - p < 4)
+        return dec_corrupt();
+    memcpy(&n, p, 4);
+    p += 4;
+    if ((size_t)(end - p) < n) /* every value takes at least a byte */
+        return dec_corrupt();
+    PyObject *r = tag == 'l' ? PyList_New(n) : PyTuple_New(n);
+    if (!r)
+        return NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        PyObject *x = dec_value(&p, end, depth + 1, rt);
+        if (!x) {
+            Py_DECREF(r);
+            return NULL;
+        }
+        if (tag == 'l')
+            PyList_SET_ITEM(r, i, x);
+        else
+            PyTuple_SET_ITEM(r, i, x);
+    }
+    *pp = p;
+    return r;
 }
 
 /* Decodes one value at *p (advanced past it).  NULL with an error set. */
@@ -267,56 +351,20 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
         break;
     }
     case 'B':
-    case 'b': {
-        uint64_t n;
-        if (end - p < 8)
-            return dec_corrupt();
-        memcpy(&n, p, 8);
-        p += 8;
-        if (tag == 'B' && rt) {
-            if (rt->k == rt->n || (uint64_t)PyBytes_GET_SIZE(rt->objs[rt->k]) != n)
-                return dec_corrupt();
-            r = rt->objs[rt->k]; /* the reference moves to the result */
-            rt->objs[rt->k++] = NULL;
-            break;
-        }
-        if ((uint64_t)(end - p) < n)
-            return dec_corrupt();
-        r = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
-        p += n;
+    case 'b':
+        r = dec_bytes(&p, end, tag, rt);
         break;
-    }
     case 't':
-    case 'l': {
-        uint32_t n;
-        if (end - p < 4)
-            return dec_corrupt();
-        memcpy(&n, p, 4);
-        p += 4;
-        if ((size_t)(end - p) < n) /* every value takes at least a byte */
-            return dec_corrupt();
-        r = tag == 'l' ? PyList_New(n) : PyTuple_New(n);
-        if (!r)
-            return NULL;
-        for (uint32_t i = 0; i < n; i++) {
-            PyObject *x = dec_value(&p, end, depth + 1, rt);
-            if (!x) {
-                Py_DECREF(r);
-                return NULL;
-            }
-            if (tag == 'l')
-                PyList_SET_ITEM(r, i, x);
-            else
-                PyTuple_SET_ITEM(r, i, x);
-        }
+    case 'l':
+        r = dec_seq(&p, end, tag, depth, rt);
         break;
-    }
     default:
         return dec_corrupt();
     }
     *pp = p;
     return r;
 }
+
 
 /* Decodes a whole record that must be exactly one value; rt: where its
  * 'B' values went, when the record was routed. */

@@ -75,6 +75,99 @@ static int map_begin(MapIter *self)
     return 0;
 }
 
+/*
+ * Item j of the chunk failed (entry, its error entry): returns the
+ * exception for exception='return' (ERR_CALL only), else ends the map and
+ * raises it (NULL).  A StopIteration is wrapped: out of __next__ it would end
+ * the results.
+ */
+static PyObject *deliver_error(MapIter *self, PyObject *entry, Py_ssize_t j)
+{
+    int kind = ERR_CALL;
+    PyObject *exc = entry_exception(entry, self->chunk_first + j, &kind);
+    if (!exc)
+        return NULL;
+    if (self->mode == MODE_RETURN && kind == ERR_CALL)
+        return exc;
+    map_teardown(self);
+    if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_StopIteration)) {
+        PyObject *wrap = errors_attr("item_stop_iteration");
+        PyObject *e2 = wrap ? PyObject_CallFunction(wrap, "On", exc,
+                                                    self->chunk_first + j)
+                            : NULL;
+        Py_XDECREF(wrap);
+        Py_DECREF(exc);
+        if (!e2)
+            return NULL;
+        exc = e2;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* The next value of the chunk being handed out (its result, or its error
+ * as deliver_error says).  Call only while the chunk has one left. */
+static inline PyObject *deliver(MapIter *self)
+{
+    Py_ssize_t j = self->chunk_pos++;
+    if (self->chunk_errors) {
+        PyObject *pj = PyLong_FromSsize_t(j);
+        PyObject *entry = pj ? PyDict_GetItemWithError(self->chunk_errors, pj)
+                             : NULL;
+        Py_XDECREF(pj);
+        if (entry)
+            return deliver_error(self, entry, j);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *r = PyList_GET_ITEM(self->chunk, j);
+    Py_INCREF(r);
+    return r;
+}
+
+/*
+ * Waits for the next result record and decodes it into the chunk (starting
+ * the map on the first call).  Returns 1 with a new chunk; 0 at the end (the
+ * map torn down, the input's deferred error raised, if any); -1 with an
+ * exception set and the map torn down.
+ */
+static int next_chunk(MapIter *self)
+{
+    self->running = 1;
+    if (!self->started) {
+        self->started = 1;
+        int rc = map_begin(self);
+        if (rc != 0) {
+            self->running = 0;
+            if (rc < 0)
+                map_teardown_keep_error(self);
+            else
+                map_teardown(self);
+            return rc < 0 ? -1 : 0;
+        }
+    }
+    pm_result res;
+    int rc = pm_map_next(self->map, &res);
+    if (rc == 1) {
+        rc = decode_result(self, &res);
+        self->running = 0;
+        if (rc < 0) {
+            map_teardown_keep_error(self);
+            return -1;
+        }
+        return 1;
+    }
+    self->running = 0;
+    if (rc == 0) {
+        map_teardown(self);
+        return input_error_raise(self);
+    }
+    raise_engine_error(self, rc);
+    map_teardown_keep_error(self);
+    return -1;
+}
+
 static PyObject *MapIter_next(MapIter *self)
 {
     if (self->running) {
@@ -82,83 +175,17 @@ static PyObject *MapIter_next(MapIter *self)
         return NULL;
     }
     for (;;) {
-        if (self->chunk && self->chunk_pos < PyList_GET_SIZE(self->chunk)) {
-            Py_ssize_t j = self->chunk_pos++;
-            if (self->chunk_errors) {
-                PyObject *pj = PyLong_FromSsize_t(j);
-                PyObject *entry = pj ? PyDict_GetItemWithError(self->chunk_errors, pj) : NULL;
-                Py_XDECREF(pj);
-                if (entry) {
-                    int kind = ERR_CALL;
-                    PyObject *exc = entry_exception(entry, self->chunk_first + j, &kind);
-                    if (!exc)
-                        return NULL;
-                    if (self->mode == MODE_RETURN && kind == ERR_CALL)
-                        return exc;
-                    map_teardown(self);
-                    if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_StopIteration)) {
-                        /* Out of __next__ it would end the results. */
-                        PyObject *wrap = errors_attr("item_stop_iteration");
-                        PyObject *e2 = wrap ? PyObject_CallFunction(
-                                                  wrap, "On", exc,
-                                                  self->chunk_first + j)
-                                            : NULL;
-                        Py_XDECREF(wrap);
-                        Py_DECREF(exc);
-                        if (!e2)
-                            return NULL;
-                        exc = e2;
-                    }
-                    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                    Py_DECREF(exc);
-                    return NULL;
-                }
-                if (PyErr_Occurred())
-                    return NULL;
-            }
-            PyObject *r = PyList_GET_ITEM(self->chunk, j);
-            Py_INCREF(r);
-            return r;
-        }
+        if (self->chunk && self->chunk_pos < PyList_GET_SIZE(self->chunk))
+            return deliver(self);
         Py_CLEAR(self->chunk);
         Py_CLEAR(self->chunk_errors);
         if (self->finished)
             return NULL;
-        self->running = 1;
-        if (!self->started) {
-            self->started = 1;
-            int rc = map_begin(self);
-            if (rc != 0) {
-                self->running = 0;
-                if (rc < 0)
-                    map_teardown_keep_error(self);
-                else
-                    map_teardown(self);
-                return NULL;
-            }
-        }
-        pm_result res;
-        int rc = pm_map_next(self->map, &res);
-        if (rc == 1) {
-            rc = decode_result(self, &res);
-            self->running = 0;
-            if (rc < 0) {
-                map_teardown_keep_error(self);
-                return NULL;
-            }
-            continue;
-        }
-        self->running = 0;
-        if (rc == 0) {
-            map_teardown(self);
-            input_error_raise(self);
+        if (next_chunk(self) <= 0)
             return NULL;
-        }
-        raise_engine_error(self, rc);
-        map_teardown_keep_error(self);
-        return NULL;
     }
 }
+
 
 static PyObject *MapIter_close(MapIter *self, PyObject *unused)
 {

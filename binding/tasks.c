@@ -149,6 +149,129 @@ static int input_error_raise(MapIter *self)
     return -1;
 }
 
+/* Index dispatch: a task is the range of the next `want` indices, which the
+ * workers read from their inherited copy of the input.  Returns 1, or 0
+ * when the input is used up. */
+static int gather_index(MapIter *self, Py_ssize_t want, pm_task *task,
+                        const pm_iov **iov, int *niov)
+{
+    buf_t *enc = &self->enc;
+    Py_ssize_t left = self->length - self->next_index;
+    if (left <= 0)
+        return 0;
+    Py_ssize_t n = want < left ? want : left;
+    if (buf_tag(enc, TASK_INDEX) < 0)
+        return PM_ECALLBACK;
+    task->first = (uint64_t)self->next_index;
+    task->count = (uint32_t)n;
+    self->next_index += n;
+    self->iov1 = (pm_iov){enc->p, enc->len};
+    *iov = &self->iov1;
+    *niov = 1;
+    return 1;
+}
+
+/*
+ * Reads up to `want` items from the input into a new list (NULL with an
+ * exception set).  A slow input: what was read is sent (*slow set) once
+ * reading took SLOW_INPUT_NS (after 1, 2, 4... items a coarse clock says).
+ * The input is finished at its first StopIteration, as for map(); an
+ * Exception it raises ends it too, but is raised only after the results of
+ * the items read before it (input_error_defer).
+ */
+static PyObject *read_items(MapIter *self, Py_ssize_t want, uint64_t t0,
+                            int *slow)
+{
+    PyObject *items = PyList_New(0);
+    if (!items)
+        return NULL;
+    for (Py_ssize_t k = 0; k < want; k++) {
+        if (k && !(k & (k - 1)) && coarse_ns() - t0 >= SLOW_INPUT_NS) {
+            *slow = 1;
+            break;
+        }
+        PyObject *x = PyIter_Next(self->it);
+        if (!x) {
+            self->input_done = 1;
+            if (PyErr_Occurred() && input_error_defer(self) < 0) {
+                Py_DECREF(items);
+                return NULL;
+            }
+            break;
+        }
+        int rc = PyList_Append(items, x);
+        Py_DECREF(x);
+        if (rc < 0) {
+            Py_DECREF(items);
+            return NULL;
+        }
+    }
+    return items;
+}
+
+/*
+ * Pickles a task's items (those that cannot be pickled are replaced by
+ * _Unsent markers first): into self->enc after the prefix byte, or, with
+ * large buffers out of band, as *pieces (*volatile_pieces set: buffers of
+ * mutable objects that the input may reuse for its next items).  Returns
+ * 0, or -1 with an exception set.
+ */
+static int pickle_task(MapIter *self, PyObject *items, Pieces **pieces,
+                       int *volatile_pieces)
+{
+    buf_t *enc = &self->enc;
+    PyObject *bufs = NULL;
+    PyObject *b = dumps_oob(items, &bufs);
+    if (!b) {
+        PyErr_Clear();
+        if (mark_unsendable(self, items) < 0)
+            return -1;
+        if (!(b = dumps_oob(items, &bufs)))
+            return -1;
+    }
+    int rc;
+    buf_clear(enc);
+    if (bufs) {
+        static const unsigned char tag = TASK_PICKLE | TASK_OOB;
+        rc = (*pieces = oob_pieces(&tag, 1, b, bufs)) ? 0 : -1;
+        *volatile_pieces = 1;
+        Py_DECREF(bufs);
+    } else {
+        rc = buf_tag(enc, TASK_PICKLE);
+        if (rc == 0)
+            rc = buf_put(enc, PyBytes_AS_STRING(b),
+                         (size_t)PyBytes_GET_SIZE(b));
+    }
+    Py_DECREF(b);
+    return rc;
+}
+
+/*
+ * Encodes a task's items: the compact codec into self->enc (large bytes
+ * items spliced in as *pieces), else pickle_task.  Returns 0, or -1 with an
+ * exception set.
+ */
+static int encode_task(MapIter *self, PyObject *items, Pieces **pieces,
+                       int *volatile_pieces)
+{
+    buf_t *enc = &self->enc;
+    int rc = buf_tag(enc, TASK_COMPACT);
+    if (rc == 0)
+        rc = enc_value(enc, items, 0);
+    if (rc == 0 && enc->nsp)
+        return (*pieces = spliced_task(enc, items)) ? 0 : -1;
+    if (rc == ENC_UNSUPPORTED)
+        return pickle_task(self, items, pieces, volatile_pieces);
+    return rc;
+}
+
+/*
+ * The engine's gather callback (pm.h): the next task, items
+ * next_index..next_index+n of the input, as the pieces *iov (owned by
+ * *owner, released by release_pieces, when not self's own buffer).
+ * Returns 1 (with PM_PRODUCED_SLOW / PM_PRODUCED_VOLATILE), 0 when the input
+ * is finished, or PM_ECALLBACK with an exception set.
+ */
 static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
                      void **owner)
 {
@@ -157,106 +280,27 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     Py_ssize_t want = next_chunk_size(self);
     buf_clear(enc);
     enc->splice = 1;
-    Pieces *pieces = NULL;
-    size_t total;
-
-    if (self->index_seq) {
-        /* Index dispatch: the workers read their inherited copy. */
-        Py_ssize_t left = self->length - self->next_index;
-        if (left <= 0)
-            return 0;
-        Py_ssize_t n = want < left ? want : left;
-        if (buf_tag(enc, TASK_INDEX) < 0)
-            return PM_ECALLBACK;
-        task->first = (uint64_t)self->next_index;
-        task->count = (uint32_t)n;
-        self->next_index += n;
-        self->iov1 = (pm_iov){enc->p, enc->len};
-        *iov = &self->iov1;
-        *niov = 1;
-        return 1;
-    }
-
+    if (self->index_seq)
+        return gather_index(self, want, task, iov, niov);
     if (self->input_done)
         return 0;
-    PyObject *items = PyList_New(0);
-    if (!items)
-        return PM_ECALLBACK;
+
     uint64_t t0 = coarse_ns();
     int slow = 0, volatile_pieces = 0;
-    for (Py_ssize_t k = 0; k < want; k++) {
-        /* A slow input: send what was read (after 1, 2, 4... items, a
-         * coarse clock says whether reading took SLOW_INPUT_NS already). */
-        if (k && !(k & (k - 1)) && coarse_ns() - t0 >= SLOW_INPUT_NS) {
-            slow = 1;
-            break;
-        }
-        PyObject *x = PyIter_Next(self->it);
-        if (!x) {
-            /* The input is finished at its first StopIteration, as for
-             * map(); an Exception it raises ends it too, but is raised
-             * only after the results of the items read before it. */
-            self->input_done = 1;
-            if (PyErr_Occurred() && input_error_defer(self) < 0) {
-                Py_DECREF(items);
-                return PM_ECALLBACK;
-            }
-            break;
-        }
-        int rc = PyList_Append(items, x);
-        Py_DECREF(x);
-        if (rc < 0) {
-            Py_DECREF(items);
-            return PM_ECALLBACK;
-        }
-    }
+    PyObject *items = read_items(self, want, t0, &slow);
+    if (!items)
+        return PM_ECALLBACK;
     Py_ssize_t n = PyList_GET_SIZE(items);
     if (n == 0) {
         Py_DECREF(items);
         return 0;
     }
-    int rc = buf_tag(enc, TASK_COMPACT);
-    if (rc == 0)
-        rc = enc_value(enc, items, 0);
-    if (rc == 0 && enc->nsp) {
-        if (!(pieces = spliced_task(enc, items)))
-            rc = -1;
-    } else if (rc == ENC_UNSUPPORTED) {
-        /* Pickle: the prefix byte, then the pickle of the list, its large
-         * buffers out of band. */
-        PyObject *bufs = NULL;
-        PyObject *b = dumps_oob(items, &bufs);
-        if (!b) {
-            PyErr_Clear();
-            if (mark_unsendable(self, items) < 0) {
-                Py_DECREF(items);
-                return PM_ECALLBACK;
-            }
-            b = dumps_oob(items, &bufs);
-            if (!b) {
-                Py_DECREF(items);
-                return PM_ECALLBACK;
-            }
-        }
-        buf_clear(enc);
-        if (bufs) {
-            static const unsigned char tag = TASK_PICKLE | TASK_OOB;
-            rc = (pieces = oob_pieces(&tag, 1, b, bufs)) ? 0 : -1;
-            /* Buffers of mutable objects (arrays, bytearrays) that the
-             * input may reuse for its next items. */
-            volatile_pieces = 1;
-            Py_DECREF(bufs);
-        } else {
-            rc = buf_tag(enc, TASK_PICKLE);
-            if (rc == 0)
-                rc = buf_put(enc, PyBytes_AS_STRING(b),
-                             (size_t)PyBytes_GET_SIZE(b));
-        }
-        Py_DECREF(b);
-    }
+    Pieces *pieces = NULL;
+    int rc = encode_task(self, items, &pieces, &volatile_pieces);
     Py_DECREF(items);
     if (rc < 0)
         return PM_ECALLBACK;
+    size_t total;
     if (pieces) {
         total = 0;
         for (int i = 0; i < pieces->niov; i++)
@@ -284,6 +328,7 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     return (slow || coarse_ns() - t0 >= SLOW_INPUT_NS ? PM_PRODUCED_SLOW : 1) |
            (volatile_pieces ? PM_PRODUCED_VOLATILE : 0);
 }
+
 
 /*
  * Index dispatch reads the items in the workers, from the input they

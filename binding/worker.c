@@ -197,131 +197,165 @@ static void copy_exit(PyObject *r)
     _exit(code);
 }
 
-/* Runs one task in a worker.  Returns 0, or -1 when the worker must stop
- * (exception='proc', or the results cannot be sent at all). */
-static int work_run(MapIter *self, const pm_task *task, const void *in,
-                    size_t len, pm_writer *out)
+/*
+ * The items of a task: *items gets the decoded list of task->count items
+ * (new reference), or NULL under index dispatch (run_item reads them from the
+ * inherited input).  Items the parent could not pickle, or this worker could
+ * not rebuild, are _Unsent markers.  Returns 0, or -1 for a task that cannot
+ * be read (the worker must stop; a corrupt record's error is printed here).
+ */
+static int task_items(MapIter *self, const pm_task *task,
+                      const unsigned char *p, size_t len, pm_writer *out,
+                      PyObject **items)
 {
-    int ret = -1;
-    PyObject *items = NULL, *results = NULL, *errors = NULL, *payload = NULL;
-    PyObject *b = NULL, *bufs = NULL;
     Py_ssize_t first = (Py_ssize_t)task->first;
-    const unsigned char *p = in;
-    Py_ssize_t n = (Py_ssize_t)task->count;
     int rescued = 0; /* items that could not be rebuilt here are _Unsent */
-
+    *items = NULL;
     if (len < 1)
-        goto fatal;
+        return -1;
+    if (p[0] == TASK_INDEX)
+        return self->index_seq ? 0 : -1;
     if (p[0] == TASK_COMPACT)
-        items = dec_record(p + 1, len - 1, NULL);
+        *items = dec_record(p + 1, len - 1, NULL);
     else if (p[0] == (TASK_COMPACT | TASK_ROUTES))
-        items = dec_routed(p, len, 1, pm_writer_take_routed(out));
+        *items = dec_routed(p, len, 1, pm_writer_take_routed(out));
     else if (p[0] == TASK_PICKLE)
-        items = loads_rescued("rescue_items", p + 1, len - 1, first,
-                              &rescued);
+        *items = loads_rescued("rescue_items", p + 1, len - 1, first,
+                               &rescued);
     else if (p[0] == (TASK_PICKLE | TASK_OOB))
         /* The buffers' objects are built on the memory the task was
          * assembled in (or on one copy of it when read in the ring). */
-        items = loads_oob(pm_writer_take_input(out), p, len, 1,
-                          "rescue_items", first, &rescued);
-    else if (p[0] != TASK_INDEX || !self->index_seq)
-        goto fatal;
-    if (p[0] != TASK_INDEX && !items && PyErr_Occurred())
+        *items = loads_oob(pm_writer_take_input(out), p, len, 1,
+                           "rescue_items", first, &rescued);
+    else
+        return -1;
+    if (!*items && PyErr_Occurred())
         print_error(); /* a corrupt task: say why before the worker dies */
-    if (p[0] != TASK_INDEX &&
-        (!items || !PyList_Check(items) || PyList_GET_SIZE(items) != n))
-        goto fatal;
-    results = PyList_New(n);
-    if (!results)
-        goto fatal;
-    uint64_t t0 = mono_ns();
-    for (Py_ssize_t j = 0; j < n; j++) {
-        int shape = 0;
-        PyObject *item = items ? PyList_GET_ITEM(items, j) : index_item(self, first + j);
-        PyObject *r;
-        int unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
-        if (!item) {
-            r = NULL;
-        } else if (unsent) {
-            /* The parent could not pickle this item: raise its error here. */
-            PyObject *err = PyObject_GetAttrString(item, "error");
-            if (err) {
-                PyErr_SetObject((PyObject *)Py_TYPE(err), err);
-                Py_DECREF(err);
-            }
-            r = NULL;
-        } else {
-            r = caller_call(self->caller, first + j, item, &shape);
-            if (pm_forked_copy())
-                copy_exit(r); /* fun forked and this is the child */
-        }
-        if (!r && !shape && !unsent)
-            note_failed_item(self, first + j, item);
-        if (!items)
-            Py_XDECREF(item);
-        if (!r) {
-            if (self->mode == MODE_PROC && !shape && !unsent) {
-                /* The original's debugging mode: the exception propagates
-                 * in the worker, which prints it and dies; the parent names
-                 * the item. */
-                proc_error(self);
-                goto fatal;
-            }
-            /* A BaseException that is not an Exception stops its task
-             * where it was raised, as it stops a serial loop; the caller
-             * raises it when it reaches this item, so the items after it
-             * in the task (given the same entry) are never handed out. */
-            int base = !shape && !PyErr_ExceptionMatches(PyExc_Exception);
-            PyObject *entry = error_entry(first + j, shape ? ERR_SHAPE
-                                                     : base ? ERR_BASE
-                                                            : ERR_CALL);
-            if (!entry)
-                goto fatal;
-            if (!errors && !(errors = PyDict_New())) {
-                Py_DECREF(entry);
-                goto fatal;
-            }
-            int rc = 0;
-            for (Py_ssize_t k = j; k < (base ? n : j + 1) && rc == 0; k++) {
-                PyObject *pk = PyLong_FromSsize_t(k);
-                rc = pk ? PyDict_SetItem(errors, pk, entry) : -1;
-                Py_XDECREF(pk);
-                if (k > j && rc == 0) {
-                    Py_INCREF(Py_None);
-                    PyList_SET_ITEM(results, k, Py_None);
-                }
-            }
-            Py_DECREF(entry);
-            if (rc < 0)
-                goto fatal;
-            r = Py_None;
-            Py_INCREF(r);
-            if (base) {
-                PyList_SET_ITEM(results, j, r);
-                break;
-            }
-        }
-        PyList_SET_ITEM(results, j, r);
+    if (!*items || !PyList_Check(*items) ||
+        PyList_GET_SIZE(*items) != (Py_ssize_t)task->count) {
+        Py_CLEAR(*items);
+        return -1;
     }
-    uint64_t elapsed = mono_ns() - t0;
-    if (!errors) {
-        buf_t *enc = &tls_enc;
-        buf_clear(enc);
-        enc->splice = 1;
-        int rc = enc_value(enc, results, 0);
-        if (rc < 0)
-            goto fatal;
-        if (rc == 0) {
-            rc = enc->nsp ? write_record_spliced(out, elapsed, enc)
-                          : write_record(out, REC_COMPACT, elapsed, enc->p,
-                                         enc->len);
-            ret = rc < 0 ? -1 : 0;
-            goto done;
+    return 0;
+}
+
+/*
+ * Calls the function on item j of the task (index idx): its result (new
+ * reference), or NULL with the item's exception set, named by a note when
+ * the function raised it.  *shape: the item had the wrong shape for
+ * star/kwstar; *unsent: the item could not be sent (its error is raised).
+ * The per-item path: one call and nothing else when the item succeeds.
+ */
+static inline PyObject *run_item(MapIter *self, PyObject *items,
+                                 Py_ssize_t j, Py_ssize_t idx, int *shape,
+                                 int *unsent)
+{
+    PyObject *item = items ? PyList_GET_ITEM(items, j) : index_item(self, idx);
+    PyObject *r;
+    *shape = 0;
+    *unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
+    if (!item) {
+        r = NULL;
+    } else if (*unsent) {
+        /* The parent could not pickle this item: raise its error here. */
+        PyObject *err = PyObject_GetAttrString(item, "error");
+        if (err) {
+            PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+            Py_DECREF(err);
+        }
+        r = NULL;
+    } else {
+        r = caller_call(self->caller, idx, item, shape);
+        if (pm_forked_copy())
+            copy_exit(r); /* fun forked and this is the child */
+    }
+    if (!r && !*shape && !*unsent)
+        note_failed_item(self, idx, item);
+    if (!items)
+        Py_XDECREF(item);
+    return r;
+}
+
+/*
+ * Item j of n failed (its exception is set, and is cleared here): its error
+ * entry goes into *errors (made on first use) and None into results[j].  A
+ * BaseException that is not an Exception stops its task where it was
+ * raised, as it stops a serial loop: the caller raises it when it reaches
+ * this item, so the items after it (given the same entry and None) are never
+ * handed out.  Returns 0 to go on, 1 when the task stops here, -1 when the
+ * worker must stop (exception='proc', or no memory).
+ */
+static int item_failed(MapIter *self, PyObject *results, PyObject **errors,
+                       Py_ssize_t first, Py_ssize_t j, Py_ssize_t n,
+                       int shape, int unsent)
+{
+    if (self->mode == MODE_PROC && !shape && !unsent) {
+        /* The original's debugging mode: the exception propagates in the
+         * worker, which prints it and dies; the parent names the item. */
+        proc_error(self);
+        return -1;
+    }
+    int base = !shape && !PyErr_ExceptionMatches(PyExc_Exception);
+    PyObject *entry = error_entry(first + j, shape  ? ERR_SHAPE
+                                             : base ? ERR_BASE
+                                                    : ERR_CALL);
+    if (!entry)
+        return -1;
+    if (!*errors && !(*errors = PyDict_New())) {
+        Py_DECREF(entry);
+        return -1;
+    }
+    int rc = 0;
+    for (Py_ssize_t k = j; k < (base ? n : j + 1) && rc == 0; k++) {
+        PyObject *pk = PyLong_FromSsize_t(k);
+        rc = pk ? PyDict_SetItem(*errors, pk, entry) : -1;
+        Py_XDECREF(pk);
+        if (k > j && rc == 0) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(results, k, Py_None);
         }
     }
+    Py_DECREF(entry);
+    if (rc < 0)
+        return -1;
+    Py_INCREF(Py_None);
+    PyList_SET_ITEM(results, j, Py_None);
+    return base;
+}
+
+/* The results in the compact codec when they all encode: returns 0 when
+ * written, ENC_UNSUPPORTED when they must be pickled, -1 when the worker
+ * must stop (the error, if any, printed). */
+static int send_compact(PyObject *results, uint64_t elapsed, pm_writer *out)
+{
+    buf_t *enc = &tls_enc;
+    buf_clear(enc);
+    enc->splice = 1;
+    int rc = enc_value(enc, results, 0);
+    if (rc < 0) {
+        if (PyErr_Occurred())
+            print_error();
+        return -1;
+    }
+    if (rc == ENC_UNSUPPORTED)
+        return rc;
+    rc = enc->nsp ? write_record_spliced(out, elapsed, enc)
+                  : write_record(out, REC_COMPACT, elapsed, enc->p, enc->len);
+    return rc < 0 ? -1 : 0;
+}
+
+/* The results pickled, with their error entries (*errors) when there are
+ * any, large buffers out of band; results that cannot be pickled become
+ * errors (sanitize_results, which may make *errors).  Returns 0, or -1 when
+ * the worker must stop (the error, if any, printed). */
+static int send_pickled(PyObject *results, PyObject **errors,
+                        Py_ssize_t first, uint64_t elapsed, pm_writer *out)
+{
+    int ret = -1;
+    PyObject *b = NULL, *bufs = NULL, *payload;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (errors)
-            payload = PyTuple_Pack(2, results, errors);
+        if (*errors)
+            payload = PyTuple_Pack(2, results, *errors);
         else {
             payload = results;
             Py_INCREF(payload);
@@ -336,16 +370,60 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (attempt == 1)
             goto fatal;
         PyErr_Clear();
-        if (sanitize_results(results, &errors, first) < 0)
+        if (sanitize_results(results, errors, first) < 0)
             goto fatal;
     }
+    unsigned char kind = *errors ? REC_ERRORS : REC_PLAIN;
     if (bufs)
-        ret = write_record_oob(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
-                               b, bufs) < 0 ? -1 : 0;
+        ret = write_record_oob(out, kind, elapsed, b, bufs) < 0 ? -1 : 0;
     else
-        ret = write_record(out, errors ? REC_ERRORS : REC_PLAIN, elapsed,
-                           PyBytes_AS_STRING(b),
+        ret = write_record(out, kind, elapsed, PyBytes_AS_STRING(b),
                            (size_t)PyBytes_GET_SIZE(b)) < 0 ? -1 : 0;
+    goto done;
+fatal:
+    if (PyErr_Occurred())
+        print_error();
+done:
+    Py_XDECREF(b);
+    Py_XDECREF(bufs);
+    return ret;
+}
+
+/* Runs one task in a worker: its items, the function on each, the result
+ * record.  Returns 0, or -1 when the worker must stop (exception='proc', or
+ * the results cannot be sent at all). */
+static int work_run(MapIter *self, const pm_task *task, const void *in,
+                    size_t len, pm_writer *out)
+{
+    int ret = -1;
+    PyObject *items = NULL, *results = NULL, *errors = NULL;
+    Py_ssize_t first = (Py_ssize_t)task->first;
+    Py_ssize_t n = (Py_ssize_t)task->count;
+
+    if (task_items(self, task, in, len, out, &items) < 0)
+        goto fatal;
+    results = PyList_New(n);
+    if (!results)
+        goto fatal;
+    uint64_t t0 = mono_ns();
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int shape, unsent;
+        PyObject *r = run_item(self, items, j, first + j, &shape, &unsent);
+        if (r) {
+            PyList_SET_ITEM(results, j, r);
+            continue;
+        }
+        int rc = item_failed(self, results, &errors, first, j, n, shape,
+                             unsent);
+        if (rc < 0)
+            goto fatal;
+        if (rc)
+            break;
+    }
+    uint64_t elapsed = mono_ns() - t0;
+    ret = errors ? ENC_UNSUPPORTED : send_compact(results, elapsed, out);
+    if (ret == ENC_UNSUPPORTED)
+        ret = send_pickled(results, &errors, first, elapsed, out);
     goto done;
 fatal:
     if (PyErr_Occurred())
@@ -354,8 +432,6 @@ done:
     Py_XDECREF(items);
     Py_XDECREF(results);
     Py_XDECREF(errors);
-    Py_XDECREF(b);
-    Py_XDECREF(bufs);
     return ret;
 }
 
