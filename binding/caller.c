@@ -1,5 +1,8 @@
-/* binding/caller.c -- the argument table (Caller): how the user's function is called on one item under star/kwstar/args/kwargs. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/caller.c -- the argument table (Caller): how the user's function
+ * is called on one item under star/kwstar/args/kwargs.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 static PyObject *shape_error(Py_ssize_t idx, const char *fmt, PyObject *obj)
 {

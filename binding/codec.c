@@ -1,8 +1,9 @@
-/* binding/codec.c -- the compact codec: the common scalar types, tuples and lists encoded into a buf_t and decoded back without pickle (the tags are in core.h). */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
-
-/* ------------------------------------------------------------------------ */
-/* The compact codec: the common scalar types without pickle.               */
+/*
+ * binding/codec.c -- the compact codec: the common scalar types, tuples and
+ * lists encoded into a buf_t and decoded back without pickle (the tags are
+ * in core.h).
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 static void buf_clear(buf_t *b)
 {
@@ -33,7 +34,6 @@ static int buf_pieces(const buf_t *b, pm_iov *iov)
     iov[k++].len = b->len - at;
     return k;
 }
-
 
 static int buf_reserve(buf_t *b, size_t extra)
 {
@@ -364,7 +364,6 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
     *pp = p;
     return r;
 }
-
 
 /* Decodes a whole record that must be exactly one value; rt: where its
  * 'B' values went, when the record was routed. */

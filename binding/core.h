@@ -8,18 +8,20 @@
  * inlines across files as it did when they were one file.  Do not compile
  * the parts on their own: everything here is `static`.
  *
- * Return conventions (the engine's own: negative codes, never Python):
- *   - A function returning a PyObject * returns a new reference, or NULL
- *     with an exception set.
- *   - A function returning int returns 0 (or a count, or a documented
- *     positive value) on success and -1 with an exception set on failure;
- *     the compact encoder adds ENC_UNSUPPORTED (1, nothing raised: pickle
- *     the record instead).
- *   - An engine callback returns what pm.h asks (PM_ECALLBACK after a
- *     Python exception, which stays set for the caller); raise_engine_error
- *     turns an engine code into a Python exception.
- *   - Functions named *_error that "describe the exception being handled"
- *     take the set exception and clear it.
+ * Return conventions.  The engine returns negative codes and never touches
+ * Python; every Python exception is made in the binding:
+ *   - A function returning PyObject * returns a new reference, or NULL with
+ *     an exception set.
+ *   - A function returning int returns 0 on success (or a documented
+ *     non-negative value) and -1 with an exception set on failure.  The
+ *     compact encoder adds ENC_UNSUPPORTED (1, nothing raised: pickle the
+ *     record instead).
+ *   - An engine callback returns what pm.h asks: PM_ECALLBACK after a Python
+ *     exception, which stays set; raise_engine_error turns any other engine
+ *     code into a Python exception.
+ *   - print_error, proc_error and error_entry take the exception being
+ *     handled and clear it; the worker's side of a task returns -1 only when
+ *     the worker must stop, having printed what it could.
  */
 #ifndef PARMAPPER_BINDING_CORE_H
 #define PARMAPPER_BINDING_CORE_H
@@ -42,7 +44,7 @@
 /* The wire format: what crosses between the caller and a worker.           */
 /*
  * The engine moves opaque records; their layout is the binding's.  A task
- * record carries the items of items first..first+count (pm_task), a result
+ * record carries items first..first+count of the input (pm_task), a result
  * record their results, in the same order.
  */
 /* Task records start with one byte saying where the items are. */

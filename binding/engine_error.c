@@ -1,5 +1,9 @@
-/* binding/engine_error.c -- an engine error code as a Python exception: a worker's death (WorkerDiedError, with why it died and which items it held) or a ParmapperError. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/engine_error.c -- an engine error code as a Python exception: a
+ * worker's death (WorkerDiedError, with why it died and which items it held)
+ * or a ParmapperError.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 static PyObject *format_range_list(const pm_death *d, PyObject **indices)
 {
@@ -152,6 +156,123 @@ static PyObject *sigkill_reason(MapIter *self)
         "killer for memory (or by a kill -9 from outside),", SIGKILL);
 }
 
+/* How worker d died, as the middle of WorkerDiedError's message ("was
+ * killed by signal 11 (SIGSEGV)"...); corrupt: it broke its rings and the
+ * engine killed it.  A new str, or NULL with an exception set. */
+static PyObject *death_how(MapIter *self, const pm_death *d, int corrupt)
+{
+    if (corrupt)
+        return PyUnicode_FromString(
+            "wrote a malformed record into its ring (a wild write in "
+            "the worker, e.g. by a C extension or ctypes, over the "
+            "engine's shared memory) and was killed,");
+    if (d->signal == SIGKILL)
+        return sigkill_reason(self);
+    if (d->signal)
+        return PyUnicode_FromFormat("was killed by signal %d (%s)",
+                                    d->signal, signal_name(d->signal));
+    if (d->exit_code == PM_EXIT_UNKNOWN)
+        return PyUnicode_FromString(
+            "ended with status unknown (reaped elsewhere: SIGCHLD is "
+            "ignored or the program waits for any child)");
+    if (d->exit_code == PM_EXIT_NO_THREADS)
+        return PyUnicode_FromFormat(
+            "exited with code %d: it could not start its "
+            "threads (pthread_create failed: the limit on "
+            "threads and processes, RLIMIT_NPROC, ulimit -u; "
+            "the stack size, RLIMIT_STACK, ulimit -s; or "
+            "memory)", d->exit_code);
+    return PyUnicode_FromFormat("exited with code %d", d->exit_code);
+}
+
+/* The whole message of a worker's death: who, how, which items it held
+ * (items: their ranges as text), and a hint.  A new str, or NULL with an
+ * exception set. */
+static PyObject *death_message(MapIter *self, const pm_death *d, int corrupt,
+                               PyObject *items)
+{
+    PyObject *msg = NULL, *how = death_how(self, d, corrupt);
+    PyObject *what =
+        d->nlost ? PyUnicode_FromFormat("with item%s %S in flight on it (lost)",
+                                        (d->nlost == 1 && d->lost[0].count == 1) ? "" : "s",
+                                        items)
+                 : PyUnicode_FromString(corrupt ? "with no item in flight"
+                                                : "with no item in flight, and no "
+                                                  "worker is left to finish the map");
+    char retried[96] = "";
+    if (self->opt.retries > 0)
+        snprintf(retried, sizeof retried,
+                 corrupt ? " (retries=%d used up)"
+                         : " (retries=%d used up: the item kept killing its worker)",
+                 self->opt.retries);
+    const char *hint =
+        self->opt.retries > 0 ? retried :
+        (self->mode == MODE_PROC && d->exit_code == 70)
+            ? " (exception='proc': the exception propagated inside the "
+              "worker, which printed its traceback to its stderr)"
+            : "";
+    if (how && what)
+        msg = PyUnicode_FromFormat("parmap worker process %d %S %S%s",
+                                   (int)d->pid, how, what, hint);
+    Py_XDECREF(how);
+    Py_XDECREF(what);
+    return msg;
+}
+
+/* The attributes of a death's exception: pid, exitcode (None when killed
+ * or unknown), signal (None when it exited), seq_indices (every lost item)
+ * and seq_index (the first). */
+static void set_death_attrs(PyObject *exc, const pm_death *d,
+                            PyObject *indices)
+{
+    PyObject *v;
+    v = PyLong_FromLong(d->pid);
+    if (v) { PyObject_SetAttrString(exc, "pid", v); Py_DECREF(v); }
+    if (d->signal || d->exit_code == PM_EXIT_UNKNOWN) { v = Py_None; Py_INCREF(v); }
+    else v = PyLong_FromLong(d->exit_code);
+    if (v) { PyObject_SetAttrString(exc, "exitcode", v); Py_DECREF(v); }
+    v = d->signal ? PyLong_FromLong(d->signal) : (Py_INCREF(Py_None), Py_None);
+    if (v) { PyObject_SetAttrString(exc, "signal", v); Py_DECREF(v); }
+    PyObject_SetAttrString(exc, "seq_indices", indices);
+    if (PyList_GET_SIZE(indices) > 0)
+        PyObject_SetAttrString(exc, "seq_index", PyList_GET_ITEM(indices, 0));
+}
+
+/* A worker died (or broke its rings, corrupt): raises WorkerDiedError (or
+ * ParmapperError) naming it, how it died and the items it held. */
+static void raise_death(MapIter *self, int corrupt)
+{
+    const pm_death *d = pm_map_death(self->map);
+    PyObject *cls = errors_attr(corrupt ? "ParmapperError" : "WorkerDiedError");
+    if (!cls || !d) {
+        Py_XDECREF(cls);
+        return;
+    }
+    PyObject *indices = NULL;
+    PyObject *items = format_range_list(d, &indices);
+    PyObject *msg = death_message(self, d, corrupt, items);
+    PyObject *exc = msg ? PyObject_CallOneArg(cls, msg) : NULL;
+    if (exc && self->proc_log && self->mode == MODE_PROC &&
+        d->exit_code == 70) {
+        /* The traceback the worker printed, carried by the error too
+         * (parmapper._worker.ProcLog.attach). */
+        PyObject *r = PyObject_CallMethod(self->proc_log, "attach", "Oi",
+                                          exc, (int)d->pid);
+        if (!r)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    if (exc) {
+        set_death_attrs(exc, d, indices);
+        PyErr_SetObject(cls, exc);
+        Py_DECREF(exc);
+    }
+    Py_XDECREF(msg);
+    Py_XDECREF(items);
+    Py_XDECREF(indices);
+    Py_DECREF(cls);
+}
+
 /* Sets the Python exception for an engine error code. */
 static void raise_engine_error(MapIter *self, int rc)
 {
@@ -165,96 +286,7 @@ static void raise_engine_error(MapIter *self, int rc)
      * reported like a death, as a ParmapperError. */
     int corrupt = rc == PM_ECORRUPT && pm_map_death(self->map);
     if (rc == PM_EWORKERDIED || corrupt) {
-        const pm_death *d = pm_map_death(self->map);
-        PyObject *cls = errors_attr(corrupt ? "ParmapperError" : "WorkerDiedError");
-        if (!cls || !d) {
-            Py_XDECREF(cls);
-            return;
-        }
-        PyObject *indices = NULL;
-        PyObject *items = format_range_list(d, &indices);
-        PyObject *how;
-        if (corrupt) {
-            how = PyUnicode_FromString(
-                "wrote a malformed record into its ring (a wild write in "
-                "the worker, e.g. by a C extension or ctypes, over the "
-                "engine's shared memory) and was killed,");
-        } else if (d->signal == SIGKILL) {
-            how = sigkill_reason(self);
-        } else if (d->signal) {
-            how = PyUnicode_FromFormat("was killed by signal %d (%s)",
-                                       d->signal, signal_name(d->signal));
-        } else if (d->exit_code == PM_EXIT_UNKNOWN) {
-            how = PyUnicode_FromString(
-                "ended with status unknown (reaped elsewhere: SIGCHLD is "
-                "ignored or the program waits for any child)");
-        } else {
-            how = d->exit_code == PM_EXIT_NO_THREADS
-                      ? PyUnicode_FromFormat(
-                            "exited with code %d: it could not start its "
-                            "threads (pthread_create failed: the limit on "
-                            "threads and processes, RLIMIT_NPROC, ulimit -u; "
-                            "the stack size, RLIMIT_STACK, ulimit -s; or "
-                            "memory)", d->exit_code)
-                      : PyUnicode_FromFormat("exited with code %d",
-                                             d->exit_code);
-        }
-        PyObject *what =
-            d->nlost ? PyUnicode_FromFormat("with item%s %S in flight on it (lost)",
-                                            (d->nlost == 1 && d->lost[0].count == 1) ? "" : "s",
-                                            items)
-                     : PyUnicode_FromString(corrupt ? "with no item in flight"
-                                                    : "with no item in flight, and no "
-                                                      "worker is left to finish the map");
-        char retried[96] = "";
-        if (self->opt.retries > 0)
-            snprintf(retried, sizeof retried,
-                     corrupt ? " (retries=%d used up)"
-                             : " (retries=%d used up: the item kept killing its worker)",
-                     self->opt.retries);
-        const char *hint =
-            self->opt.retries > 0 ? retried :
-            (self->mode == MODE_PROC && d->exit_code == 70)
-                ? " (exception='proc': the exception propagated inside the "
-                  "worker, which printed its traceback to its stderr)"
-                : "";
-        PyObject *msg = (how && what)
-            ? PyUnicode_FromFormat("parmap worker process %d %S %S%s",
-                                   (int)d->pid, how, what, hint)
-            : NULL;
-        PyObject *exc = msg ? PyObject_CallOneArg(cls, msg) : NULL;
-        if (exc && self->proc_log && self->mode == MODE_PROC &&
-            d->exit_code == 70) {
-            /* The traceback the worker printed, carried by the error too
-             * (parmapper._worker.ProcLog.attach). */
-            PyObject *r = PyObject_CallMethod(self->proc_log, "attach", "Oi",
-                                              exc, (int)d->pid);
-            if (!r)
-                PyErr_Clear();
-            Py_XDECREF(r);
-        }
-        if (exc) {
-            PyObject *v;
-            v = PyLong_FromLong(d->pid);
-            if (v) { PyObject_SetAttrString(exc, "pid", v); Py_DECREF(v); }
-            if (d->signal || d->exit_code == PM_EXIT_UNKNOWN) { v = Py_None; Py_INCREF(v); }
-            else v = PyLong_FromLong(d->exit_code);
-            if (v) { PyObject_SetAttrString(exc, "exitcode", v); Py_DECREF(v); }
-            v = d->signal ? PyLong_FromLong(d->signal) : (Py_INCREF(Py_None), Py_None);
-            if (v) { PyObject_SetAttrString(exc, "signal", v); Py_DECREF(v); }
-            PyObject_SetAttrString(exc, "seq_indices", indices);
-            if (PyList_GET_SIZE(indices) > 0)
-                PyObject_SetAttrString(exc, "seq_index",
-                                       PyList_GET_ITEM(indices, 0));
-            PyErr_SetObject(cls, exc);
-            Py_DECREF(exc);
-        }
-        Py_XDECREF(msg);
-        Py_XDECREF(how);
-        Py_XDECREF(what);
-        Py_XDECREF(items);
-        Py_XDECREF(indices);
-        Py_DECREF(cls);
+        raise_death(self, corrupt);
         return;
     }
     PyObject *cls = errors_attr("ParmapperError");

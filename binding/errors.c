@@ -1,7 +1,8 @@
-/* binding/errors.c -- error entries: a worker's exception described as an entry that crosses to the caller, and rebuilt there. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
-
-/* --- engine callbacks, worker side --- */
+/*
+ * binding/errors.c -- error entries: a worker's exception described as an
+ * entry that crosses to the caller, and rebuilt there.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 /* Prints the exception being handled, with its traceback, and clears it.
  * Unlike PyErr_Print this never acts on a SystemExit (which would run the
@@ -130,7 +131,6 @@ static PyObject *error_entry(Py_ssize_t idx, int kind)
     (void)idx;
     return entry;
 }
-
 
 /* Builds the exception an error entry describes, with seq_index and the
  * remote traceback as its cause.  Returns a new reference; *kind is set. */

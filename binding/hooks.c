@@ -1,5 +1,8 @@
-/* binding/hooks.c -- the engine's hooks: fork, the GIL of worker threads, the parent's wait, and signal checks. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/hooks.c -- the engine's hooks: fork, the GIL of worker threads,
+ * the parent's wait, and signal checks.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 static void hook_before_fork(void *ctx)
 {
@@ -12,7 +15,6 @@ static void hook_after_fork_parent(void *ctx)
     (void)ctx;
     PyOS_AfterFork_Parent();
 }
-
 
 /*
  * A worker makes and frees its large objects over and over: the result it

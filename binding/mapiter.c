@@ -1,7 +1,8 @@
-/* binding/mapiter.c -- the iterator type MapIter: options, starting the map, handing out results, teardown. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
-
-/* --- the iterator --- */
+/*
+ * binding/mapiter.c -- the iterator type MapIter: options, starting the map,
+ * handing out results, teardown.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 static void map_teardown(MapIter *self)
 {
@@ -186,7 +187,6 @@ static PyObject *MapIter_next(MapIter *self)
     }
 }
 
-
 static PyObject *MapIter_close(MapIter *self, PyObject *unused)
 {
     (void)unused;
@@ -222,6 +222,26 @@ static PyObject *MapIter_pids(MapIter *self, PyObject *unused)
     return l;
 }
 
+/* The timeout option in seconds, a float (any number Python converts).
+ * Returns 0, or -1 with an exception set. */
+static int timeout_seconds(PyObject *timeout, double *tsec)
+{
+    *tsec = PyFloat_AsDouble(timeout);
+    return *tsec == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Tasks in flight per slot.  Adaptive tasks (chunksize 0) last ~2 ms: 8 of
+ * them keep a worker busy.  A fixed chunksize can make tasks of a
+ * microsecond, which a window of 32 drains faster than a time slice of the
+ * parent's: up to 256 of them (at most ~4096 items read ahead per slot). */
+static int default_window(Py_ssize_t chunksize)
+{
+    if (chunksize == 0)
+        return 8;
+    Py_ssize_t w = 4096 / chunksize;
+    return w > 256 ? 256 : w < 32 ? 32 : (int)w;
+}
+
 static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
 {
     static char *kwlist[] = {"caller", "seq",   "nproc",  "nthreads",
@@ -246,11 +266,8 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
         return -1;
     }
     double tsec = 0.0;
-    if (timeout != Py_None) {
-        tsec = PyFloat_AsDouble(timeout);
-        if (tsec == -1.0 && PyErr_Occurred())
-            return -1;
-    }
+    if (timeout != Py_None && timeout_seconds(timeout, &tsec) < 0)
+        return -1;
     if (nproc < 1 || nthreads < 1 || chunksize < 0 ||
         (uint64_t)chunksize > PM_TASK_MAX_COUNT || mode < 0 || mode > 2 ||
         window < 0 || ring < 0 || retries < 0 || tsec < 0) {
@@ -287,14 +304,8 @@ static int MapIter_init(MapIter *self, PyObject *a, PyObject *k)
         Py_INCREF(seq);
         Py_XSETREF(self->index_seq, seq);
     }
-    /* Tasks in flight per slot.  Adaptive tasks last ~2 ms: 8 of them keep
-     * a worker busy.  A fixed chunksize can make tasks of a microsecond,
-     * which a window of 32 drains faster than a time slice of the parent's:
-     * up to 256 of them (at most ~4096 items read ahead per slot). */
-    if (window == 0) {
-        Py_ssize_t w = 4096 / (chunksize > 0 ? chunksize : 1);
-        self->opt.window = self->adaptive ? 8 : w > 256 ? 256 : w < 32 ? 32 : (int)w;
-    }
+    if (window == 0)
+        self->opt.window = default_window(chunksize);
     self->mode = mode;
     self->daemon = daemon;
     return 0;

@@ -1,5 +1,8 @@
-/* binding/module.c -- the module parmapper._core: its lazily imported Python helpers, its functions and constants, and its init. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/module.c -- the module parmapper._core: its lazily imported Python
+ * helpers, its functions and constants, and its init.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 /* `name` of module `mod`, imported once into *cache (new reference), or
  * NULL with an exception. */
@@ -23,9 +26,6 @@ static PyObject *worker_attr(const char *name)
 {
     return module_attr(&worker_module, "parmapper._worker", name);
 }
-
-/* ------------------------------------------------------------------------ */
-/* Module.                                                                  */
 
 static PyObject *mod_in_worker(PyObject *m, PyObject *unused)
 {
@@ -88,6 +88,16 @@ PyMODINIT_FUNC PyInit__core(void)
     if (bad ||
         PyModule_AddIntConstant(m, "MAX_WORKERS", PM_MAX_NPROC) < 0 ||
         PyModule_AddIntConstant(m, "MAX_RETRIES", INT_MAX) < 0)
+        goto fail;
+    /* The one definition of the kinds of error entries and the exception
+     * modes (core.h), for the Python package's own paths (_api.py's
+     * threads, _cluster.py's executors, _salvage.py). */
+    if (PyModule_AddIntConstant(m, "ERR_CALL", ERR_CALL) < 0 ||
+        PyModule_AddIntConstant(m, "ERR_SHAPE", ERR_SHAPE) < 0 ||
+        PyModule_AddIntConstant(m, "ERR_BASE", ERR_BASE) < 0 ||
+        PyModule_AddIntConstant(m, "MODE_RAISE", MODE_RAISE) < 0 ||
+        PyModule_AddIntConstant(m, "MODE_RETURN", MODE_RETURN) < 0 ||
+        PyModule_AddIntConstant(m, "MODE_PROC", MODE_PROC) < 0)
         goto fail;
     if (add_object(m, "Caller", (PyObject *)&CallerType) < 0 ||
         add_object(m, "MapIter", (PyObject *)&MapIterType) < 0)

@@ -1,8 +1,9 @@
-/* binding/pickle.c -- pickle transport: dumps/loads, out-of-band buffers (protocol 5) and the records and task pieces they make, and the item-by-item rescue of a pickle that does not load. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
-
-/* ------------------------------------------------------------------------ */
-/* Pickling helpers.                                                        */
+/*
+ * binding/pickle.c -- pickle transport: dumps/loads, out-of-band buffers
+ * (protocol 5) and the records and task pieces they make, and the
+ * item-by-item rescue of a pickle that does not load.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 static PyObject *dumps(PyObject *obj)
 {

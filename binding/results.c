@@ -1,5 +1,9 @@
-/* binding/results.c -- the parent's side of a result: a result record (or a timeout, or a memory kill) decoded into the chunk of results and error entries the iterator hands out. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/results.c -- the parent's side of a result: a result record (or a
+ * timeout, or a memory kill) decoded into the chunk of results and error
+ * entries the iterator hands out.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 /* A task that ran past the timeout: every item of it gets a TimeoutError. */
 static int decode_timeout(MapIter *self, const pm_result *res)
@@ -134,6 +138,31 @@ fail:
     return -1;
 }
 
+/* Adaptive chunksize: feeds the moving averages of time and bytes per item
+ * (next_chunk_size) with a result record's (the worker's elapsed time is
+ * in its header; routed bytes count too). */
+static void feed_estimate(MapIter *self, const pm_result *res,
+                          const Routed *rt)
+{
+    const unsigned char *p = res->data;
+    uint64_t elapsed;
+    memcpy(&elapsed, p + 1, 8);
+    double k = (double)res->task.count;
+    double ns = (double)elapsed / k;
+    double bytes = (double)(res->len + (rt ? rt->total : 0)) / k;
+    if (self->ns_per_item <= 0.0) {
+        self->ns_per_item = ns;
+        self->bytes_per_item = bytes;
+    } else {
+        self->ns_per_item = 0.7 * self->ns_per_item + 0.3 * ns;
+        self->bytes_per_item = 0.7 * self->bytes_per_item + 0.3 * bytes;
+    }
+}
+
+/* A result (pm_map_next's) into self->chunk and self->chunk_errors: a
+ * record in any of its layouts (core.h), or a timeout or a memory kill of
+ * its task.  Returns 0, or -1 with an exception set (bad_record for a record
+ * that cannot be read). */
 static int decode_result(MapIter *self, const pm_result *res)
 {
     if (res->status == PM_RESULT_TIMEDOUT)
@@ -146,21 +175,8 @@ static int decode_result(MapIter *self, const pm_result *res)
     /* Routed values only where the record has a route table. */
     Routed *rt = p[0] == (REC_COMPACT | REC_ROUTES)
                      ? pm_map_take_routed(self->map) : NULL;
-    if (self->adaptive && res->task.count > 0) {
-        /* Feed the chunk-size estimate: time and bytes per item. */
-        uint64_t elapsed;
-        memcpy(&elapsed, p + 1, 8);
-        double k = (double)res->task.count;
-        double ns = (double)elapsed / k;
-        double bytes = (double)(res->len + (rt ? rt->total : 0)) / k;
-        if (self->ns_per_item <= 0.0) {
-            self->ns_per_item = ns;
-            self->bytes_per_item = bytes;
-        } else {
-            self->ns_per_item = 0.7 * self->ns_per_item + 0.3 * ns;
-            self->bytes_per_item = 0.7 * self->bytes_per_item + 0.3 * bytes;
-        }
-    }
+    if (self->adaptive && res->task.count > 0)
+        feed_estimate(self, res, rt);
     int kind = p[0] & ~(REC_OOB | REC_ROUTES);
     Py_ssize_t first = (Py_ssize_t)res->task.first;
     int rescued = 0; /* the pickle failed and was loaded item by item */

@@ -1,5 +1,9 @@
-/* binding/routes.c -- routed values: route tables of a compact record's large bytes values, which the receiver assembles straight into bytes objects. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/routes.c -- routed values: route tables of a compact record's
+ * large bytes values, which the receiver assembles straight into bytes
+ * objects.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 /*
  * Route tables.  A compact record with large bytes values ('B') carries,

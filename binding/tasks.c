@@ -1,7 +1,9 @@
-/* binding/tasks.c -- the parent's side of a task: chunk sizing, reading the input, encoding a task (index, compact, pickle) in gather_cb, input errors, and the snapshot of an indexed input. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
-
-/* --- engine callbacks, parent side --- */
+/*
+ * binding/tasks.c -- the parent's side of a task: chunk sizing, reading the
+ * input, encoding a task (index, compact, pickle) in gather_cb, input
+ * errors, and the snapshot of an indexed input.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 /*
  * Replaces each item of a task that cannot be pickled by an _Unsent marker
@@ -328,7 +330,6 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     return (slow || coarse_ns() - t0 >= SLOW_INPUT_NS ? PM_PRODUCED_SLOW : 1) |
            (volatile_pieces ? PM_PRODUCED_VOLATILE : 0);
 }
-
 
 /*
  * Index dispatch reads the items in the workers, from the input they

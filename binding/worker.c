@@ -1,5 +1,8 @@
-/* binding/worker.c -- the worker's side of a task: decode its items, call the function on each, and write the result record. */
-#include "core.h" /* IWYU pragma: keep; included from _core.c */
+/*
+ * binding/worker.c -- the worker's side of a task: decode its items, call
+ * the function on each, and write the result record.
+ */
+#include "core.h" /* not compiled alone: _core.c includes this file */
 
 /* Replaces each result that cannot be pickled by an error naming it. */
 static int sanitize_results(PyObject *results, PyObject **errors,
