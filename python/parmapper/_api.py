@@ -468,8 +468,9 @@ def _run_chunk(caller, first, items, stop=None, has_item=True):
     """Runs a chunk in a thread: ``[(kind, value)]``, kind None for a
     result, else the kind of error entry (``_core.ERR_*``): ERR_SHAPE an
     ItemShapeError, ERR_CALL an Exception, ERR_BASE a BaseException that is
-    not an Exception, which ends the chunk there (as it would end a serial loop);
-    the results before it are kept, to be delivered before it is raised.
+    not an Exception, which ends the chunk there (as it would end a serial
+    loop); the results before it are kept, to be delivered before it is
+    raised.
     A set `stop` (the map was closed or failed) ends it before the next item
     (a running call cannot be stopped)."""
     out = []

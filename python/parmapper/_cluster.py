@@ -47,9 +47,9 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
 
     Returns ``(results, errors)``: `results` has one entry per item (None
     where the item failed) and `errors` maps the position in the chunk to
-    ``(kind, exception, traceback text)``, kind one of ``_core.ERR_*``.  With ``mode == 'proc'`` an
-    exception from `fun` propagates out of the task instead (with
-    ``seq_index`` set), for the executor to report.
+    ``(kind, exception, traceback text)``, kind one of ``_core.ERR_*``.
+    With ``mode == 'proc'`` an exception from `fun` propagates out of the
+    task instead (with ``seq_index`` set), for the executor to report.
     """
     from . import _core  # imported on the worker, where this runs
     from ._core import ItemShapeError
