@@ -6,6 +6,15 @@
 #                  sdist and a manylinux wheel built, the sdist installed
 #                  and tested on every CPython 3.9-3.13 found: .ci/pymatrix)
 #
+# The development loop (no install: the extension is built in place, into
+# python/parmapper/, and the tests import that build):
+#   make dev                      build in place, then every test (pytest -x)
+#   make dev T=tests/test_x.py    ... then one file (T: any pytest arguments,
+#                                 e.g. T="tests/test_x.py -k name")
+#   make dev-c                    the engine's C tests, plain
+#   make dev-c T=NAME             one C test, in this process (gdb-able):
+#                                 engine/build/runner NAME
+#
 # Where Python things go: inside an active virtual environment, into it;
 # otherwise into .venv/ in the project, made with the default python3 (a
 # system Python may refuse pip installs: PEP 668).  PYTHON=... overrides.
@@ -20,7 +29,7 @@ VENV_NOTE = not in a virtual environment: using .venv/ in the project (made with
 endif
 PIP = $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: demo test install venv test-deps test-c test-py test-dist clean
+.PHONY: demo test install venv test-deps test-c test-py test-dist clean dev dev-c
 
 # Only when PYTHON is the project's .venv: made once, with pip.
 .venv/bin/python:
@@ -46,10 +55,24 @@ test-c:
 	$(MAKE) -C engine check asan valgrind tsan
 	$(MAKE) -C engine install-check
 
-# The whole suite against the package installed from the tree by test-deps
-# (for iterating; `make test` runs the suite through test-dist instead).
-test-py:
+# The whole suite against the package installed from the tree: reinstalled
+# first (pip install .), so an edit is never tested through a stale copy.
+# `make test` runs the suite through test-dist instead; `make dev` is the
+# faster loop (an in-place build, no install).
+test-py: install
+	@echo "make: testing the package just reinstalled from the tree into $$($(PYTHON) -c 'import sys; print(sys.prefix)')"
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+# T: pytest arguments for dev, a C test's name for dev-c (see the top).
+T ?=
+dev: venv
+	@$(PYTHON) -c 'import pytest, setuptools' 2>/dev/null || { echo "make: $(PYTHON) lacks pytest or setuptools: run 'make test-deps' once"; exit 1; }
+	$(PYTHON) setup.py -q build_ext --inplace
+	PYTHONPATH=$(CURDIR)/python $(PYTHON) -m pytest -q -p no:cacheprovider -x $(or $(T),tests)
+
+dev-c:
+	$(MAKE) -C engine build/runner
+	./engine/build/runner $(T)
 
 # The sdist and the wheel, auditwheel, and the suite against the sdist
 # installed on every CPython 3.9-3.13 found; the slow tests/reliability on

@@ -13,7 +13,11 @@ r = list(parmapper.parmap(f, range($N), N=2, chunksize=1))
 assert r[-1] == $N
 PYEOF
 (cd "$dir" && PM_STOP_GRACE_MS=30000 valgrind --tool=callgrind --trace-children=yes "$PY" run.py >/dev/null 2>&1)
-get() { callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null | awk -v fn="$2" '$0 ~ ":"fn" " {gsub(",","",$1); print $1; exit}'; }
+# Annotated from the scratch directory: run from inside a source tree,
+# callgrind_annotate shortens that tree's paths and then splits a function's
+# inclusive count by the file its inlined code came from (a header's, a
+# unity build's parts), and the first line read here was only a share of it.
+get() { (cd "$dir" && callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null) | awk -v fn="$2" '$0 ~ ":"fn" " {gsub(",","",$1); print $1; exit}'; }
 for f in "$dir"/callgrind.out.*; do
   m=$(get "$f" MapIter_next); s=$(get "$f" slot_main)
   if [ -n "$s" ]; then

@@ -1,7 +1,10 @@
-/* input_thread.c -- reads a map's input in a thread of its own, so that results never wait for an input that blocks.
+/*
+ * binding/input_thread.c -- reads a map's input in a thread of its own, so
+ * that results never wait for an input that blocks.
  *
- * Included by _core.c (one translation unit), after the codec and the task
- * pieces and before gather_cb, which hands the engine the tasks made here.
+ * Included by _core.c (one translation unit) after tasks.c: gather_cb hands
+ * the engine the tasks made here (gather_read), mapiter.c starts and stops
+ * the thread (reader_start, reader_close).
  *
  * Why a thread: the caller's thread cannot deliver a result while it is
  * inside the input's next() (a generator waiting on a socket, a source that
@@ -498,4 +501,45 @@ static InputReader *reader_start(PyObject *it, pm_map *m, Py_ssize_t want)
     }
     Py_DECREF(ok);
     return r;
+}
+
+/* gather_cb with the input read in its own thread: never blocks. */
+static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
+                       int *niov, void **owner)
+{
+    InputReader *r = self->reader;
+    ReadTask t; /* a copy: the reader may reuse the entry */
+    int rc = reader_take(r, &t);
+    if (rc == 0) {
+        self->input_done = 1;
+        if (r->exc) {
+            Py_XSETREF(self->input_exc, r->exc);
+            r->exc = NULL;
+        }
+    }
+    if (rc != 1)
+        return rc;
+    if (t.pieces) {
+        *iov = t.pieces->iov;
+        *niov = t.pieces->niov;
+        *owner = t.pieces;
+    } else { /* small: copied (the engine copies what it cannot write) */
+        buf_clear(&self->enc);
+        if (buf_put(&self->enc, t.small, t.bytes) < 0)
+            return PM_ECALLBACK;
+        self->iov1 = (pm_iov){self->enc.p, self->enc.len};
+        *iov = &self->iov1;
+        *niov = 1;
+    }
+    task->first = t.first;
+    task->count = t.count;
+    self->next_index = (Py_ssize_t)(t.first + t.count);
+    if (self->adaptive) {
+        double b = (double)t.bytes / (double)t.count;
+        self->in_bytes_per_item = self->in_bytes_per_item > 0.0
+                                      ? 0.7 * self->in_bytes_per_item + 0.3 * b
+                                      : b;
+    }
+    r->want = next_chunk_size(self);
+    return 1 | t.flags;
 }

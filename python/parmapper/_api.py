@@ -22,7 +22,9 @@ __all__ = ["parmap", "parmapper", "CPU_COUNT", "set_start_method"]
 # The CPUs this process may use (affinity, cgroup quota), read at import.
 CPU_COUNT = cpu_count()
 
-_MODES = {"raise": 0, "return": 1, "proc": 2}
+# exception= as the engine numbers it (binding/core.h).
+_MODES = {"raise": _core.MODE_RAISE, "return": _core.MODE_RETURN,
+          "proc": _core.MODE_PROC}
 
 # The engine counts time in 64-bit nanoseconds: a timeout of at most 10^9 s
 # (about 31 years) keeps every deadline far inside that range.
@@ -481,10 +483,12 @@ def _serial(caller, seq, mode, has_item=True):
 
 
 def _run_chunk(caller, first, items, stop=None, has_item=True):
-    """Runs a chunk in a thread: ``[(kind, value)]``, kind 0 a result, 1 an
-    ItemShapeError, 2 an Exception, 3 a BaseException that is not an
-    Exception, which ends the chunk there (as it would end a serial loop);
-    the results before it are kept, to be delivered before it is raised.
+    """Runs a chunk in a thread: ``[(kind, value)]``, kind None for a
+    result, else the kind of error entry (``_core.ERR_*``): ERR_SHAPE an
+    ItemShapeError, ERR_CALL an Exception, ERR_BASE a BaseException that is
+    not an Exception, which ends the chunk there (as it would end a serial
+    loop); the results before it are kept, to be delivered before it is
+    raised.
     A set `stop` (the map was closed or failed) ends it before the next item
     (a running call cannot be stopped)."""
     out = []
@@ -492,15 +496,15 @@ def _run_chunk(caller, first, items, stop=None, has_item=True):
         if stop is not None and stop.is_set():
             break
         try:
-            out.append((0, caller(first + j, x)))
+            out.append((None, caller(first + j, x)))
         except ItemShapeError as e:
-            out.append((1, e))
+            out.append((_core.ERR_SHAPE, e))
         except Exception as e:
             note_item(e, first + j, x, has_item)
-            out.append((2, e))
+            out.append((_core.ERR_CALL, e))
         except BaseException as e:
             note_item(e, first + j, x, has_item)
-            out.append((3, e))
+            out.append((_core.ERR_BASE, e))
             break
     return out
 
@@ -560,12 +564,12 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True,
                 fut = done.pop()
                 pending.discard(fut)
             for j, (kind, val) in enumerate(fut.result()):
-                if kind:
+                if kind is not None:
                     try:
                         val.seq_index = fut.first + j
                     except Exception:
                         pass
-                    if kind != 2 or mode != "return":
+                    if kind != _core.ERR_CALL or mode != "return":
                         err = item_stop_iteration(val, fut.first + j)
                         try:
                             raise err

@@ -19,6 +19,7 @@ import os
 import pickle
 import warnings
 
+from ._core import ERR_BASE, ERR_CALL, ERR_SHAPE  # the kinds of error entries
 from ._errors import RemoteError, RemoteTraceback, item_stop_iteration
 from ._input import InputThread, open_input
 from ._progress import progress_iter, wants_progress
@@ -26,7 +27,6 @@ from ._worker import hide_ours
 
 __all__ = ["executor_map"]
 
-_OK, _SHAPE, _CALL, _BASE = 0, 1, 2, 3
 _PACKED = "parmapper.packed"  # _run_chunk's result, pickled by parmapper
 
 
@@ -47,9 +47,9 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
 
     Returns ``(results, errors)``: `results` has one entry per item (None
     where the item failed) and `errors` maps the position in the chunk to
-    ``(kind, exception, traceback text)``.  With ``mode == 'proc'`` an
-    exception from `fun` propagates out of the task instead (with
-    ``seq_index`` set), for the executor to report.
+    ``(kind, exception, traceback text)``, kind one of ``_core.ERR_*``.
+    With ``mode == 'proc'`` an exception from `fun` propagates out of the
+    task instead (with ``seq_index`` set), for the executor to report.
     """
     from . import _core  # imported on the worker, where this runs
     from ._core import ItemShapeError
@@ -64,12 +64,12 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
             results.append(caller(i, item))
             continue
         except ItemShapeError as e:
-            kind, exc, tb = _SHAPE, e, None
+            kind, exc, tb = ERR_SHAPE, e, None
         except Exception as e:
             note_item(e, i, item, star is not None)
             if mode == "proc":
                 raise
-            kind, exc, tb = _CALL, e, format_error(e)
+            kind, exc, tb = ERR_CALL, e, format_error(e)
         except BaseException as e:
             # Not an Exception (KeyboardInterrupt, SystemExit...): it ends
             # the chunk here, as it would end a serial loop, and the caller
@@ -77,7 +77,7 @@ def _run_chunk(fun, args, kwargs, star, kwstar, mode, first, items):
             note_item(e, i, item, star is not None)
             if mode == "proc":
                 raise
-            errors[j] = (_BASE, _portable(e, None), format_error(e))
+            errors[j] = (ERR_BASE, _portable(e, None), format_error(e))
             results.append(None)
             break
         errors[j] = (kind, _portable(exc, tb), tb)
@@ -121,7 +121,7 @@ def _unpack(returned, first):
                 marker.what.rpartition(".")[2], msg, marker), tb)
     for j, marker in _salvage.unbuilt_items(results).items():
         if j not in errors:
-            errors[j] = (_CALL, _salvage.result_error(first + j, results[j],
+            errors[j] = (ERR_CALL, _salvage.result_error(first + j, results[j],
                                                       marker), None)
             results[j] = None
     return results, errors
@@ -181,7 +181,7 @@ def _raise_or_return(kind, exc, tb, index, mode):
         pass
     if tb and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(tb)
-    if kind != _CALL or mode != "return":
+    if kind != ERR_CALL or mode != "return":
         raise item_stop_iteration(exc, index)
     return exc
 

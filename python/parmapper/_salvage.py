@@ -20,6 +20,8 @@ import io
 import pickle
 import types
 
+from . import _core
+
 __all__ = ["rescue", "rescue_items", "item_error", "load", "reaches_marker", "unbuilt_items", "describe",
            "result_error", "exception_error"]
 
@@ -214,7 +216,7 @@ def rescue(data, buffers, first):
         if j in errors:
             continue
         errors[j] = (result_error(first + j, results[j], marker),
-                     "ResultPicklingError", "", "", 0)
+                     "ResultPicklingError", "", "", _core.ERR_CALL)
         results[j] = None
     return results, errors
 
