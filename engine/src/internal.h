@@ -353,6 +353,12 @@ void pm__writer_set_item(pm_writer *w, uint64_t item);
 
 /* proc.c */
 
+/* From now on every fork() of this process, and of its descendants, sets
+ * pm__forked_copy in the child (a pthread_atfork handler, registered once).
+ * Called when a map is made: a process forked from its creator afterwards
+ * is told apart by that flag, without a getpid() per call. */
+void pm__watch_forks(void);
+
 /* Forks worker w, letting only the mappings it needs into the fork
  * (m->dontfork).  In the child: unmaps the other workers' memory, runs the
  * after_fork_child hook, arranges to die with the parent, ignores SIGINT and

@@ -68,6 +68,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (!m)
         return -ENOMEM;
     m->creator = getpid();
+    pm__watch_forks();
     m->opt = *opt;
     if (!m->opt.window)
         m->opt.window = PM_DEFAULT_WINDOW;
@@ -169,7 +170,9 @@ int pm_map_start(pm_map *m)
 
 int pm_map_next(pm_map *m, pm_result *res)
 {
-    if (getpid() != m->creator)
+    /* Only a process forked after the map was made can be another one
+     * (pm__watch_forks): one load per call, a getpid() only there. */
+    if (pm__forked_copy && getpid() != m->creator)
         return PM_ENOTOWNER;
     pm__release_held(m);
     if (m->error)

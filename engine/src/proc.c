@@ -24,8 +24,8 @@
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-/* Runs in the child of every fork() of a process that has spawned workers,
- * and of its descendants (at-fork handlers are inherited): async-signal-safe,
+/* Runs in the child of every fork() of a process that has made a map, and
+ * of its descendants (at-fork handlers are inherited): async-signal-safe,
  * one store.  child_setup clears it again in the engine's own workers. */
 static void atfork_child(void)
 {
@@ -230,9 +230,14 @@ static void close_pidfd(pm_worker *wk)
     }
 }
 
-int pm__spawn(pm_map *m, int w)
+void pm__watch_forks(void)
 {
     pthread_once(&atfork_once, atfork_register);
+}
+
+int pm__spawn(pm_map *m, int w)
+{
+    pm__watch_forks();
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
