@@ -189,6 +189,8 @@ typedef struct {
                               is replaced by a tuple of its items when the
                               map starts: every worker, replacements too,
                               reads the items as they were then) */
+    int range_fast;        /* index_seq is a range of long longs: */
+    long long range_start, range_step; /* item i is start + i * step */
     int input_done;        /* the input is finished: never read it again */
     PyObject *input_exc;   /* the Exception that ended the input, raised
                               once every result before it is delivered */

@@ -343,6 +343,36 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
  * cannot change.  Sets self->length, the true length.  Returns 0, or -1
  * with an exception set.
  */
+/* A range whose every item fits in a long long: the worker computes item i
+ * as range_start + i * range_step (index_item) instead of CPython's
+ * range_item, which does it in Python ints (~650 instructions an item). */
+static int range_fast_path(MapIter *self)
+{
+    static const char *names[2] = {"start", "step"};
+    long long v[2];
+    for (int k = 0; k < 2; k++) {
+        PyObject *o = PyObject_GetAttrString(self->index_seq, names[k]);
+        if (!o)
+            return -1;
+        int overflow;
+        v[k] = PyLong_AsLongLongAndOverflow(o, &overflow);
+        Py_DECREF(o);
+        if (v[k] == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow)
+            return 0;
+    }
+    long long last;
+    if (self->length > 0 &&
+        (__builtin_mul_overflow(v[1], (long long)(self->length - 1), &last) ||
+         __builtin_add_overflow(v[0], last, &last)))
+        return 0;
+    self->range_start = v[0];
+    self->range_step = v[1];
+    self->range_fast = 1;
+    return 0;
+}
+
 static int index_snapshot(MapIter *self)
 {
     PyObject *s = self->index_seq, *snap = NULL;
@@ -360,5 +390,7 @@ static int index_snapshot(MapIter *self)
     if (snap)
         Py_SETREF(self->index_seq, snap);
     self->length = PyObject_Length(self->index_seq);
-    return self->length < 0 ? -1 : 0;
+    if (self->length < 0)
+        return -1;
+    return PyRange_Check(s) ? range_fast_path(self) : 0;
 }

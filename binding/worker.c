@@ -87,6 +87,9 @@ static PyObject *inherited_item(PyObject *x)
 
 static PyObject *index_item(MapIter *self, Py_ssize_t i)
 {
+    if (self->range_fast && i < self->length) /* no overflow: tasks.c */
+        return PyLong_FromLongLong(self->range_start +
+                                   (long long)i * self->range_step);
     PyObject *s = self->index_seq;
     if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
         return inherited_item(PyList_GET_ITEM(s, i));
