@@ -403,3 +403,18 @@ def test_partially_consumed_then_next_call_works():
     del it
     gc.collect()
     assert list(parmapper.parmap(sq, range(10), N=2)) == [i * i for i in range(10)]
+
+
+@pytest.mark.parametrize("r", [
+    range(0), range(7), range(-5, 100, 7), range(100, -50, -3),
+    range(2**62, 2**62 + 9), range(2**63 - 5, 2**63 + 5),  # past a long long
+    range(-2**63, -2**63 + 4), range(-2**63 + 3, -2**63 - 3, -1),
+    range(0, 2**63, 2**61), range(5, 5), range(10, 0),
+])
+@pytest.mark.parametrize("opts", [dict(N=2), dict(N=2, chunksize=1),
+                                  dict(N=2, retries=1)])
+def test_range_items_are_exact(r, opts):
+    """Workers compute a range's items themselves when they fit a long long
+    (and fall back to the range's own indexing when they do not)."""
+    got = list(parmapper.parmap(lambda x: (type(x), x), r, **opts))
+    assert got == [(int, x) for x in r]
