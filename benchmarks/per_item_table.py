@@ -1,0 +1,389 @@
+"""The per-item instruction table of issue 17 (driven by per_item_instructions.sh).
+
+Every case is one small script run twice under callgrind, at n and at 2n items;
+per item = (count at 2n - count at n) / n, so start-up and teardown cancel.
+Only the measured statement is counted: it runs inside `_operator.call`, and
+callgrind collects only inside that function (`--collect-atstart=no
+--toggle-collect=_operator_call`). Making a `list` input (or a marshal blob
+for a floor) happens before it and is not counted.
+
+parent  = instructions of the calling process, minus `pm__spin_until`
+          (inclusive: polling while it waits for results).
+workers = instructions of every forked worker, summed, minus `worker_wait`
+          (inclusive: spinning while it waits for tasks or ring room). A
+          forked worker's file also holds the parent's counts up to the fork
+          (constant, cancels in the difference).
+
+Modes:
+  table [n]                 the instruction table (markdown)
+  split [n] [--top K]       per-function self cost per item (n to 2n),
+                            parent and workers, for default-range,
+                            chunksize=1 range and 10-tuple results
+  syscalls [n]              strace -f -ff over an n-item map (default
+                            10^5), default settings and chunksize=1:
+                            syscalls per item in the parent and the workers
+Options: --keep DIR keeps the callgrind files.
+"""
+import collections
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PY = sys.executable
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+HEAD = """\
+import sys, _operator, marshal, struct
+import parmapper
+n = int(sys.argv[1])
+def inc(x):
+    return x + 1
+def to_bytes64(x):
+    return bytes(64)
+def tuple10(x):
+    f = float(x)
+    return (f, f + 1.0, f + 2.0, f + 3.0, f + 4.0, f + 5.0, f + 6.0, f + 7.0,
+            f + 8.0, f + 9.0)
+"""
+
+# name: (label, setup (not counted), measured statement)
+CASES = collections.OrderedDict([
+    ("serial", ("serial `list(map(inc, range(n)))`", "",
+                "r = list(map(inc, range(n))); del r")),
+    ("floor", ("caller's floor: `list(range(n))` (make the int, one iterator "
+               "step, append, free)", "", "r = list(range(n)); del r")),
+    ("floor_gen", ("floor for a generator input: `list(i for i in range(n))`",
+                   "", "r = list(i for i in range(n)); del r")),
+    ("default_range", ("default settings, `range` input", "",
+                       "r = list(parmapper.parmap(inc, range(n), N=2)); del r")),
+    ("default_list", ("default settings, `list` input (made before, not counted)",
+                      "xs = list(range(n))",
+                      "r = list(parmapper.parmap(inc, xs, N=2)); del r")),
+    ("default_gen", ("default settings, generator input `(i for i in range(n))`",
+                     "",
+                     "r = list(parmapper.parmap(inc, (i for i in range(n)), N=2)); "
+                     "del r")),
+    ("cs1_range", ("`chunksize=1`, `range` input", "",
+                   "r = list(parmapper.parmap(inc, range(n), N=2, chunksize=1)); "
+                   "del r")),
+    ("cs1_list", ("`chunksize=1`, `list` input (made before, not counted)",
+                  "xs = list(range(n))",
+                  "r = list(parmapper.parmap(inc, xs, N=2, chunksize=1)); del r")),
+    ("bytes64", ("default, `range` input, results `bytes(64)`", "",
+                 "r = list(parmapper.parmap(to_bytes64, range(n), N=2)); del r")),
+    ("serial_bytes64", ("serial `list(map(to_bytes64, range(n)))`", "",
+                        "r = list(map(to_bytes64, range(n))); del r")),
+    ("floor_bytes64", ("caller's floor for `bytes(64)`: `marshal.loads` of the "
+                       "results (blob made before)",
+                       "blob = marshal.dumps([bytes(64) for _ in range(n)])",
+                       "r = marshal.loads(blob); del r")),
+    ("tuple10", ("default, `range` input, results 10-tuple of floats", "",
+                 "r = list(parmapper.parmap(tuple10, range(n), N=2)); del r")),
+    ("serial_tuple10", ("serial `list(map(tuple10, range(n)))`", "",
+                        "r = list(map(tuple10, range(n))); del r")),
+    ("floor_tuple10", ("caller's floor for 10-tuples: `list(struct.iter_unpack"
+                       "('10d', blob))` (blob made before)",
+                       "blob = struct.pack('%dd' % (10 * n), *range(10 * n))",
+                       "r = list(struct.iter_unpack('10d', blob)); del r")),
+])
+
+# Issue 17's goals: case -> (parent max, workers max).
+GOALS = {
+    "default_range": (220, 850),
+    "default_list": (220, 850),
+    "cs1_range": (1000, 2000),
+    "cs1_list": (1000, 2000),
+    "tuple10": (2500, None),
+}
+
+STARTUP = [
+    ("start_cold", "4-item map, first call in the process", "",
+     "r = list(parmapper.parmap(inc, range(4), N=2)); del r"),
+    ("start_gc", "4-item map, `gc` imported before (not counted)", "import gc",
+     "r = list(parmapper.parmap(inc, range(4), N=2)); del r"),
+    ("start_warm", "4-item map, after a first 4-item map (not counted)",
+     "list(parmapper.parmap(inc, range(4), N=2))",
+     "r = list(parmapper.parmap(inc, range(4), N=2)); del r"),
+]
+
+LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S+?):([\w.$@]+)(?:'\d+)?(?:\s|$)")
+TOTAL = re.compile(r"^\s*([\d,]+)\s.*PROGRAM TOTALS")
+
+
+def script(setup, stmt):
+    return (HEAD + setup + "\n" + "def region():\n    " + stmt + "\n"
+            "_operator.call(region)\n")
+
+
+def annotate(path, inclusive):
+    """{function: Ir} and the program total of one callgrind file."""
+    out = subprocess.run(
+        ["callgrind_annotate", "--inclusive=" + ("yes" if inclusive else "no"),
+         "--threshold=100", path], capture_output=True, text=True,
+        check=True).stdout
+    funcs, total = collections.Counter(), 0
+    for ln in out.splitlines():
+        if ln.lstrip().startswith("=>") or ln.lstrip().startswith("*"):
+            continue
+        m = TOTAL.match(ln)
+        if m:
+            total = int(m.group(1).replace(",", ""))
+            continue
+        m = LINE.match(ln)
+        if m:
+            c = int(m.group(1).replace(",", ""))
+            fn = m.group(3)
+            # A function listed under several files (inlined headers):
+            # inclusive takes the largest, self sums.
+            funcs[fn] = max(funcs[fn], c) if inclusive else funcs[fn] + c
+    return funcs, total
+
+
+def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False):
+    """Runs one script under callgrind. Returns (parent, [workers]), each a
+    dict: total, wait, counted (= total - wait), self (if selfcost)."""
+    d = tempfile.mkdtemp(prefix="pm_i17_")
+    try:
+        with open(os.path.join(d, "run.py"), "w") as f:
+            f.write(script(setup, stmt))
+        env = dict(os.environ, PM_STOP_GRACE_MS="30000")
+        p = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+             "--toggle-collect=_operator_call", PY, "run.py", str(n)],
+            cwd=d, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit("callgrind run failed ({} n={}):\n{}".format(
+                tag, n, p.stderr[-3000:]))
+        parent, workers = None, []
+        for path in sorted(glob.glob(os.path.join(d, "callgrind.out.*"))):
+            inc_f, total = annotate(path, True)
+            if total == 0:
+                continue  # a worker of a map made before the measured statement
+            rec = {"total": total}
+            if "slot_main" in inc_f:
+                rec["wait"] = inc_f.get("worker_wait", 0)
+                workers.append(rec)
+            else:
+                rec["wait"] = inc_f.get("pm__spin_until", 0)
+                if parent is not None:
+                    sys.exit("two parent-like callgrind files in " + d)
+                parent = rec
+            rec["counted"] = rec["total"] - rec["wait"]
+            if selfcost:
+                rec["self"], _ = annotate(path, False)
+            if keep:
+                os.makedirs(keep, exist_ok=True)
+                kind = "worker" if rec in workers else "parent"
+                shutil.copy(path, os.path.join(keep, "callgrind.{}.n{}.{}.{}".format(
+                    tag, n, kind, path.rsplit(".", 1)[1])))
+        return parent, workers
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def fmt(x):
+    return "–" if x is None else "{:,}".format(int(round(x)))
+
+
+def build_info():
+    import parmapper
+    head = subprocess.run(["git", "-C", os.path.dirname(HERE), "log", "-1",
+                           "--format=%h %s"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", os.path.dirname(HERE), "status",
+                            "--porcelain", "--untracked-files=no", "--",
+                            "engine", "binding", "python", "setup.py"],
+                           capture_output=True, text=True).stdout.strip()
+    return "parmapper from {} (tree at {}{}), Python {}".format(
+        os.path.dirname(parmapper.__file__), head[:60],
+        ", engine/binding/python changed since" if dirty else "", sys.version.split()[0])
+
+
+def table(n, keep):
+    print("<!-- per_item_table.py table {}: {} -->".format(n, build_info()))
+    print()
+    print("| case | parent / item | workers / item (all) | goal (parent / workers) |")
+    print("|---|---:|---:|---|")
+    res = {}
+    for key, (label, setup, stmt) in CASES.items():
+        a = run_cg(setup, stmt, n, keep, key)
+        b = run_cg(setup, stmt, 2 * n, keep, key)
+        par = (b[0]["counted"] - a[0]["counted"]) / n
+        wk = None
+        if a[1] or b[1]:
+            wk = (sum(w["counted"] for w in b[1]) -
+                  sum(w["counted"] for w in a[1])) / n
+        res[key] = (par, wk)
+        goal = ""
+        if key in GOALS:
+            gp, gw = GOALS[key]
+            parts = ["≤ {:,} {}".format(gp, "met" if par <= gp else "MISSED")]
+            if gw is not None:
+                parts.append("≤ {:,} {}".format(
+                    gw, "met" if wk is not None and wk <= gw else "MISSED"))
+            goal = " / ".join(parts)
+        print("| {} | {} | {} | {} |".format(label, fmt(par), fmt(wk), goal),
+              flush=True)
+    print()
+    print("Start-up (no difference taken: the whole measured statement, parent only "
+          "unless stated):")
+    print()
+    print("| case | parent | workers (all) |")
+    print("|---|---:|---:|")
+    st = {}
+    for key, label, setup, stmt in STARTUP:
+        p, ws = run_cg(setup, stmt, 4, keep, key)
+        st[key] = p["counted"]
+        wk = sum(w["counted"] for w in ws) if ws else None
+        print("| {} | {} | {} |".format(label, fmt(p["counted"]), fmt(wk)), flush=True)
+    print()
+    print("First-call import of `gc`: {} instructions of the cold call's {} "
+          "(cold minus `gc` imported before).".format(
+              fmt(st["start_cold"] - st["start_gc"]), fmt(st["start_cold"])))
+    return res
+
+
+# --- the function-level split ----------------------------------------------
+
+SPLIT_CASES = ["default_range", "cs1_range", "tuple10"]
+# Functions that only run while a side waits (their self cost is subtracted
+# with the inclusive wait above; listed apart).
+WAITING = {"pm__spin_until", "parent_ready_cb", "pm__cpu_relax", "task_ready",
+           "room_ready", "worker_wait", "worker_wait_inner"}
+
+
+def split(n, top, keep):
+    print("<!-- per_item_table.py split {}: {} -->".format(n, build_info()))
+    for key in SPLIT_CASES:
+        label, setup, stmt = CASES[key]
+        a = run_cg(setup, stmt, n, keep, key, selfcost=True)
+        b = run_cg(setup, stmt, 2 * n, keep, key, selfcost=True)
+        sides = [("parent", [a[0]], [b[0]]), ("workers (all)", a[1], b[1])]
+        print()
+        print("#### {} (n={:,} and {:,})".format(label, n, 2 * n))
+        for side, ra, rb in sides:
+            sa, sb = collections.Counter(), collections.Counter()
+            for r in ra:
+                sa.update(r["self"])
+            for r in rb:
+                sb.update(r["self"])
+            counted = (sum(r["counted"] for r in rb) -
+                       sum(r["counted"] for r in ra)) / n
+            wait = (sum(r["wait"] for r in rb) - sum(r["wait"] for r in ra)) / n
+            diff = {f: (sb[f] - sa[f]) / n for f in set(sa) | set(sb)}
+            rows = sorted(diff.items(), key=lambda kv: -kv[1])
+            print()
+            print("{}: {} per item counted (waiting, not counted: {})".format(
+                side, fmt(counted), fmt(wait)))
+            print()
+            print("| function | self / item |")
+            print("|---|---:|")
+            shown = 0
+            for f, v in rows:
+                if shown >= top or v < 1:
+                    break
+                mark = " (waiting)" if f in WAITING else ""
+                print("| `{}`{} | {:.0f} |".format(f, mark, v))
+                shown += 1
+            rest = sum(v for f, v in rows[shown:])
+            print("| (all others) | {:.0f} |".format(rest))
+        sys.stdout.flush()
+
+
+# --- system calls ------------------------------------------------------------
+
+SYSCALL = re.compile(r"^(?:\d+\s+)?([a-z_0-9]+)\(")
+
+
+def strace_counts(stmt, n):
+    d = tempfile.mkdtemp(prefix="pm_i17s_")
+    try:
+        with open(os.path.join(d, "run.py"), "w") as f:
+            f.write(script("", stmt))
+        p = subprocess.run(["strace", "-f", "-ff", "-o", os.path.join(d, "tr"),
+                            PY, "run.py", str(n)], cwd=d, capture_output=True,
+                           text=True)
+        if p.returncode != 0:
+            sys.exit("strace run failed:\n" + p.stderr[-3000:])
+        parent, workers = collections.Counter(), collections.Counter()
+        nworkers = 0
+        for path in glob.glob(os.path.join(d, "tr.*")):
+            c = collections.Counter()
+            first = None
+            with open(path, errors="replace") as f:
+                for ln in f:
+                    m = SYSCALL.match(ln)
+                    if m:
+                        first = first or m.group(1)
+                        c[m.group(1)] += 1
+            if first == "execve":
+                parent.update(c)
+            else:
+                workers.update(c)
+                nworkers += 1
+        return parent, workers, nworkers
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def syscalls(n):
+    print("<!-- per_item_table.py syscalls {}: {} -->".format(n, build_info()))
+    print()
+    print("System calls, `strace -f -ff` over one script each (Python start-up "
+          "included), N=2, `inc`, `range` input; per item = (count at {:,} items "
+          "- count at 4 items) / {:,}, the median of three runs (lowest..highest "
+          "in brackets):".format(n, n - 4))
+    print()
+    print("| case | side | 4 items | {:,} items (median) | per item | most frequent "
+          "beyond the 4-item run |".format(n))
+    print("|---|---|---:|---:|---:|---|")
+    for label, kw in [("default settings", ""), ("`chunksize=1`", ", chunksize=1")]:
+        stmt = "r = list(parmapper.parmap(inc, range(n), N=2{})); del r".format(kw)
+        small = strace_counts(stmt, 4)
+        runs = [strace_counts(stmt, n) for _ in range(3)]
+        for i, side in ((0, "parent"), (1, "workers (all)")):
+            # The median of three runs (futex sleeps and wakes depend on
+            # timing, and strace slows every system call down).
+            runs.sort(key=lambda r: sum(r[i].values()))
+            a, b = small[i], runs[1][i]
+            spread = "{:.4f}..{:.4f}".format(
+                *((sum(runs[j][i].values()) - sum(a.values())) / (n - 4)
+                  for j in (0, 2)))
+            d = collections.Counter(b)
+            d.subtract(a)
+            top = ", ".join("{} {:+,}".format(k, v) for k, v in d.most_common(4)
+                            if v)
+            ta, tb = sum(a.values()), sum(b.values())
+            print("| {} | {} | {:,} | {:,} | {:.4f} ({}) | {} |".format(
+                label, side, ta, tb, (tb - ta) / (n - 4), spread, top),
+                flush=True)
+
+
+def main(argv):
+    args = list(argv)
+    keep, top = None, 15
+    if "--keep" in args:
+        i = args.index("--keep")
+        keep = os.path.abspath(args[i + 1])
+        del args[i:i + 2]
+    if "--top" in args:
+        i = args.index("--top")
+        top = int(args[i + 1])
+        del args[i:i + 2]
+    mode = args[0] if args else "table"
+    if mode == "table":
+        table(int(args[1]) if len(args) > 1 else 20000, keep)
+    elif mode == "split":
+        split(int(args[1]) if len(args) > 1 else 20000, top, keep)
+    elif mode == "syscalls":
+        syscalls(int(args[1]) if len(args) > 1 else 100000)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
