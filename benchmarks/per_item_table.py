@@ -4,15 +4,16 @@ Every case is one small script run twice under callgrind, at n and at 2n items;
 per item = (count at 2n - count at n) / n, so start-up and teardown cancel.
 Only the measured statement is counted: it runs inside `_operator.call`, and
 callgrind collects only inside that function (`--collect-atstart=no
---toggle-collect=_operator_call`). Making a `list` input (or a marshal blob
-for a floor) happens before it and is not counted.
+--toggle-collect=_operator_call`). Making a `list` input (or a blob for a
+floor) happens before it and is not counted. Nor is polling: collection is
+also toggled off inside `pm__spin_until` (engine/src/wait.c), in the parent
+and in the workers, so the per-function split holds no spinning either.
 
-parent  = instructions of the calling process, minus `pm__spin_until`
-          (inclusive: polling while it waits for results).
-workers = instructions of every forked worker, summed, minus `worker_wait`
-          (inclusive: spinning while it waits for tasks or ring room). A
-          forked worker's file also holds the parent's counts up to the fork
-          (constant, cancels in the difference).
+parent  = instructions of the calling process (without `pm__spin_until`).
+workers = instructions of every forked worker, summed, minus what is left
+          of `worker_wait` (inclusive: its sleep on the bell around the
+          spin). A forked worker's file also holds the parent's counts up to
+          the fork (constant, cancels in the difference).
 
 Modes:
   table [n]                 the instruction table (markdown)
@@ -143,9 +144,12 @@ def annotate(path, inclusive):
     return funcs, total
 
 
-def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False):
+def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False, spin_off=True):
     """Runs one script under callgrind. Returns (parent, [workers]), each a
-    dict: total, wait, counted (= total - wait), self (if selfcost)."""
+    dict: total, wait, counted (= total - wait), self (if selfcost).
+    spin_off=False counts the spin and subtracts `pm__spin_until` inclusive
+    instead (for statements after a map made outside the measured one: a
+    toggle inside that map's spin would turn collection on)."""
     d = tempfile.mkdtemp(prefix="pm_i17_")
     try:
         with open(os.path.join(d, "run.py"), "w") as f:
@@ -153,7 +157,9 @@ def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False):
         env = dict(os.environ, PM_STOP_GRACE_MS="30000")
         p = subprocess.run(
             ["valgrind", "--tool=callgrind", "--collect-atstart=no",
-             "--toggle-collect=_operator_call", PY, "run.py", str(n)],
+             "--toggle-collect=_operator_call"] +
+            (["--toggle-collect=pm__spin_until"] if spin_off else []) +
+            [PY, "run.py", str(n)],
             cwd=d, env=env, capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit("callgrind run failed ({} n={}):\n{}".format(
@@ -168,6 +174,7 @@ def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False):
                 rec["wait"] = inc_f.get("worker_wait", 0)
                 workers.append(rec)
             else:
+                # With spin_off, pm__spin_until is not collected at all.
                 rec["wait"] = inc_f.get("pm__spin_until", 0)
                 if parent is not None:
                     sys.exit("two parent-like callgrind files in " + d)
@@ -236,7 +243,7 @@ def table(n, keep):
     print("|---|---:|---:|")
     st = {}
     for key, label, setup, stmt in STARTUP:
-        p, ws = run_cg(setup, stmt, 4, keep, key)
+        p, ws = run_cg(setup, stmt, 4, keep, key, spin_off=False)
         st[key] = p["counted"]
         wk = sum(w["counted"] for w in ws) if ws else None
         print("| {} | {} | {} |".format(label, fmt(p["counted"]), fmt(wk)), flush=True)
@@ -250,10 +257,9 @@ def table(n, keep):
 # --- the function-level split ----------------------------------------------
 
 SPLIT_CASES = ["default_range", "cs1_range", "tuple10"]
-# Functions that only run while a side waits (their self cost is subtracted
-# with the inclusive wait above; listed apart).
-WAITING = {"pm__spin_until", "parent_ready_cb", "pm__cpu_relax", "task_ready",
-           "room_ready", "worker_wait", "worker_wait_inner"}
+# Functions of the workers' waiting outside the spin (subtracted with
+# `worker_wait`'s inclusive cost; marked in the split).
+WAITING = {"worker_wait", "worker_wait_inner", "pm__bell_sleep"}
 
 
 def split(n, top, keep):
@@ -277,8 +283,10 @@ def split(n, top, keep):
             diff = {f: (sb[f] - sa[f]) / n for f in set(sa) | set(sb)}
             rows = sorted(diff.items(), key=lambda kv: -kv[1])
             print()
-            print("{}: {} per item counted (waiting, not counted: {})".format(
-                side, fmt(counted), fmt(wait)))
+            print("{}: {} per item counted (not counted: `worker_wait` outside "
+                  "the spin, {} per item)".format(side, fmt(counted), fmt(wait))
+                  if side != "parent" else
+                  "{}: {} per item counted".format(side, fmt(counted)))
             print()
             print("| function | self / item |")
             print("|---|---:|")
