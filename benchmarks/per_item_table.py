@@ -111,6 +111,7 @@ STARTUP = [
      "r = list(parmapper.parmap(inc, range(4), N=2)); del r"),
 ]
 
+CALL = re.compile(r"^\s*[\d,]+\s+\(\s*[\d.]+%\)\s+=>\s+\S+?:([\w.$@]+)(?:'\d+)?\s+\(([\d,]+)x\)")
 LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S+?):([\w.$@]+)(?:'\d+)?(?:\s|$)")
 TOTAL = re.compile(r"^\s*([\d,]+)\s.*PROGRAM TOTALS")
 
@@ -120,14 +121,20 @@ def script(setup, stmt):
             "_operator.call(region)\n")
 
 
-def annotate(path, inclusive):
-    """{function: Ir} and the program total of one callgrind file."""
+def annotate(path, inclusive, calls=None):
+    """{function: Ir} and the program total of one callgrind file; with
+    inclusive, `calls` (a Counter) gets the calls made to each function."""
     out = subprocess.run(
         ["callgrind_annotate", "--inclusive=" + ("yes" if inclusive else "no"),
          "--threshold=100", path], capture_output=True, text=True,
         check=True).stdout
     funcs, total = collections.Counter(), 0
     for ln in out.splitlines():
+        if calls is not None:
+            m = CALL.match(ln)
+            if m:
+                calls[m.group(1)] += int(m.group(2).replace(",", ""))
+                continue
         if ln.lstrip().startswith("=>") or ln.lstrip().startswith("*"):
             continue
         m = TOTAL.match(ln)
@@ -242,7 +249,8 @@ def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False, spin_off=True):
                 tag, n, p.stderr[-3000:]))
         parent, workers = None, []
         for path in sorted(glob.glob(os.path.join(d, "callgrind.out.*"))):
-            inc_f, total = annotate(path, True)
+            calls = collections.Counter()
+            inc_f, total = annotate(path, True, calls)
             if total == 0:
                 continue  # a worker of a map made before the measured statement
             rec = {"total": total}
@@ -257,6 +265,9 @@ def run_cg(setup, stmt, n, keep=None, tag="", selfcost=False, spin_off=True):
                 parent = rec
             rec["counted"] = rec["total"] - rec["wait"]
             rec["incl"] = inc_f
+            # Results read by the parent: one pm_map_next call per task (and
+            # one at the end); adaptive chunks make it vary with timing.
+            rec["tasks"] = calls.get("pm_map_next", 0)
             if selfcost:
                 rec["self"], _ = annotate(path, False)
                 rec["src"] = source_costs(path)
@@ -296,8 +307,9 @@ def build_info():
 def table(n, keep):
     print("<!-- per_item_table.py table {}: {} -->".format(n, build_info()))
     print()
-    print("| case | parent / item | workers / item (all) | goal (parent / workers) |")
-    print("|---|---:|---:|---|")
+    print("| case | parent / item | workers / item (all) | goal (parent / workers) "
+          "| items per task (n; 2n) |")
+    print("|---|---:|---:|---|---|")
     res = {}
     for key, (label, setup, stmt) in CASES.items():
         a = run_cg(setup, stmt, n, keep, key)
@@ -316,7 +328,10 @@ def table(n, keep):
                 parts.append("≤ {:,} {}".format(
                     gw, "met" if wk is not None and wk <= gw else "MISSED"))
             goal = " / ".join(parts)
-        print("| {} | {} | {} | {} |".format(label, fmt(par), fmt(wk), goal),
+        ipt = ""
+        if a[0]["tasks"] and b[0]["tasks"]:
+            ipt = "{:.0f}; {:.0f}".format(n / a[0]["tasks"], 2 * n / b[0]["tasks"])
+        print("| {} | {} | {} | {} | {} |".format(label, fmt(par), fmt(wk), goal, ipt),
               flush=True)
     print()
     print("Start-up: the parent's instructions for the whole measured statement "
@@ -371,6 +386,10 @@ def split(n, top, keep):
         sides = [("parent", [a[0]], [b[0]]), ("workers (all)", a[1], b[1])]
         print()
         print("#### {} (n={:,} and {:,})".format(label, n, 2 * n))
+        if a[0]["tasks"] and b[0]["tasks"]:
+            print()
+            print("Items per task: {:.0f} at n, {:.0f} at 2n.".format(
+                n / a[0]["tasks"], 2 * n / b[0]["tasks"]))
         for side, ra, rb in sides:
             counted = (sum(r["counted"] for r in rb) -
                        sum(r["counted"] for r in ra)) / n
