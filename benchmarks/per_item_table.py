@@ -15,14 +15,24 @@ workers = instructions of every forked worker, summed, minus what is left
           spin). A forked worker's file also holds the parent's counts up to
           the fork (constant, cancels in the difference).
 
+Both are forked at the map's start, so a worker file's inherited part holds
+no per-item work. The last column, items per task at n and 2n, counts the
+parent's `pm_map_next` calls (one per result read): adaptive chunks vary
+with timing, and each task costs both sides about 1,100 instructions.
+
 Modes:
-  table [n]                 the instruction table (markdown)
-  split [n] [--top K]       per-function self cost per item (n to 2n),
-                            parent and workers, for default-range,
-                            chunksize=1 range and 10-tuple results
-  syscalls [n]              strace -f -ff over an n-item map (default
-                            10^5), default settings and chunksize=1:
-                            syscalls per item in the parent and the workers
+  table [n]            the instruction table (markdown; n = 20000), then the
+                       4-item start-up: cold, with `gc` imported before, and
+                       after a first map (parent, whole statement)
+  split [n] [--top K]  parent and workers of default/range, chunksize=1/range
+                       and 10-tuple results: self and inclusive cost per
+                       function per item (n to 2n, callgrind_annotate), and
+                       the binding's and engine's own code by source function
+                       (its line-level counts: inlined helpers named)
+  syscalls [n]         strace -f -ff over the map at 4 and at n items
+                       (n = 10^5), default settings and chunksize=1: system
+                       calls per item = the difference / (n - 4), parent and
+                       workers apart, median of three runs
 Options: --keep DIR keeps the callgrind files.
 """
 import collections
