@@ -33,7 +33,8 @@ Modes:
                        (n = 10^5), default settings and chunksize=1: system
                        calls per item = the difference / (n - 4), parent and
                        workers apart, median of three runs
-Options: --keep DIR keeps the callgrind files.
+Options: --keep DIR keeps the callgrind files; --cases a,b (split) names
+the cases to split (keys of CASES, e.g. default_gen, cs1_list).
 """
 import collections
 import glob
@@ -381,7 +382,7 @@ def _per_item(recs_a, recs_b, field, n):
     return {f: (sb[f] - sa[f]) / n for f in set(sa) | set(sb)}
 
 
-def split(n, top, keep):
+def split(n, top, keep, cases=None):
     print("<!-- per_item_table.py split {}: {} -->".format(n, build_info()))
     print()
     print("Per item (n to 2n), per function: self = its own instructions, "
@@ -389,7 +390,7 @@ def split(n, top, keep):
           "the {} largest by inclusive cost below the side's own total "
           "(callers such as `MapIter_next` or `work_cb` hold almost all of it "
           "and are left out when they reach 98% of it).".format(top, top))
-    for key in SPLIT_CASES:
+    for key in cases or SPLIT_CASES:
         label, setup, stmt = CASES[key]
         a = run_cg(setup, stmt, n, keep, key, selfcost=True)
         b = run_cg(setup, stmt, 2 * n, keep, key, selfcost=True)
@@ -534,11 +535,20 @@ def main(argv):
         i = args.index("--top")
         top = int(args[i + 1])
         del args[i:i + 2]
+    cases = None
+    if "--cases" in args:
+        i = args.index("--cases")
+        cases = args[i + 1].split(",")
+        del args[i:i + 2]
+        bad = [c for c in cases if c not in CASES]
+        if bad:
+            sys.exit("unknown case(s) {}; known: {}".format(
+                ", ".join(bad), ", ".join(CASES)))
     mode = args[0] if args else "table"
     if mode == "table":
         table(int(args[1]) if len(args) > 1 else 20000, keep)
     elif mode == "split":
-        split(int(args[1]) if len(args) > 1 else 20000, top, keep)
+        split(int(args[1]) if len(args) > 1 else 20000, top, keep, cases)
     elif mode == "syscalls":
         syscalls(int(args[1]) if len(args) > 1 else 100000)
     else:
