@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# Usage: bash benchmarks/per_item_instructions.sh [ITEMS]   (needs valgrind; ~1 min for 20000)
-# Instructions per item on the chunksize=1 path, counted by callgrind:
-# parent = MapIter_next - pm__spin_until (inclusive: its waiting), worker = slot_main - worker_wait.
-set -u
-N=${1:-20000}
+# Usage: bash benchmarks/per_item_instructions.sh [ITEMS] [--syscalls] [--split]
+#   (needs valgrind; strace for --syscalls; ~5 min for the table at 20000 items)
+#
+# The per-item instruction table of issue 17, in markdown: callgrind
+# instruction counts per item (difference between runs at ITEMS and 2*ITEMS,
+# default 20000, so start-up cancels), the parent and the forked workers
+# counted apart (workers summed, waiting not counted), N=2, inc(x)=x+1:
+# default settings with range, list and generator input, chunksize=1 with
+# range and list input, results bytes(64) and a 10-tuple of floats, the
+# serial map and the caller's floor; then the 4-item start-up.
+#   --syscalls  also: system calls per item (strace -f -ff over a 10^5-item
+#               map, default settings and chunksize=1), parent and workers
+#   --split     also: the function-level split (callgrind self cost per item,
+#               n to 2n) for default/range, chunksize=1/range and 10-tuples
+# Runs the parmapper that Python imports: point PYTHONPATH at a build, e.g.
+#   PYTHONPATH=$PWD/python bash benchmarks/per_item_instructions.sh
+# How each figure is counted: benchmarks/per_item_table.py.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
 PY=$(python3 -c "import sys; print(sys.executable)")
-dir=$(mktemp -d)
-cat > "$dir/run.py" <<PYEOF
-import parmapper
-def f(x): return x + 1
-r = list(parmapper.parmap(f, range($N), N=2, chunksize=1))
-assert r[-1] == $N
-PYEOF
-(cd "$dir" && PM_STOP_GRACE_MS=30000 valgrind --tool=callgrind --trace-children=yes "$PY" run.py >/dev/null 2>&1)
-# Annotated from the scratch directory: run from inside a source tree,
-# callgrind_annotate shortens that tree's paths and then splits a function's
-# inclusive count by the file its inlined code came from (a header's, a
-# unity build's parts), and the first line read here was only a share of it.
-get() { (cd "$dir" && callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null) | awk -v fn="$2" '$0 ~ ":"fn" " {gsub(",","",$1); print $1; exit}'; }
-for f in "$dir"/callgrind.out.*; do
-  m=$(get "$f" MapIter_next); s=$(get "$f" slot_main)
-  if [ -n "$s" ]; then
-    w=$(get "$f" worker_wait); items=$(( N / 2 ))
-    echo "worker $(basename "$f"): $(( (s - ${w:-0}) / items )) instructions/item (slot_main $s, waiting ${w:-0}, ~$items items)"
-  elif [ -n "$m" ]; then
-    i=$(get "$f" pm__spin_until)
-    echo "parent: $(( (m - ${i:-0}) / N )) instructions/item (MapIter_next $m, waiting ${i:-0}, $N items)"
-  fi
+n=20000 syscalls=0 split=0
+for a in "$@"; do
+  case "$a" in
+    --syscalls) syscalls=1 ;;
+    --split) split=1 ;;
+    [0-9]*) n=$a ;;
+    *) echo "usage: $0 [ITEMS] [--syscalls] [--split]" >&2; exit 2 ;;
+  esac
 done
-rm -rf "$dir"
+"$PY" "$here/per_item_table.py" table "$n"
+if [ "$syscalls" = 1 ]; then
+  echo
+  "$PY" "$here/per_item_table.py" syscalls 100000
+fi
+if [ "$split" = 1 ]; then
+  echo
+  "$PY" "$here/per_item_table.py" split "$n"
+fi
