@@ -317,8 +317,26 @@ static PyObject *dec_seq(const unsigned char **pp, const unsigned char *end,
     PyObject *r = tag == 'l' ? PyList_New(n) : PyTuple_New(n);
     if (!r)
         return NULL;
+    int atomic = 1; /* every value an int or a float */
     for (uint32_t i = 0; i < n; i++) {
-        PyObject *x = dec_value(&p, end, depth + 1, rt);
+        PyObject *x;
+        /* The common scalars inline (the cheap test first), the rest by
+         * dec_value. */
+        if (p < end && (*p == 'i' || *p == 'f') && end - p >= 9) {
+            if (*p == 'i') {
+                long long v;
+                memcpy(&v, p + 1, 8);
+                x = PyLong_FromLongLong(v);
+            } else {
+                double v;
+                memcpy(&v, p + 1, 8);
+                x = PyFloat_FromDouble(v);
+            }
+            p += 9;
+        } else {
+            atomic = 0;
+            x = dec_value(&p, end, depth + 1, rt);
+        }
         if (!x) {
             Py_DECREF(r);
             return NULL;
@@ -328,6 +346,10 @@ static PyObject *dec_seq(const unsigned char **pp, const unsigned char *end,
         else
             PyTuple_SET_ITEM(r, i, x);
     }
+    /* A tuple of numbers can hold no cycle: the collector need not track
+     * it (as it would find itself, later, at a cost per collection). */
+    if (tag == 't' && atomic && n)
+        PyObject_GC_UnTrack(r);
     *pp = p;
     return r;
 }
