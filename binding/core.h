@@ -206,6 +206,8 @@ typedef struct {
     pm_iov iov1;           /* ... when it is one piece */
     /* The chunk being handed out. */
     PyObject *chunk;       /* list of results */
+    PyObject *one;         /* the one-element list reused for the chunk
+                              of a one-item task (results.c, decode_one) */
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
     Py_ssize_t chunk_pos;
     Py_ssize_t chunk_first;

@@ -332,6 +332,7 @@ static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
     Py_VISIT(self->input_exc);
     Py_VISIT(self->proc_log);
     Py_VISIT(self->reader);
+    Py_VISIT(self->one);
     return 0;
 }
 
@@ -345,6 +346,7 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->index_seq);
     Py_CLEAR(self->input_exc);
     Py_CLEAR(self->proc_log);
+    Py_CLEAR(self->one);
     if (self->reader) {
         reader_close(self->reader);
         Py_CLEAR(self->reader);
