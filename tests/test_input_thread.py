@@ -83,7 +83,12 @@ def test_input_thread_false_reads_in_the_callers_thread():
     # An iterator bound to its thread (sqlite3's check_same_thread) works
     # with input_thread=False; with the default it fails with its own error,
     # raised after the results before it, with a note saying why.
-    db = sqlite3.connect(":memory:")
+    import contextlib
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        _sqlite_cases(db)
+
+
+def _sqlite_cases(db):
     db.execute("create table t (x)")
     db.executemany("insert into t values (?)", [(i,) for i in range(20)])
     got = list(parmapper.parmap(lambda row: row[0] + 1,
