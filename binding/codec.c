@@ -5,14 +5,22 @@
  */
 #include "core.h" /* not compiled alone: _core.c includes this file */
 
+/* Forgets the splices from the from-th on (their references). */
+static void buf_drop_splices(buf_t *b, int from)
+{
+    while (b->nsp > from)
+        Py_DECREF(b->sp[--b->nsp].obj);
+}
+
 static void buf_clear(buf_t *b)
 {
     b->len = 0;
-    b->nsp = 0;
+    buf_drop_splices(b, 0);
 }
 
 static void buf_free(buf_t *b)
 {
+    buf_drop_splices(b, 0);
     PyMem_RawFree(b->p);
     PyMem_RawFree(b->sp);
     memset(b, 0, sizeof *b);
@@ -90,7 +98,8 @@ static int enc_bytes_spliced(buf_t *b, PyObject *o)
     b->p[b->len] = b->nsp < PM_ROUTE_MAX ? 'B' : 'b';
     memcpy(b->p + b->len + 1, &n, 8);
     b->len += 9;
-    b->sp[b->nsp++] = (splice_t){b->len, PyBytes_AS_STRING(o), (size_t)n};
+    Py_INCREF(o);
+    b->sp[b->nsp++] = (splice_t){b->len, PyBytes_AS_STRING(o), (size_t)n, o};
     return 0;
 }
 

@@ -100,7 +100,8 @@ enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
  *       where nothing was routed)
  *   't' u32 count + values     'l' u32 count + values
  *   'd' u32 count + key, value pairs (an exact dict, in its order)
- *   'p' u64 length + a pickle (an item pickled alone: input_thread.c)
+ *   'p' u64 length + the pickle of [item] (an item pickled alone:
+ *       input_thread.c)
  * Only exact types are encoded (a subclass may carry state pickle keeps);
  * anything else makes the whole record fall back to pickle.
  */
@@ -133,11 +134,15 @@ typedef struct {
 } Caller;
 
 /* A large bytes value the encoding refers to instead of copying it: its
- * data goes into the record at offset `at` of the encoded bytes. */
+ * data goes into the record at offset `at` of the encoded bytes.  The
+ * encoding holds a reference to it until it is cleared or freed: a
+ * container may drop the bytes (an input that refills a dict) before the
+ * record is written. */
 typedef struct {
     size_t at;
     const char *p;
     size_t n;
+    PyObject *obj;
 } splice_t;
 
 /* Lists one item may hold that are referenced elsewhere too (more are

@@ -16,7 +16,8 @@
  *    the next one: an input that refills one buffer or mutates one object
  *    for every item sends each item as it was when it was yielded.  Items go
  *    one by one into an open task in the compact codec; an item the codec
- *    cannot hold is pickled alone into it ('p'), or, when it has large
+ *    cannot hold is pickled alone into it ('p': the pickle of [item]), or,
+ *    when it has large
  *    buffers (a numpy array), becomes a task of its own written from its
  *    memory, and the input is not read on until that task is in the ring
  *    (`hold`).
@@ -161,12 +162,16 @@ static int reader_publish(InputReader *r)
 /* Item x cannot be pickled: the marker the worker raises in its place. */
 static PyObject *reader_unsent(InputReader *r, PyObject *x)
 {
-    PyObject *cls = errors_attr("ItemPicklingError");
-    if (!cls)
-        return NULL;
-    PyObject *et, *ev, *etb;
+    PyObject *et, *ev, *etb; /* why pickling failed: taken first */
     PyErr_Fetch(&et, &ev, &etb);
     PyErr_NormalizeException(&et, &ev, &etb);
+    PyObject *cls = errors_attr("ItemPicklingError");
+    if (!cls) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return NULL;
+    }
     PyObject *exc = PyObject_CallFunction(
         cls, "N",
         PyUnicode_FromFormat("item %zd: cannot pickle the item (type %s) to "
@@ -182,44 +187,34 @@ static PyObject *reader_unsent(InputReader *r, PyObject *x)
     return marker;
 }
 
-/* An item with large buffers: a task of its own, written from them. */
-static int reader_own_task(InputReader *r, PyObject *x)
+/* An item with large buffers: a task of its own, written from them (b:
+ * the pickle of the one-item list, bufs: its out-of-band buffers). */
+static int reader_own_task(InputReader *r, PyObject *b, PyObject *bufs)
 {
     if (r->open_n && reader_publish(r) < 0)
         return -1;
-    PyObject *one = PyList_New(1);
-    if (!one)
-        return -1;
-    Py_INCREF(x);
-    PyList_SET_ITEM(one, 0, x);
-    PyObject *bufs = NULL;
-    PyObject *b = dumps_oob(one, &bufs);
-    Py_DECREF(one);
-    if (!b)
-        return -1; /* it pickled a moment ago: something is wrong */
     static const unsigned char tag = TASK_PICKLE | TASK_OOB;
-    Pieces *t = bufs ? oob_pieces(&tag, 1, b, bufs) : NULL;
-    int flags = PM_PRODUCED_VOLATILE;
-    if (!bufs) { /* its buffers shrank meanwhile: in band after all */
-        if ((t = pieces_new(1)) && (buf_tag(&t->head, TASK_PICKLE) < 0 ||
-                                    buf_put(&t->head, PyBytes_AS_STRING(b),
-                                            (size_t)PyBytes_GET_SIZE(b)) < 0)) {
-            release_pieces(NULL, t);
-            t = NULL;
-        }
-        if (t)
-            t->iov[0] = (pm_iov){t->head.p, t->head.len};
-        if (t)
-            t->niov = 1;
-        flags = 0;
-    }
-    Py_DECREF(b);
-    Py_XDECREF(bufs);
+    Pieces *t = oob_pieces(&tag, 1, b, bufs);
     if (!t)
         return -1;
-    reader_push(r, t, r->next_index, 1, flags);
-    r->hold = flags ? 1 : 0;
+    reader_push(r, t, r->next_index, 1, PM_PRODUCED_VOLATILE);
+    r->hold = 1;
     return 0;
+}
+
+/* Pickles the one-item list [x] (so a 'p' value and a task of its own are
+ * the same pickle, and x's __reduce__ runs once): new reference, or NULL
+ * with an exception set; *bufs: its out-of-band buffers, if any. */
+static PyObject *reader_pickle(PyObject *x, PyObject **bufs)
+{
+    PyObject *one = PyList_New(1);
+    if (!one)
+        return NULL;
+    Py_INCREF(x);
+    PyList_SET_ITEM(one, 0, x);
+    PyObject *p = dumps_oob(one, bufs);
+    Py_DECREF(one);
+    return p;
 }
 
 /* Starts the open task if none is open. */
@@ -257,17 +252,18 @@ static int reader_add(InputReader *r, PyObject *x)
         return 0;
     }
     b->len = at;
-    b->nsp = nsp;
+    buf_drop_splices(b, nsp);
     if (rc < 0)
         return -1;
     /* Pickled.  From here Python code runs (__reduce__), the GIL may pass
      * and the map may take the open task: it is looked at again after. */
     PyObject *bufs = NULL;
-    PyObject *p = dumps_oob(x, &bufs);
+    PyObject *p = reader_pickle(x, &bufs);
     if (p && bufs) {
+        rc = reader_own_task(r, p, bufs);
         Py_DECREF(p);
         Py_DECREF(bufs);
-        if (reader_own_task(r, x) < 0)
+        if (rc < 0)
             return -1;
         r->next_index++;
         return 0;
@@ -276,8 +272,9 @@ static int reader_add(InputReader *r, PyObject *x)
         if (!PyErr_ExceptionMatches(PyExc_Exception))
             return -1;
         PyObject *marker = reader_unsent(r, x);
-        p = marker ? dumps(marker) : NULL;
+        p = marker ? reader_pickle(marker, &bufs) : NULL;
         Py_XDECREF(marker);
+        Py_CLEAR(bufs);
         if (!p)
             return -1;
     }

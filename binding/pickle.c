@@ -56,9 +56,10 @@ static PyObject *rescue_loads(const char *how, PyObject *data,
 }
 
 /* A 'p' value of the compact codec at *pp (after its tag): an item that the
- * input's thread pickled alone (input_thread.c).  When it cannot be
- * unpickled here, the item fails, not the task: an _Unsent marker holding
- * its bytes, from which work_run names it (_salvage.item_error). */
+ * input's thread pickled alone, as the one-item list [item]
+ * (input_thread.c).  When it cannot be unpickled here, the item fails, not
+ * the task: an _Unsent marker holding its bytes, from which run_item names
+ * it (_salvage.item_error). */
 static PyObject *dec_pickled(const unsigned char **pp, const unsigned char *end)
 {
     const unsigned char *p = *pp;
@@ -69,9 +70,17 @@ static PyObject *dec_pickled(const unsigned char **pp, const unsigned char *end)
     p += 8;
     if ((uint64_t)(end - p) < n)
         return dec_corrupt();
-    PyObject *r = loads_mem(p, (size_t)n);
-    if (!r && PyErr_ExceptionMatches(PyExc_Exception) &&
-        !PyErr_ExceptionMatches(PyExc_MemoryError) && unsent_type) {
+    PyObject *one = loads_mem(p, (size_t)n), *r = NULL;
+    if (one) {
+        if (!PyList_CheckExact(one) || PyList_GET_SIZE(one) != 1) {
+            Py_DECREF(one);
+            return dec_corrupt();
+        }
+        r = PyList_GET_ITEM(one, 0);
+        Py_INCREF(r);
+        Py_DECREF(one);
+    } else if (PyErr_ExceptionMatches(PyExc_Exception) &&
+               !PyErr_ExceptionMatches(PyExc_MemoryError) && unsent_type) {
         PyErr_Clear();
         PyObject *data = PyBytes_FromStringAndSize((const char *)p,
                                                    (Py_ssize_t)n);

@@ -357,6 +357,7 @@ static int send_compact(PyObject *results, uint64_t elapsed, pm_writer *out)
         return rc;
     rc = enc->nsp ? write_record_spliced(out, elapsed, enc)
                   : write_record(out, REC_COMPACT, elapsed, enc->p, enc->len);
+    buf_drop_splices(enc, 0); /* written: the results may go */
     return rc < 0 ? -1 : 0;
 }
 

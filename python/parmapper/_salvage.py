@@ -248,11 +248,13 @@ def _item_error(index, value, marker):
 
 def item_error(data, index):
     """In a worker: the :class:`ItemPicklingError` for item `index`, which
-    came pickled alone (`data`, an item of a task made by the input's
-    thread) and that ``pickle.loads`` failed on."""
+    came pickled alone (`data`, the pickle of ``[item]``, in a task made by
+    the input's thread) and that ``pickle.loads`` failed on."""
     from ._errors import ItemPicklingError
     try:
         value = load(data)
+        if isinstance(value, list) and len(value) == 1:  # [item]
+            value = value[0]
     except Exception as e:
         return ItemPicklingError(
             "item {}: the item cannot be rebuilt in the worker: {}: {}".format(
