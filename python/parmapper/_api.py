@@ -13,7 +13,7 @@ from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._cpu import cpu_count
 from ._errors import item_stop_iteration
-from ._input import InputThread, open_input
+from ._input import InputThread, open_input, read_ahead
 from ._progress import check_progress, progress_iter, wants_progress
 from ._worker import hide_ours, note_item
 
@@ -523,7 +523,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True,
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     ahead = 2 * Nt
-    src = open_input(seq, input_thread, chunksize)
+    src = open_input(seq, input_thread, read_ahead(chunksize, ahead))
     threaded = isinstance(src, InputThread)
     stop = threading.Event()
     pending = collections.deque() if ordered else set()
@@ -555,7 +555,7 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True,
             if threaded and not (pending and _ready(pending, ordered)):
                 # For a result, or input while there is room: whichever
                 # comes first (the input's next() may block for ever).
-                src.wake.wait(src.due())
+                src.wait(src.due())
                 continue
             if ordered:
                 fut = pending.popleft()

@@ -21,7 +21,7 @@ import warnings
 
 from ._core import ERR_BASE, ERR_CALL, ERR_SHAPE  # the kinds of error entries
 from ._errors import RemoteError, RemoteTraceback, item_stop_iteration
-from ._input import InputThread, open_input
+from ._input import InputThread, open_input, read_ahead
 from ._progress import progress_iter, wants_progress
 from ._worker import hide_ours
 
@@ -200,7 +200,7 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                           UserWarning, stacklevel=3)
             chunksize = Nt
     ahead = 2 * slots
-    src = open_input(seq, input_thread, chunksize)
+    src = open_input(seq, input_thread, read_ahead(chunksize, ahead))
     threaded = isinstance(src, InputThread)
     kw = dict(kwargs) if kwargs else None
 
@@ -245,7 +245,7 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                                  else any(f.done() for f in pending))):
                 # For a result, or input while there is room: whichever
                 # comes first (the input's next() may block for ever).
-                src.wake.wait(src.due())
+                src.wait(src.due())
                 continue
             if ordered:
                 fut = next(iter(pending))

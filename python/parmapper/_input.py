@@ -104,6 +104,7 @@ class InputThread:
         self._ended = False     # the thread stopped reading
         self._fatal = None      # a BaseException to raise where it is reached
         self._closed = False
+        self._waiting = False   # the map waits in wait(): wake it
         self.error = None       # the Exception that ended the input, if any
         self.wake = threading.Event()
         t = threading.Thread(target=contextvars.copy_context().run,
@@ -120,7 +121,8 @@ class InputThread:
                 if not items:
                     self._since = time.monotonic()
                 items.append(x)
-                self.wake.set()
+                if self._waiting:  # else the map looks before it waits
+                    self.wake.set()
                 if len(items) >= self._limit:
                     with self._room:
                         while len(items) >= self._limit and not self._closed:
@@ -174,6 +176,19 @@ class InputThread:
             return None
         return max(0.0, SLOW_INPUT_S - (time.monotonic() - self._since))
 
+    def wait(self, timeout=None):
+        """Waits until an item arrives, the input ends, :meth:`poke` is
+        called (the map's futures), or `timeout` seconds (None: no limit);
+        the map clears :attr:`wake` before it looks at what to do."""
+        self._waiting = True
+        try:
+            if not self._items and not self._ended:
+                self.wake.wait(timeout)
+            elif timeout is not None:  # items, too few for a chunk: until due
+                self.wake.wait(timeout)
+        finally:
+            self._waiting = False
+
     def poke(self, _future=None):
         """Wakes the map (a future's done callback)."""
         self.wake.set()
@@ -189,6 +204,13 @@ class InputThread:
         e, self.error = self.error, None
         if e is not None:
             raise e
+
+
+def read_ahead(chunksize, ahead):
+    """Items an :class:`InputThread` reads ahead of what the map took, for
+    `ahead` chunks of `chunksize` in flight: as many again, at least 64 (a
+    thread hand-over per chunk of two items cost more than the items)."""
+    return max(64, chunksize * ahead)
 
 
 def open_input(seq, input_thread, limit):
