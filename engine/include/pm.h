@@ -577,7 +577,9 @@ typedef int (*pm_item_fn)(void *ctx, const void *in, size_t len,
  * the end of the input (it is not called again), or a negative value: the
  * input ends there too (it is not called again), every record it gave
  * before is still mapped and delivered, and then pm_job_next() returns
- * that value.
+ * that value.  A source fed by another thread returns PM_NO_TASK_YET when
+ * it has no record yet: pm_job_next() goes on delivering results and
+ * waiting, and calls it again after pm_job_wake().
  */
 typedef int (*pm_feed_fn)(void *ctx, const void **data, size_t *len);
 
@@ -690,6 +692,14 @@ PM_EXTERN int pm_job_feed_array(pm_job *job, const pm_record *recs, size_t n);
  * Their bytes are copied to the workers.  Returns as pm_job_feed_array().
  */
 PM_EXTERN int pm_job_feed_fn(pm_job *job, pm_feed_fn feed, void *ctx);
+
+/*
+ * After the feed function returned PM_NO_TASK_YET: it has a record again;
+ * wakes pm_job_next() if it waits.  Like pm_map_wake(), callable from any
+ * thread of the parent, also while another is in pm_job_next() (it takes
+ * no part of the job's call guard); not after pm_job_destroy().
+ */
+PM_EXTERN void pm_job_wake(pm_job *job);
 
 /*
  * Runs the job until its next item is delivered: returns 1 with *item

@@ -240,6 +240,11 @@ int pm_job_feed_fn(pm_job *j, pm_feed_fn feed, void *ctx)
     return rc;
 }
 
+void pm_job_wake(pm_job *j)
+{
+    pm_map_wake(j->map); /* made with the job, never changed */
+}
+
 int pm_job_destroy(pm_job *j)
 {
     if (!j)

@@ -52,6 +52,13 @@ static int feed_task(pm_job *j, uint64_t want, pm_task *task,
         const void *d = NULL;
         size_t l = 0;
         int rc = j->feed(j->feed_ctx, &d, &l);
+        if (rc == PM_NO_TASK_YET) {
+            /* Nothing yet (the input comes from another thread): what was
+             * read goes now; asked again after pm_job_wake(). */
+            if (n == 0)
+                return PM_NO_TASK_YET;
+            break;
+        }
         if (rc < 0) {
             /* The input ends here; the records it gave are still mapped. */
             j->feed_err = rc;
@@ -136,8 +143,8 @@ int pm__job_produce(void *ctx, pm_task *task, const void **data,
         if (j->feed_done)
             return 0;
         int rc = feed_task(j, want, task, data, len);
-        if (rc <= 0)
-            return rc;
+        if (rc != 1)
+            return rc; /* 0: the end, PM_NO_TASK_YET, or an error */
     }
     if (task->count > j->chunk_max)
         j->chunk_max = task->count;

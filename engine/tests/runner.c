@@ -128,6 +128,7 @@
     X(job_every_way)                                                           \
     X(job_every_way_threads)                                                   \
     X(job_feed_error)                                                          \
+    X(job_feed_from_a_thread)                                                  \
     X(job_big_records)                                                         \
     X(job_empty_input)                                                         \
     X(job_crashes)                                                             \

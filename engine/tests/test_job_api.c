@@ -5,6 +5,8 @@
  * named after PM_ECORRUPT.
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <signal.h>
 #include <sched.h>
 #include <stddef.h>
@@ -577,4 +579,106 @@ TEST_IMPL(job_bad_trailer_worker_named)
     ASSERT_NO_CHILDREN();
     munmap((void *)shared, 4096);
     recs_free(&r);
+}
+
+/* A feed fed by another thread (the job's input read elsewhere): it returns
+ * PM_NO_TASK_YET while the feeder has nothing, and the feeder calls
+ * pm_job_wake() after each record.  Five records, then a pause until the
+ * caller has their five results: they must come while the feed waits. */
+typedef struct jlater {
+    pthread_mutex_t mu;
+    pm_job *job;
+    uint64_t made, taken, n;
+    _Atomic uint64_t delivered;
+    int paused_out;
+    long later;
+    uint64_t val[32];
+} jlater;
+
+static int jlater_feed(void *ctx, const void **data, size_t *len)
+{
+    jlater *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    int rc;
+    if (g->taken < g->made) {
+        *data = &g->val[g->taken++];
+        *len = sizeof g->val[0];
+        rc = 1;
+    } else {
+        rc = g->made == g->n ? 0 : PM_NO_TASK_YET;
+        g->later += rc != 0;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+static void *jlater_thread(void *arg)
+{
+    jlater *g = arg;
+    for (uint64_t k = 0; k < g->n; k++) {
+        if (k == 5) {
+            double t0 = pm_test_now_ms();
+            while (atomic_load(&g->delivered) < 5) {
+                if (pm_test_now_ms() - t0 > LIMIT_MS(20000)) {
+                    g->paused_out = 1;
+                    break;
+                }
+                usleep(1000);
+            }
+        }
+        pthread_mutex_lock(&g->mu);
+        g->val[k] = 500 + k;
+        g->made++;
+        pthread_mutex_unlock(&g->mu);
+        pm_job_wake(g->job);
+        usleep(k < 5 ? 0 : 2000);
+    }
+    return NULL;
+}
+
+static int jlater_work(void *ctx, const void *in, size_t len, pm_writer *out)
+{
+    (void)ctx;
+    uint64_t v;
+    if (len != sizeof v)
+        return -1;
+    memcpy(&v, in, sizeof v);
+    v *= 2;
+    return pm_write(out, &v, sizeof v);
+}
+
+TEST_IMPL(job_feed_from_a_thread)
+{
+    for (int chunk = 0; chunk < 2; chunk++) {
+        jlater g = {.n = 12};
+        pthread_mutex_init(&g.mu, NULL);
+        pm_job_options o;
+        pm_job_options_init(&o);
+        o.nproc = 2;
+        o.chunk = chunk ? 4 : 0;
+        ASSERT_OK(pm_job_create(&g.job, &o, jlater_work, NULL));
+        ASSERT_OK(pm_job_feed_fn(g.job, jlater_feed, &g));
+        pthread_t th;
+        ASSERT(pthread_create(&th, NULL, jlater_thread, &g) == 0);
+        pm_item it;
+        int rc;
+        uint64_t seen = 0;
+        while ((rc = pm_job_next(g.job, &it)) == 1) {
+            uint64_t v;
+            ASSERT_UEQ(it.len, sizeof v);
+            memcpy(&v, it.data, sizeof v);
+            ASSERT_UEQ(v, 2 * (500 + it.index));
+            ASSERT(!(seen & (1u << it.index)));
+            seen |= 1u << it.index;
+            atomic_fetch_add(&g.delivered, 1);
+        }
+        ASSERT_RC(rc, 0);
+        ASSERT(pthread_join(th, NULL) == 0);
+        ASSERT_UEQ(seen, (1u << g.n) - 1);
+        ASSERT_MSG(!g.paused_out, "the first five results waited for the feed");
+        ASSERT(g.later > 0);
+        ASSERT_OK(pm_job_destroy(g.job));
+        pthread_mutex_destroy(&g.mu);
+    }
+    ASSERT_NO_CHILDREN();
 }
