@@ -180,6 +180,8 @@ static int enc_seq(buf_t *b, PyObject *o, int is_list, int depth)
     b->p[b->len] = is_list ? 'l' : 't';
     memcpy(b->p + b->len + 1, &n32, 4);
     b->len += 5;
+    unsigned mut = b->nmut;
+    b->nmut += is_list;
     for (Py_ssize_t i = 0; i < n; i++) {
         /* A list may change size while encoding only through __del__
          * tricks; re-check the bound on every step. */
@@ -192,6 +194,12 @@ static int enc_seq(buf_t *b, PyObject *o, int is_list, int depth)
         if (rc)
             return rc;
     }
+    /* A tuple held twice that holds a list or a dict (t = ([],); [t, t]):
+     * the codec would rebuild two containers where pickle keeps one.  A
+     * tuple of scalars may be repeated freely. */
+    if (!is_list && depth >= 2 && b->nmut != mut && Py_REFCNT(o) > 1 &&
+        enc_shared(b, o))
+        return ENC_UNSUPPORTED;
     return 0;
 }
 
@@ -213,6 +221,7 @@ static int enc_dict(buf_t *b, PyObject *o, int depth)
     b->p[b->len] = 'd';
     memcpy(b->p + b->len + 1, &n32, 4);
     b->len += 5;
+    b->nmut++;
     Py_ssize_t pos = 0, k = 0;
     PyObject *key, *val;
     while (PyDict_Next(o, &pos, &key, &val)) {

@@ -157,6 +157,8 @@ typedef struct {
     splice_t *sp;
     int nseen;        /* lists inside the current item that other
                          references may share (see enc_value) */
+    unsigned nmut;    /* lists and dicts encoded so far: a tuple that
+                         holds one is looked for twice as well (enc_seq) */
     PyObject *seen[ENC_SEEN_MAX];
 } buf_t;
 

@@ -6,6 +6,7 @@
 
 static void map_teardown(MapIter *self)
 {
+    Py_CLEAR(self->one);
     if (self->reader) { /* before the map goes: it is told no more */
         reader_close(self->reader);
         Py_CLEAR(self->reader);
@@ -133,6 +134,11 @@ static inline PyObject *deliver(MapIter *self)
             return NULL;
     }
     PyObject *r = PyList_GET_ITEM(self->chunk, j);
+    if (self->chunk == self->one) {
+        /* Handed over: the reused list keeps no result alive. */
+        PyList_SET_ITEM(self->one, 0, NULL);
+        return r;
+    }
     Py_INCREF(r);
     return r;
 }

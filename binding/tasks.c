@@ -23,6 +23,10 @@ static int mark_unsendable(MapIter *self, PyObject *items)
             Py_DECREF(t);
             continue;
         }
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            ret = -1; /* KeyboardInterrupt...: raised, not an item's error */
+            break;
+        }
         PyObject *et, *ev, *etb;
         PyErr_Fetch(&et, &ev, &etb);
         PyErr_NormalizeException(&et, &ev, &etb);
@@ -225,6 +229,10 @@ static int pickle_task(MapIter *self, PyObject *items, Pieces **pieces,
     PyObject *bufs = NULL;
     PyObject *b = dumps_oob(items, &bufs);
     if (!b) {
+        /* A BaseException that is not an Exception (KeyboardInterrupt in a
+         * __reduce__) ends the map, as from the input's thread. */
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
         PyErr_Clear();
         if (mark_unsendable(self, items) < 0)
             return -1;

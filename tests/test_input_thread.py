@@ -495,3 +495,126 @@ def test_growing_bytes_in_a_reused_list_do_not_crash_the_caller(input_thread):
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     if input_thread:  # each item as it was when yielded
         assert int(p.stdout) == sum(i << 20 for i in range(1, 30))
+
+
+# --- found by a second hostile tester -----------------------------------------
+
+def _run_child(code, timeout=120):
+    import os
+    import subprocess
+    import sys
+    path = os.path.dirname(os.path.dirname(parmapper.__file__))
+    p = subprocess.run([sys.executable, "-c",
+                        "import sys; sys.path.insert(0, %r)\n" % path + code],
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, (p.returncode, p.stdout[-2000:],
+                               p.stderr[-2000:])
+    return p.stdout
+
+
+def test_a_worker_cannot_drive_its_callers_map():
+    # A worker is a fork of the caller and holds copies of its other maps:
+    # next() on one of them ran it there (the pid check was skipped in
+    # workers), crashing the worker or killing the caller's own workers.
+    out = _run_child(
+        "import parmapper, time\n"
+        "A = parmapper.parmap(lambda x: (time.sleep(0.001), x)[1], range(200),"
+        " N=2, chunksize=1)\n"
+        "next(A)\n"
+        "def g(x):\n"
+        "    try:\n"
+        "        return ('ran', next(A))\n"
+        "    except Exception as e:\n"
+        "        return type(e).__name__\n"
+        "print(list(parmapper.parmap(g, range(2), N=2, chunksize=1)))\n"
+        "print(len(list(A)))\n")
+    assert out.split("\n")[:2] == ["['ParmapperError', 'ParmapperError']",
+                                   "199"]
+
+
+@pytest.mark.parametrize("path", ["threads", "executor"])
+def test_thread_paths_do_not_spin_while_results_are_pending(path):
+    # With a generator input and no room for another chunk, the map polled
+    # with a zero timeout: a whole core for as long as results were pending
+    # (1.05 s of CPU in 1.07 s).
+    import resource
+    kw = dict(N=1, Nt=2)
+    ex = None
+    if path == "executor":
+        ex = concurrent.futures.ThreadPoolExecutor(2)
+        kw = dict(executor=ex)
+
+    def f(x):
+        time.sleep(0.1)
+        return x
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    got = list(parmapper.parmap(f, (i for i in range(20)), **kw))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    if ex is not None:
+        ex.shutdown()
+    assert got == list(range(20))
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    assert cpu < 0.5, cpu  # about a second of waiting, not of spinning
+
+
+def test_a_tuple_held_twice_keeps_its_containers_shared():
+    # t = ({},); [t, t]: the codec rebuilt two dicts, where pickle and a
+    # serial map keep one (a change through one place showed in one only).
+    t = ({},)
+    r = next(parmapper.parmap(lambda x: [t, t], range(1), N=2))
+    assert r[0][0] is r[1][0]
+    u = ([],)
+    for opts in (dict(N=2), dict(N=2, input_thread=False)):
+        assert list(parmapper.parmap(lambda it: it[0][0] is it[1][0],
+                                     iter([[u, u]]), **opts)) == [True]
+    s = (1, 2)  # a tuple of scalars may come back as copies: values only
+    assert list(parmapper.parmap(lambda x: [s, s], range(2), N=2)) == \
+        [[s, s], [s, s]]
+
+
+def test_one_item_results_are_not_kept_by_the_map():
+    # The one-element list reused for chunksize=1 kept each result alive
+    # until the next one (the last one until the iterator was freed).
+    import sys
+    it = parmapper.parmap(lambda x: "r%d" % x * 1000, range(3), N=2,
+                          chunksize=1)
+    for r in it:
+        assert sys.getrefcount(r) == 2  # r and the argument, nothing else
+
+
+class Interrupting:
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("input_thread", [True, False])
+def test_keyboard_interrupt_while_pickling_an_item_propagates(input_thread):
+    # With input_thread=False it became an ItemPicklingError, returned as
+    # a value with exception='return': a Ctrl+C swallowed.
+    with pytest.raises(KeyboardInterrupt):
+        list(parmapper.parmap(lambda x: x, iter([1, Interrupting(), 2]), N=2,
+                              exception="return", input_thread=input_thread))
+
+
+@pytest.mark.parametrize("opts", ["N=1, Nt=2", "executor=ex"])
+def test_a_thread_map_continued_in_a_forked_child_raises(opts):
+    # It waited for ever there (the child has none of the pool's threads);
+    # the worker-process path says the map belongs to another process.
+    out = _run_child(
+        "import concurrent.futures, os, parmapper\n"
+        "ex = concurrent.futures.ThreadPoolExecutor(2)\n"
+        "it = parmapper.parmap(lambda x: x, (i for i in range(100)), %s)\n"
+        "next(it)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    try:\n"
+        "        list(it)\n"
+        "        print('ran')\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(len(list(it)))\n"
+        "ex.shutdown()\n" % opts, timeout=60)
+    assert out.split() == ["ParmapperError", "99"]

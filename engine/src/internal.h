@@ -354,10 +354,16 @@ void pm__writer_set_item(pm_writer *w, uint64_t item);
 /* proc.c */
 
 /* From now on every fork() of this process, and of its descendants, sets
- * pm__forked_copy in the child (a pthread_atfork handler, registered once).
- * Called when a map is made: a process forked from its creator afterwards
- * is told apart by that flag, without a getpid() per call. */
+ * pm__forked_copy and pm__forked in the child (a pthread_atfork handler,
+ * registered once).  Called when a map is made: a process forked from its
+ * creator afterwards (a worker too) is told apart by pm__forked, without a
+ * getpid() per call. */
 void pm__watch_forks(void);
+
+/* 1 in every process forked (after pm__watch_forks) from one that made a
+ * map, the engine's own workers included; never cleared.  Only there can a
+ * map belong to another process: pm_map_next compares pids then. */
+extern volatile int pm__forked;
 
 /* Forks worker w, letting only the mappings it needs into the fork
  * (m->dontfork).  In the child: unmaps the other workers' memory, runs the

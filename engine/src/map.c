@@ -172,7 +172,7 @@ int pm_map_next(pm_map *m, pm_result *res)
 {
     /* Only a process forked after the map was made can be another one
      * (pm__watch_forks): one load per call, a getpid() only there. */
-    if (pm__forked_copy && getpid() != m->creator)
+    if (pm__forked && getpid() != m->creator)
         return PM_ENOTOWNER;
     pm__release_held(m);
     if (m->error)

@@ -24,12 +24,17 @@
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+volatile int pm__forked = 0;
+
 /* Runs in the child of every fork() of a process that has made a map, and
  * of its descendants (at-fork handlers are inherited): async-signal-safe,
- * one store.  child_setup clears it again in the engine's own workers. */
+ * two stores.  child_setup clears pm__forked_copy again in the engine's
+ * own workers; pm__forked stays: a worker holds copies of its caller's
+ * other maps, which it must not run. */
 static void atfork_child(void)
 {
     pm__forked_copy = 1;
+    pm__forked = 1;
 }
 
 static void atfork_register(void)

@@ -110,6 +110,7 @@
     X(map_check_hook_aborts)                                                   \
     X(map_hooks)                                                               \
     X(map_not_owner)                                                           \
+    X(map_not_owner_in_a_worker)                                               \
     X(map_destroy_before_start)                                                \
     X(map_destroy_after_start)                                                 \
     X(map_destroy_early_break)                                                 \

@@ -474,3 +474,57 @@ TEST_IMPL(map_started_in_exited_thread)
     ASSERT_NO_CHILDREN();
     tgen_free(&s.g);
 }
+
+/* A worker of one map is a fork of the caller and holds copies of its other
+ * maps: it may not drive them either (a worker clears the flag that marks
+ * a copy, not the one that marks a fork). */
+static pm_map *other_map;
+
+static int drive_other(void *ctx, const pm_task *task, const void *in,
+                       size_t len, pm_writer *out)
+{
+    (void)ctx;
+    (void)task;
+    (void)in;
+    (void)len;
+    pm_result r;
+    int32_t rc = pm_map_next(other_map, &r);
+    return pm_write(out, &rc, sizeof rc);
+}
+
+TEST_IMPL(map_not_owner_in_a_worker)
+{
+    pm_options opt;
+    pm_options_init(&opt);
+    opt.nproc = 2;
+    tgen g = {.nitems = 200, .max_count = 1};
+    twork w = {0};
+    ASSERT_OK(pm_map_create(&other_map, &opt, tgen_produce, &g, twork_work, &w,
+                            NULL));
+    pm_result res;
+    ASSERT_RC(pm_map_next(other_map, &res), 1);
+    tgen g2 = {.nitems = 4, .max_count = 1};
+    pm_map *m;
+    ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g2, drive_other, NULL,
+                            NULL));
+    int rc, n = 0;
+    while ((rc = pm_map_next(m, &res)) == 1) {
+        int32_t v;
+        ASSERT_UEQ(res.len, sizeof v);
+        memcpy(&v, res.data, sizeof v);
+        ASSERT_RC(v, PM_ENOTOWNER);
+        n++;
+    }
+    ASSERT_RC(rc, 0);
+    ASSERT_EQ(n, 4);
+    ASSERT_OK(pm_map_destroy(m));
+    uint64_t got = 1;
+    while ((rc = pm_map_next(other_map, &res)) == 1)
+        got++;
+    ASSERT_RC(rc, 0);
+    ASSERT_UEQ(got, 200);
+    ASSERT_OK(pm_map_destroy(other_map));
+    tgen_free(&g);
+    tgen_free(&g2);
+    ASSERT_NO_CHILDREN();
+}

@@ -13,7 +13,7 @@ from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._cpu import cpu_count
 from ._errors import item_stop_iteration
-from ._input import InputThread, open_input, read_ahead
+from ._input import InputThread, check_owner, open_input, read_ahead
 from ._progress import check_progress, progress_iter, wants_progress
 from ._worker import hide_ours, note_item
 
@@ -529,8 +529,10 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True,
     pending = collections.deque() if ordered else set()
     ex = ThreadPoolExecutor(max_workers=Nt)
     first = 0
+    pid = os.getpid()
     try:
         while True:
+            check_owner(pid)  # once per chunk
             if threaded:
                 src.wake.clear()  # before looking: a later event sets it
             while not src.done and len(pending) < ahead:
@@ -555,7 +557,8 @@ def _threaded(caller, seq, Nt, chunksize, ordered, mode, has_item=True,
             if threaded and not (pending and _ready(pending, ordered)):
                 # For a result, or input while there is room: whichever
                 # comes first (the input's next() may block for ever).
-                src.wait(src.due())
+                room = len(pending) < ahead
+                src.wait(src.due() if room else None, room)
                 continue
             if ordered:
                 fut = pending.popleft()

@@ -21,7 +21,7 @@ import warnings
 
 from ._core import ERR_BASE, ERR_CALL, ERR_SHAPE  # the kinds of error entries
 from ._errors import RemoteError, RemoteTraceback, item_stop_iteration
-from ._input import InputThread, open_input, read_ahead
+from ._input import InputThread, check_owner, open_input, read_ahead
 from ._progress import progress_iter, wants_progress
 from ._worker import hide_ours
 
@@ -219,8 +219,10 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
         done_iter = as_completed()
     pending = collections.OrderedDict()  # future -> index of its first item
     first = 0
+    pid = os.getpid()
     try:
         while True:
+            check_owner(pid)  # once per chunk
             if threaded:
                 src.wake.clear()  # before looking: a later event sets it
             while not src.done and len(pending) < ahead:
@@ -245,7 +247,8 @@ def _executor_iter(ex, fun, seq, n, slots, Nt, chunksize, ordered, args,
                                  else any(f.done() for f in pending))):
                 # For a result, or input while there is room: whichever
                 # comes first (the input's next() may block for ever).
-                src.wait(src.due())
+                room = len(pending) < ahead
+                src.wait(src.due() if room else None, room)
                 continue
             if ordered:
                 fut = next(iter(pending))

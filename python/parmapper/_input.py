@@ -13,6 +13,7 @@ Two rules, the same as the forked-worker path's (binding) and ``builtins.map``:
 import collections
 import contextvars
 import itertools
+import os
 import threading
 import time
 
@@ -176,15 +177,18 @@ class InputThread:
             return None
         return max(0.0, SLOW_INPUT_S - (time.monotonic() - self._since))
 
-    def wait(self, timeout=None):
-        """Waits until an item arrives, the input ends, :meth:`poke` is
-        called (the map's futures), or `timeout` seconds (None: no limit);
-        the map clears :attr:`wake` before it looks at what to do."""
+    def wait(self, timeout=None, room=True):
+        """Waits for what can let the map go on: a :meth:`poke` (a future
+        done) and, when the map has `room` for a chunk, an item arriving,
+        the input ending, or `timeout` seconds (a partial chunk falling
+        due; None: no limit).  The map clears :attr:`wake` before it looks
+        at what to do, so nothing set since is missed."""
+        if not room:
+            self.wake.wait()
+            return
         self._waiting = True
         try:
-            if not self._items and not self._ended:
-                self.wake.wait(timeout)
-            elif timeout is not None:  # items, too few for a chunk: until due
+            if timeout is not None or not (self._items or self._ended):
                 self.wake.wait(timeout)
         finally:
             self._waiting = False
@@ -204,6 +208,17 @@ class InputThread:
         e, self.error = self.error, None
         if e is not None:
             raise e
+
+
+def check_owner(pid):
+    """Raises ParmapperError when called in another process than `pid`, the
+    one that started the map: a fork of it has none of its threads, so a
+    thread-pool map (or an executor's) would wait for ever there, where
+    the worker-process path says the map belongs to another process."""
+    if os.getpid() != pid:
+        from ._errors import ParmapperError
+        raise ParmapperError("parmap: the map belongs to another process "
+                             "(it was started before a fork)")
 
 
 def read_ahead(chunksize, ahead):
