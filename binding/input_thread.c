@@ -299,13 +299,7 @@ static int reader_add(InputReader *r, PyObject *x)
 static void reader_keep_error(PyObject **where)
 {
     static PyObject *input_module; /* parmapper._input */
-    PyObject *et, *ev, *etb;
-    PyErr_Fetch(&et, &ev, &etb);
-    PyErr_NormalizeException(&et, &ev, &etb);
-    if (etb && ev)
-        PyException_SetTraceback(ev, etb);
-    Py_XDECREF(et);
-    Py_XDECREF(etb);
+    PyObject *ev = take_exception();
     PyObject *fn = ev ? module_attr(&input_module, "parmapper._input",
                                     "note_input_thread")
                       : NULL;

@@ -126,10 +126,10 @@ static Pieces *spliced_task(buf_t *enc, PyObject *items)
  * it would a plain loop.
  */
 
-static int input_error_defer(MapIter *self)
+/* Takes the pending exception: its value (new reference), with its
+ * traceback attached, to be raised later (input_error_raise). */
+static PyObject *take_exception(void)
 {
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
-        return -1;
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
     PyErr_NormalizeException(&et, &ev, &etb);
@@ -137,7 +137,14 @@ static int input_error_defer(MapIter *self)
         PyException_SetTraceback(ev, etb);
     Py_XDECREF(et);
     Py_XDECREF(etb);
-    Py_XSETREF(self->input_exc, ev);
+    return ev;
+}
+
+static int input_error_defer(MapIter *self)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    Py_XSETREF(self->input_exc, take_exception());
     return 0;
 }
 
