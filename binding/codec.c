@@ -319,6 +319,20 @@ static PyObject *dec_bytes(const unsigned char **pp, const unsigned char *end,
     return r;
 }
 
+/* The 8 bytes after an 'i' or 'f' tag at p (the caller checked they are
+ * there): a new int or float. */
+static inline PyObject *dec_number(const unsigned char *p, unsigned char tag)
+{
+    if (tag == 'i') {
+        long long v;
+        memcpy(&v, p, 8);
+        return PyLong_FromLongLong(v);
+    }
+    double v;
+    memcpy(&v, p, 8);
+    return PyFloat_FromDouble(v);
+}
+
 /* The count and values of a 't' or 'l' value at *pp (after its tag): a new
  * tuple or list, or NULL with an exception set. */
 static PyObject *dec_seq(const unsigned char **pp, const unsigned char *end,
@@ -341,15 +355,7 @@ static PyObject *dec_seq(const unsigned char **pp, const unsigned char *end,
         /* The common scalars inline (the cheap test first), the rest by
          * dec_value. */
         if (p < end && (*p == 'i' || *p == 'f') && end - p >= 9) {
-            if (*p == 'i') {
-                long long v;
-                memcpy(&v, p + 1, 8);
-                x = PyLong_FromLongLong(v);
-            } else {
-                double v;
-                memcpy(&v, p + 1, 8);
-                x = PyFloat_FromDouble(v);
-            }
+            x = dec_number(p + 1, *p);
             p += 9;
         } else {
             atomic = 0;
@@ -425,24 +431,13 @@ static PyObject *dec_value(const unsigned char **pp, const unsigned char *end,
         r = Py_False;
         Py_INCREF(r);
         break;
-    case 'i': {
-        long long v;
+    case 'i':
+    case 'f':
         if (end - p < 8)
             return dec_corrupt();
-        memcpy(&v, p, 8);
+        r = dec_number(p, tag);
         p += 8;
-        r = PyLong_FromLongLong(v);
         break;
-    }
-    case 'f': {
-        double v;
-        if (end - p < 8)
-            return dec_corrupt();
-        memcpy(&v, p, 8);
-        p += 8;
-        r = PyFloat_FromDouble(v);
-        break;
-    }
     case 's': {
         uint32_t n;
         if (end - p < 4)

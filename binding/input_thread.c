@@ -525,12 +525,7 @@ static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
     task->first = t.first;
     task->count = t.count;
     self->next_index = (Py_ssize_t)(t.first + t.count);
-    if (self->adaptive) {
-        double b = (double)t.bytes / (double)t.count;
-        self->in_bytes_per_item = self->in_bytes_per_item > 0.0
-                                      ? 0.7 * self->in_bytes_per_item + 0.3 * b
-                                      : b;
-    }
+    note_task_bytes(self, t.bytes, t.count);
     r->want = next_chunk_size(self);
     return 1 | t.flags;
 }

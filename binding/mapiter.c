@@ -133,13 +133,10 @@ static inline PyObject *deliver(MapIter *self)
         if (PyErr_Occurred())
             return NULL;
     }
+    /* Handed over: the chunk (the reused one-item list too) keeps no
+     * result alive once it is delivered. */
     PyObject *r = PyList_GET_ITEM(self->chunk, j);
-    if (self->chunk == self->one) {
-        /* Handed over: the reused list keeps no result alive. */
-        PyList_SET_ITEM(self->one, 0, NULL);
-        return r;
-    }
-    Py_INCREF(r);
+    PyList_SET_ITEM(self->chunk, j, NULL);
     return r;
 }
 

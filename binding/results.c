@@ -5,6 +5,17 @@
  */
 #include "core.h" /* not compiled alone: _core.c includes this file */
 
+/* Makes `results` (and `errors`, or NULL; both references stolen) the chunk
+ * the iterator hands out next, for the items of res's task. */
+static inline void set_chunk(MapIter *self, PyObject *results,
+                             PyObject *errors, const pm_result *res)
+{
+    Py_XSETREF(self->chunk, results);
+    Py_XSETREF(self->chunk_errors, errors);
+    self->chunk_pos = 0;
+    self->chunk_first = (Py_ssize_t)res->task.first;
+}
+
 /* A task that ran past the timeout: every item of it gets a TimeoutError. */
 static int decode_timeout(MapIter *self, const pm_result *res)
 {
@@ -25,10 +36,7 @@ static int decode_timeout(MapIter *self, const pm_result *res)
         if (put_error_entry(errors, j, exc, "TimeoutError") < 0)
             goto fail;
     }
-    Py_XSETREF(self->chunk, results);
-    Py_XSETREF(self->chunk_errors, errors);
-    self->chunk_pos = 0;
-    self->chunk_first = (Py_ssize_t)res->task.first;
+    set_chunk(self, results, errors, res);
     return 0;
 fail:
     Py_XDECREF(results);
@@ -126,10 +134,7 @@ static int decode_memory(MapIter *self, const pm_result *res)
             goto fail;
     }
     Py_DECREF(cls);
-    Py_XSETREF(self->chunk, results);
-    Py_XSETREF(self->chunk_errors, errors);
-    self->chunk_pos = 0;
-    self->chunk_first = (Py_ssize_t)res->task.first;
+    set_chunk(self, results, errors, res);
     return 0;
 fail:
     Py_XDECREF(cls);
@@ -184,10 +189,7 @@ static int decode_one(MapIter *self, const pm_result *res)
     PyList_SET_ITEM(self->one, 0, x);
     Py_XDECREF(old);
     Py_INCREF(self->one);
-    Py_XSETREF(self->chunk, self->one);
-    Py_CLEAR(self->chunk_errors);
-    self->chunk_pos = 0;
-    self->chunk_first = (Py_ssize_t)res->task.first;
+    set_chunk(self, self->one, NULL, res);
     return 1;
 }
 
@@ -248,9 +250,6 @@ static int decode_result(MapIter *self, const pm_result *res)
         Py_XDECREF(errors);
         return bad_record(res, "not one result per item");
     }
-    Py_XSETREF(self->chunk, results);
-    Py_XSETREF(self->chunk_errors, errors);
-    self->chunk_pos = 0;
-    self->chunk_first = (Py_ssize_t)res->task.first;
+    set_chunk(self, results, errors, res);
     return 0;
 }

@@ -57,6 +57,18 @@ static int mark_unsendable(MapIter *self, PyObject *items)
 #define TARGET_TASK_NS 2000000.0
 #define TARGET_TASK_BYTES 262144.0
 
+/* A task of n items and `total` bytes was sent: the moving average of the
+ * bytes per item (adaptive chunking keeps tasks within TARGET_TASK_BYTES). */
+static inline void note_task_bytes(MapIter *self, size_t total, size_t n)
+{
+    if (!self->adaptive)
+        return;
+    double b = (double)total / (double)n;
+    self->in_bytes_per_item = self->in_bytes_per_item > 0.0
+                                  ? 0.7 * self->in_bytes_per_item + 0.3 * b
+                                  : b;
+}
+
 static Py_ssize_t next_chunk_size(MapIter *self)
 {
     if (!self->adaptive)
@@ -333,12 +345,7 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
         *iov = &self->iov1;
         *niov = 1;
     }
-    if (self->adaptive) {
-        double b = (double)total / (double)n;
-        self->in_bytes_per_item = self->in_bytes_per_item > 0.0
-                                      ? 0.7 * self->in_bytes_per_item + 0.3 * b
-                                      : b;
-    }
+    note_task_bytes(self, total, (size_t)n);
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;

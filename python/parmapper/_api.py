@@ -13,7 +13,8 @@ from . import _core, _worker  # noqa: F401  (_worker: imported before forks)
 from ._core import ItemShapeError
 from ._cpu import cpu_count
 from ._errors import item_stop_iteration
-from ._input import InputThread, check_owner, open_input, read_ahead
+from ._input import (InputThread, check_owner, indexable, open_input,
+                     read_ahead)
 from ._progress import check_progress, progress_iter, wants_progress
 from ._worker import hide_ours, note_item
 
@@ -369,7 +370,7 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         n = len(seq)
     except Exception:  # no len, or an unusable one: iterate
         n = None
-    indexed = n is not None and _indexable(seq)
+    indexed = n is not None and indexable(seq)
 
     check_progress(progress)
     for name, v in (("max_tasks_per_worker", max_tasks_per_worker),
@@ -449,15 +450,6 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
     if wants_progress(progress):
         results = progress_iter(results, progress, total if total is not None else n)
     return results
-
-
-def _indexable(seq):
-    """Whether workers can read items from their inherited copy of `seq`
-    (index dispatch): sequences whose items do not depend on being iterated."""
-    t = type(seq)
-    if t in (list, tuple, range):
-        return True
-    return t.__name__ == "ndarray" and t.__module__ == "numpy"
 
 
 def _serial(caller, seq, mode, has_item=True):

@@ -17,6 +17,8 @@ import os
 import threading
 import time
 
+from ._worker import add_note
+
 # Reading a chunk for longer than this hands over what was read (the
 # binding's SLOW_INPUT_NS).
 SLOW_INPUT_S = 0.002
@@ -228,13 +230,21 @@ def read_ahead(chunksize, ahead):
     return max(64, chunksize * ahead)
 
 
+def indexable(seq):
+    """Whether workers can read items from their inherited copy of `seq`
+    (index dispatch): sequences whose items do not depend on being iterated
+    (and whose reading never blocks)."""
+    t = type(seq)
+    if t in (list, tuple, range):
+        return True
+    return t.__name__ == "ndarray" and t.__module__ == "numpy"
+
+
 def open_input(seq, input_thread, limit):
     """The reader of a Python-level path's input: an :class:`InputThread`
-    for an iterator when `input_thread`, else a :class:`ChunkReader` (a
-    list, tuple, range or numpy array never blocks)."""
-    t = type(seq)
-    if (not input_thread or t in (list, tuple, range)
-            or (t.__name__ == "ndarray" and t.__module__ == "numpy")):
+    for an iterator when `input_thread`, else a :class:`ChunkReader` (an
+    indexable input never blocks)."""
+    if not input_thread or indexable(seq):
         return ChunkReader(seq)
     return InputThread(seq, limit)
 
@@ -261,10 +271,6 @@ def note_input_thread(exc):
     note = ("parmap: raised by the input, which parmapper reads in a thread "
             "of its own; input_thread=False reads it in the caller's thread")
     try:
-        if hasattr(exc, "add_note"):
-            exc.add_note(note)
-        else:
-            notes = getattr(exc, "__notes__", None)
-            exc.__notes__ = (notes if isinstance(notes, list) else []) + [note]
+        add_note(exc, note)
     except Exception:
         pass

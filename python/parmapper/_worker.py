@@ -181,6 +181,16 @@ def item_note(index, item, has_item=True):
     return text
 
 
+def add_note(exc, note):
+    """``exc.add_note(note)`` (Python 3.11+); before, the same line in
+    ``__notes__``, which :func:`format_error` prints."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        notes = getattr(exc, "__notes__", None)
+        exc.__notes__ = (notes if isinstance(notes, list) else []) + [note]
+
+
 def note_item(exc, index, item=None, has_item=True):
     """Puts the item's index (and short repr) in what the user reads of
     `exc`: a note (``add_note``, Python 3.11+; before, the same line in
@@ -196,13 +206,7 @@ def note_item(exc, index, item=None, has_item=True):
         if notes and any(str(n).startswith("parmap: raised by item ")
                          for n in notes):
             return  # already named (a re-raise through nested maps)
-        if hasattr(exc, "add_note"):
-            exc.add_note(note)
-        else:
-            if not isinstance(notes, list):
-                notes = []
-            notes.append(note)
-            exc.__notes__ = notes
+        add_note(exc, note)
     except Exception:
         pass
 
