@@ -573,12 +573,16 @@ def test_a_tuple_held_twice_keeps_its_containers_shared():
         [[s, s], [s, s]]
 
 
-def test_one_item_results_are_not_kept_by_the_map():
+@pytest.mark.parametrize("make", [lambda x: "r%d" % x * 1000, lambda x: Box(x),
+                                  lambda x: bytes(70_000) + bytes([x])],
+                         ids=["str", "object", "large-bytes"])
+@pytest.mark.parametrize("chunksize", [1, 3, None])
+def test_one_item_results_are_not_kept_by_the_map(make, chunksize):
     # The one-element list reused for chunksize=1 kept each result alive
-    # until the next one (the last one until the iterator was freed).
+    # until the next one (the last one until the iterator was freed); a
+    # chunk kept each delivered result until the whole chunk was handed out.
     import sys
-    it = parmapper.parmap(lambda x: "r%d" % x * 1000, range(3), N=2,
-                          chunksize=1)
+    it = parmapper.parmap(make, range(7), N=2, chunksize=chunksize)
     for r in it:
         assert sys.getrefcount(r) == 2  # r and the argument, nothing else
 
