@@ -33,8 +33,9 @@ Modes:
                        (n = 10^5), default settings and chunksize=1: system
                        calls per item = the difference / (n - 4), parent and
                        workers apart, median of three runs
-Options: --keep DIR keeps the callgrind files; --cases a,b (split) names
-the cases to split (keys of CASES, e.g. default_gen, cs1_list).
+Options: --keep DIR keeps the callgrind files; --cases a,b names the cases
+to split, or the only rows of the table (keys of CASES, e.g. default_gen,
+cs1_list; the table then leaves out the start-up).
 """
 import collections
 import glob
@@ -315,7 +316,7 @@ def build_info():
                 sys.version.split()[0]))
 
 
-def table(n, keep):
+def table(n, keep, cases=None):
     print("<!-- per_item_table.py table {}: {} -->".format(n, build_info()))
     print()
     print("| case | parent / item | workers / item (all) | goal (parent / workers) "
@@ -323,6 +324,8 @@ def table(n, keep):
     print("|---|---:|---:|---|---|")
     res = {}
     for key, (label, setup, stmt) in CASES.items():
+        if cases and key not in cases:
+            continue
         a = run_cg(setup, stmt, n, keep, key)
         b = run_cg(setup, stmt, 2 * n, keep, key)
         par = (b[0]["counted"] - a[0]["counted"]) / n
@@ -344,6 +347,8 @@ def table(n, keep):
             ipt = "{:.0f}; {:.0f}".format(n / a[0]["tasks"], 2 * n / b[0]["tasks"])
         print("| {} | {} | {} | {} | {} |".format(label, fmt(par), fmt(wk), goal, ipt),
               flush=True)
+    if cases:
+        return res
     print()
     print("Start-up: the parent's instructions for the whole measured statement "
           "(no difference taken; polling not counted):")
@@ -546,7 +551,7 @@ def main(argv):
                 ", ".join(bad), ", ".join(CASES)))
     mode = args[0] if args else "table"
     if mode == "table":
-        table(int(args[1]) if len(args) > 1 else 20000, keep)
+        table(int(args[1]) if len(args) > 1 else 20000, keep, cases)
     elif mode == "split":
         split(int(args[1]) if len(args) > 1 else 20000, top, keep, cases)
     elif mode == "syscalls":

@@ -31,6 +31,7 @@
 
 #ifdef __GLIBC__
 #include <malloc.h>
+#include <pthread.h>
 #endif
 #include <signal.h>
 #include <string.h>
@@ -213,11 +214,17 @@ typedef struct {
     pm_iov iov1;           /* ... when it is one piece */
     /* The chunk being handed out. */
     PyObject *chunk;       /* list of results */
-    PyObject *one;         /* the one-element list reused for the chunk
-                              of a one-item task (results.c, decode_one) */
     PyObject *chunk_errors; /* dict position -> entry, or NULL */
     Py_ssize_t chunk_pos;
     Py_ssize_t chunk_first;
+    /* Or a compact record handed out value by value, decoded as each is
+     * asked for (results.c, stream_record): the record stays where the
+     * engine holds it until the next pm_map_next. */
+    const unsigned char *rec_p;   /* its next value */
+    const unsigned char *rec_end; /* its end; NULL when there is none */
+    Py_ssize_t rec_left;          /* values still to come */
+    Py_ssize_t rec_count;         /* its task's item count (messages) */
+    unsigned long rec_forks;      /* fork_count when it was read */
     long oom_base;         /* OOM kills counted when the map started (see
                               oom_kills), -1 when unknown */
 } MapIter;
@@ -309,5 +316,9 @@ static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
  * or lets it go. */
 static void gil_take(void);
 static void gil_drop(void);
+
+/* mapiter.c: the map's teardown (its processes and memory released), the
+ * exception being raised kept. */
+static void map_teardown_keep_error(MapIter *self);
 
 #endif /* PARMAPPER_BINDING_CORE_H */

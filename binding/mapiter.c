@@ -6,7 +6,8 @@
 
 static void map_teardown(MapIter *self)
 {
-    Py_CLEAR(self->one);
+    self->rec_end = NULL; /* the streamed record's memory goes with the map */
+    self->rec_left = 0;
     if (self->reader) { /* before the map goes: it is told no more */
         reader_close(self->reader);
         Py_CLEAR(self->reader);
@@ -133,8 +134,8 @@ static inline PyObject *deliver(MapIter *self)
         if (PyErr_Occurred())
             return NULL;
     }
-    /* Handed over: the chunk (the reused one-item list too) keeps no
-     * result alive once it is delivered. */
+    /* Handed over: the chunk keeps no result alive once it is
+     * delivered. */
     PyObject *r = PyList_GET_ITEM(self->chunk, j);
     PyList_SET_ITEM(self->chunk, j, NULL);
     return r;
@@ -189,6 +190,23 @@ static PyObject *MapIter_next(MapIter *self)
         return NULL;
     }
     for (;;) {
+        if (self->rec_left) {
+            /* A streamed record (results.c): the int and the float here,
+             * the cheap test first; any other value, or a process forked
+             * since the record was read (its memory may not be mapped
+             * there: test that before reading it), in record_value. */
+            const unsigned char *p = self->rec_p;
+            if (self->rec_forks == fork_count && self->rec_end - p >= 9 &&
+                (*p == 'i' || *p == 'f')) {
+                self->rec_p = p + 9;
+                self->rec_left--;
+                PyObject *r = dec_number(p + 1, *p);
+                return r ? r : record_failed(self);
+            }
+            return record_value(self);
+        }
+        if (self->rec_end && record_end(self) < 0)
+            return NULL;
         if (self->chunk && self->chunk_pos < PyList_GET_SIZE(self->chunk))
             return deliver(self);
         Py_CLEAR(self->chunk);
@@ -335,7 +353,6 @@ static int MapIter_traverse(MapIter *self, visitproc visit, void *arg)
     Py_VISIT(self->input_exc);
     Py_VISIT(self->proc_log);
     Py_VISIT(self->reader);
-    Py_VISIT(self->one);
     return 0;
 }
 
@@ -349,7 +366,6 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->index_seq);
     Py_CLEAR(self->input_exc);
     Py_CLEAR(self->proc_log);
-    Py_CLEAR(self->one);
     if (self->reader) {
         reader_close(self->reader);
         Py_CLEAR(self->reader);

@@ -61,6 +61,10 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
         return NULL;
+    if (pthread_atfork(NULL, NULL, count_fork) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        goto fail;
+    }
     PyObject *pickle = PyImport_ImportModule("pickle");
     if (!pickle)
         goto fail;

@@ -622,3 +622,30 @@ def test_a_thread_map_continued_in_a_forked_child_raises(opts):
         "print(len(list(it)))\n"
         "ex.shutdown()\n" % opts, timeout=60)
     assert out.split() == ["ParmapperError", "99"]
+
+
+@pytest.mark.parametrize("chunksize", [1, 100, None])
+def test_a_process_map_continued_in_a_forked_child_raises(chunksize):
+    # The results of a compact record are decoded as they are asked for,
+    # from where the engine holds the record: in a fork of the caller that
+    # memory is not mapped (or is the caller's to release), so the child
+    # must be told the map is another process's, not crash or read it
+    # (chunksize=100: the child starts in the middle of a record).
+    out = _run_child(
+        "import os, parmapper\n"
+        "it = parmapper.parmap(lambda x: x * 3, range(10000), N=2,\n"
+        "                      chunksize=%r)\n"
+        "first = next(it)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    try:\n"
+        "        list(it)\n"
+        "        print('ran')\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__)\n"
+        "    os._exit(0)\n"
+        "_, st = os.waitpid(pid, 0)\n"
+        "print(st)\n"
+        "print([first] + list(it) == [x * 3 for x in range(10000)])\n"
+        % chunksize, timeout=60)
+    assert out.split() == ["ParmapperError", "0", "True"]
