@@ -183,28 +183,17 @@ static int next_chunk(MapIter *self)
     return -1;
 }
 
-static PyObject *MapIter_next(MapIter *self)
+/* __next__ but for the fast path: the next chunk, record value or error;
+ * out of line, so that the fast path's frame stays small. */
+static __attribute__((noinline)) PyObject *next_slow(MapIter *self)
 {
     if (self->running) {
         PyErr_SetString(PyExc_ValueError, "parmap iterator already executing");
         return NULL;
     }
     for (;;) {
-        if (self->rec_left) {
-            /* A streamed record (results.c): the int and the float here,
-             * the cheap test first; any other value, or a process forked
-             * since the record was read (its memory may not be mapped
-             * there: test that before reading it), in record_value. */
-            const unsigned char *p = self->rec_p;
-            if (self->rec_forks == fork_count && self->rec_end - p >= 9 &&
-                (*p == 'i' || *p == 'f')) {
-                self->rec_p = p + 9;
-                self->rec_left--;
-                PyObject *r = dec_number(p + 1, *p);
-                return r ? r : record_failed(self);
-            }
+        if (self->rec_left)
             return record_value(self);
-        }
         if (self->rec_end && record_end(self) < 0)
             return NULL;
         if (self->chunk && self->chunk_pos < PyList_GET_SIZE(self->chunk))
@@ -216,6 +205,38 @@ static PyObject *MapIter_next(MapIter *self)
         if (next_chunk(self) <= 0)
             return NULL;
     }
+}
+
+/* The fast path: the next value of a streamed record (results.c) when it is
+ * an int or a float; any other value, a process forked since the record was
+ * read (its memory may not be mapped there: tested before reading it), or
+ * no record, in next_slow.  A value that cannot be made (MemoryError) stays
+ * the next one. */
+static PyObject *MapIter_next(MapIter *self)
+{
+    const unsigned char *p = self->rec_p;
+    if (self->rec_left && !self->running && self->rec_forks == fork_count &&
+        self->rec_end - p >= 9 && (*p == 'i' || *p == 'f')) {
+        PyObject *r = dec_number(p + 1, *p);
+        if (r) {
+            self->rec_p = p + 9;
+            self->rec_left--;
+        }
+        return r;
+    }
+    return next_slow(self);
+}
+
+/* For list(), tuple() and the like: the number of results when the input is
+ * indexed (its length is true; an iterator's len() is only a hint, and may
+ * be huge) and nothing was handed out yet: one allocation instead of
+ * growing the list.  NotImplemented otherwise (no hint). */
+static PyObject *MapIter_length_hint(MapIter *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->started || !self->index_seq || self->length < 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    return PyLong_FromSsize_t(self->length);
 }
 
 static PyObject *MapIter_close(MapIter *self, PyObject *unused)
@@ -389,6 +410,9 @@ static PyMethodDef MapIter_methods[] = {
      "Stop the workers now and release everything; iteration ends."},
     {"_pids", (PyCFunction)MapIter_pids, METH_NOARGS,
      "Process ids of the running workers (diagnostics)."},
+    {"__length_hint__", (PyCFunction)MapIter_length_hint, METH_NOARGS,
+     "The number of results while none was handed out, when the input's "
+     "length is known (operator.length_hint)."},
     {NULL, NULL, 0, NULL},
 };
 

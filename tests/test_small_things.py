@@ -87,3 +87,29 @@ def test_progress_iterator_still_closes(capfd):
     assert next(it) == 10.0
     it.close()
     assert list(it) == []
+
+
+def test_length_hint_of_an_indexed_input():
+    """list(parmap(...)) sizes its list once when the input's length is
+    true (a range, a list, a tuple); an iterator's len() is only a hint
+    (and may be huge): no hint then, nor once results were handed out."""
+    import operator
+    for seq in (range(7), list(range(7)), tuple(range(7))):
+        it = parmapper.parmap(lambda x: x * 2, seq, N=2)
+        assert operator.length_hint(it, -1) == 7
+        assert list(it) == [x * 2 for x in range(7)]
+
+    class Lying:
+        def __iter__(self):
+            return iter(range(3))
+
+        def __len__(self):
+            return 10 ** 15
+
+    it = parmapper.parmap(lambda x: x, Lying(), N=2)
+    assert operator.length_hint(it, -1) == -1
+    assert list(it) == [0, 1, 2]
+    it = parmapper.parmap(lambda x: x, range(5), N=2)
+    next(it)
+    assert operator.length_hint(it, -1) == -1
+    assert list(it) == [1, 2, 3, 4]
