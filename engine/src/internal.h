@@ -260,12 +260,16 @@ struct pm_map {
 /* Wakes the parent if it is (about to be) asleep; cheap otherwise (a fence
  * and a load, as pm__bell_ring).  sleeping is 1 while the parent sleeps on
  * the futex, 2 while it sleeps in poll() on the eventfd (idle.c,
- * parent_sleep). */
+ * parent_sleep).  The worker that wakes it clears sleeping, as
+ * pm__bell_ring does: one wake per sleep, not one per result published
+ * until the parent runs. */
 static inline void pm__ring_parent(pm_map *m)
 {
     pm_bell *b = &m->ctl->parent;
     atomic_thread_fence(memory_order_seq_cst);
     uint32_t how = atomic_load_explicit(&b->sleeping, memory_order_relaxed);
+    if (how)
+        how = atomic_exchange_explicit(&b->sleeping, 0, memory_order_relaxed);
     if (how) {
         atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
         if (how == 2 && m->efd >= 0) {

@@ -82,7 +82,7 @@ static void tx_publish(pm_ring_tx *tx, int last)
     tx->first = last;
 }
 
-size_t pm__tx_write(pm_ring_tx *tx, const void *p, size_t n)
+size_t pm__tx_write_more(pm_ring_tx *tx, const void *p, size_t n)
 {
     const unsigned char *src = p;
     size_t done = 0;

@@ -28,6 +28,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PM_FRAG_FIRST 1u
 #define PM_FRAG_LAST 2u
@@ -98,12 +99,34 @@ static inline uint64_t pm__ring_max_frag(uint64_t cap)
 void pm__tx_init(pm_ring_tx *tx, pm_ring *r, size_t cap);
 void pm__rx_init(pm_ring_rx *rx, pm_ring *r, size_t cap);
 
+/* pm__tx_write's general case: opens fragments, fills the ring up to its
+ * tail, publishes full fragments as it goes (ring.c). */
+size_t pm__tx_write_more(pm_ring_tx *tx, const void *p, size_t n);
+
 /*
  * Appends up to n bytes to the message being written and returns how many it
  * took (fewer than n only when the ring is full).  Fragments that reach the
  * maximum size or fill the ring are published as it goes.  Never blocks.
+ * Inline, the common case: the n bytes fit the open fragment (or a new one),
+ * the room the cached tail gives and the buffer before its end.
  */
-size_t pm__tx_write(pm_ring_tx *tx, const void *p, size_t n);
+static inline size_t pm__tx_write(pm_ring_tx *tx, const void *p, size_t n)
+{
+    uint64_t at = tx->open ? tx->pos : tx->pos + PM_FRAG_HDR;
+    uint64_t len = (tx->open ? tx->frag_len : 0) + (uint64_t)n;
+    uint64_t off = at & (tx->cap - 1);
+    if (n == 0 || len > tx->max_frag || at + n - tx->tail_cache > tx->cap ||
+        n > tx->cap - off)
+        return pm__tx_write_more(tx, p, n);
+    if (!tx->open) {
+        tx->open = 1;
+        tx->frag_at = tx->pos;
+    }
+    memcpy(tx->data + off, p, n);
+    tx->pos = at + n;
+    tx->frag_len = (uint32_t)len;
+    return n;
+}
 
 /*
  * Ends the message: publishes its last fragment.  Returns 0, or -EAGAIN when

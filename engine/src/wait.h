@@ -56,11 +56,16 @@ static inline void pm__bell_done(pm_bell *b)
     atomic_store_explicit(&b->sleeping, 0, memory_order_relaxed);
 }
 
-/* Wakes the bell's waiter if it is (about to be) asleep.  Cheap otherwise. */
+/* Wakes the bell's waiter if it is (about to be) asleep.  Cheap otherwise.
+ * The ringer that wakes it clears sleeping: until the waiter runs again
+ * (which on a loaded machine takes a time slice), later rings are a fence
+ * and a load, not a futex wake each.  The waiter's futex wait returns all
+ * the same (seq moved), and it sets sleeping again before it sleeps again. */
 static inline void pm__bell_ring(pm_bell *b)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&b->sleeping, memory_order_relaxed)) {
+    if (atomic_load_explicit(&b->sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(&b->sleeping, 0, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
         pm__futex_wake(&b->seq);
     }
