@@ -183,6 +183,25 @@ static int next_chunk(MapIter *self)
     return -1;
 }
 
+/* The next value of a streamed record (results.c) when it is an int or a
+ * float: returns 1 with *r the value (NULL with a MemoryError set: the value
+ * stays the next one).  Returns 0 for any other value, a process forked
+ * since the record was read (its memory may not be mapped there: tested
+ * before reading it), a re-entered __next__, or no record. */
+static inline int record_number(MapIter *self, PyObject **r)
+{
+    const unsigned char *p = self->rec_p;
+    if (!self->rec_left || self->running || self->rec_forks != fork_count ||
+        self->rec_end - p < 9 || (*p != 'i' && *p != 'f'))
+        return 0;
+    *r = dec_number(p + 1, *p);
+    if (*r) {
+        self->rec_p = p + 9;
+        self->rec_left--;
+    }
+    return 1;
+}
+
 /* __next__ but for the fast path: the next chunk, record value or error;
  * out of line, so that the fast path's frame stays small. */
 static __attribute__((noinline)) PyObject *next_slow(MapIter *self)
@@ -204,26 +223,18 @@ static __attribute__((noinline)) PyObject *next_slow(MapIter *self)
             return NULL;
         if (next_chunk(self) <= 0)
             return NULL;
+        PyObject *r;
+        if (record_number(self, &r))
+            return r;
     }
 }
 
-/* The fast path: the next value of a streamed record (results.c) when it is
- * an int or a float; any other value, a process forked since the record was
- * read (its memory may not be mapped there: tested before reading it), or
- * no record, in next_slow.  A value that cannot be made (MemoryError) stays
- * the next one. */
+/* The fast path: record_number; the rest in next_slow. */
 static PyObject *MapIter_next(MapIter *self)
 {
-    const unsigned char *p = self->rec_p;
-    if (self->rec_left && !self->running && self->rec_forks == fork_count &&
-        self->rec_end - p >= 9 && (*p == 'i' || *p == 'f')) {
-        PyObject *r = dec_number(p + 1, *p);
-        if (r) {
-            self->rec_p = p + 9;
-            self->rec_left--;
-        }
+    PyObject *r;
+    if (record_number(self, &r))
         return r;
-    }
     return next_slow(self);
 }
 

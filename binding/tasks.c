@@ -180,17 +180,15 @@ static int input_error_raise(MapIter *self)
 static int gather_index(MapIter *self, Py_ssize_t want, pm_task *task,
                         const pm_iov **iov, int *niov)
 {
-    buf_t *enc = &self->enc;
+    static const unsigned char index_task = TASK_INDEX; /* the whole message */
     Py_ssize_t left = self->length - self->next_index;
     if (left <= 0)
         return 0;
     Py_ssize_t n = want < left ? want : left;
-    if (buf_tag(enc, TASK_INDEX) < 0)
-        return PM_ECALLBACK;
     task->first = (uint64_t)self->next_index;
     task->count = (uint32_t)n;
     self->next_index += n;
-    self->iov1 = (pm_iov){enc->p, enc->len};
+    self->iov1 = (pm_iov){&index_task, 1};
     *iov = &self->iov1;
     *niov = 1;
     return 1;
@@ -307,12 +305,12 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
     MapIter *self = ctx;
     if (self->reader)
         return gather_read(self, task, iov, niov, owner);
+    if (self->index_seq)
+        return gather_index(self, next_chunk_size(self), task, iov, niov);
     buf_t *enc = &self->enc;
     Py_ssize_t want = next_chunk_size(self);
     buf_clear(enc);
     enc->splice = 1;
-    if (self->index_seq)
-        return gather_index(self, want, task, iov, niov);
     if (self->input_done)
         return 0;
 

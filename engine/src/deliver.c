@@ -16,8 +16,10 @@
 static void pop_entry(pm_map *m, pm_slot *s)
 {
     pm_inflight *e = pm__fifo_at(m, s, 0);
-    free(e->copy);
-    e->copy = NULL;
+    if (e->copy) {
+        free(e->copy);
+        e->copy = NULL;
+    }
     /* e->result is handed out through m->held_copy and freed next call. */
     e->result = NULL;
     s->fifo_head = (s->fifo_head + 1) % (uint32_t)m->opt.window;
@@ -108,8 +110,10 @@ static int try_read(pm_map *m, int si, pm_result *res, int *progress)
 /* Releases what the result delivered last held (see internal.h). */
 void pm__release_held(pm_map *m)
 {
-    free(m->held_copy);
-    m->held_copy = NULL;
+    if (m->held_copy) {
+        free(m->held_copy);
+        m->held_copy = NULL;
+    }
     pm__release_routed(m, &m->routed);
     m->assembly_slot = -1;
     if (m->held_slot < 0)

@@ -71,9 +71,11 @@ static size_t copy_pieces(unsigned char *dst, const pm_iov *iov, int niov,
  * are copied, then the pieces iov[0..niov) from offset off of the first:
  * referenced when owner holds them, else copied too.
  */
-static int save_pending(pm_slot *s, const unsigned char *a, size_t na,
-                        const pm_iov *iov, int niov, size_t off, void *owner)
+static int save_pending(pm_map *m, pm_slot *s, const unsigned char *a,
+                        size_t na, const pm_iov *iov, int niov, size_t off,
+                        void *owner)
 {
+    m->unsent = 1;
     size_t need = na + (owner ? 0 : copy_pieces(NULL, iov, niov, off));
     if (need > s->pend_cap) {
         unsigned char *p = realloc(s->pend, need);
@@ -131,8 +133,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
 {
     pm_msg_hdr hdr = {task->first, task->count, PM_MSG_MAGIC};
     pm_inflight *e = pm__fifo_at(m, s, s->fifo_n);
-    memset(e, 0, sizeof *e);
-    e->task = *task;
+    *e = (pm_inflight){.task = *task};
     if (m->keep) {
         /* It may have to be sent again to a fresh worker. */
         size_t len = copy_pieces(NULL, iov, niov, 0);
@@ -167,7 +168,7 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     int rc = 0;
     size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
     if (k < sizeof hdr) {
-        rc = save_pending(s, (const unsigned char *)&hdr + k, sizeof hdr - k,
+        rc = save_pending(m, s, (const unsigned char *)&hdr + k, sizeof hdr - k,
                           iov, niov, 0, owner);
     } else {
         int i = 0;
@@ -178,9 +179,9 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
                 break;
         }
         if (i < niov)
-            rc = save_pending(s, NULL, 0, iov + i, niov - i, d, owner);
+            rc = save_pending(m, s, NULL, 0, iov + i, niov - i, d, owner);
         else if (pm__tx_end(&s->tx) == -EAGAIN)
-            rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
+            rc = save_pending(m, s, NULL, 0, NULL, 0, 0, NULL);
     }
     /* Pieces not kept pending are written (or failed): give them back. */
     if (owner && s->pend_owner != owner)
@@ -203,9 +204,9 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
         size_t k = pm__tx_write(&s->tx, msg, len);
         int rc = 0;
         if (k < len)
-            rc = save_pending(s, msg + k, len - k, NULL, 0, 0, NULL);
+            rc = save_pending(m, s, msg + k, len - k, NULL, 0, 0, NULL);
         else if (pm__tx_end(&s->tx) == -EAGAIN)
-            rc = save_pending(s, NULL, 0, NULL, 0, 0, NULL);
+            rc = save_pending(m, s, NULL, 0, NULL, 0, 0, NULL);
         pm__bell_ring(&s->ctl->bell);
         *progress = 1;
         if (rc < 0)
@@ -214,33 +215,48 @@ static int resend_some(pm_map *m, pm_slot *s, int *progress)
     return 0;
 }
 
-/*
- * One round of dispatch: for each live slot, pushes what remains of its
- * pending task message and sends again what a respawn left to send; then
- * asks the source for tasks (produce or gather) while the window has room,
- * each to the least busy slot.  Returns 0 (*progress set when anything
- * moved) or a negative code.
- */
-int pm__dispatch(pm_map *m, int *progress)
+/* Pushes what remains of each live slot's pending task message and sends
+ * again what a respawn left to send; m->unsent stays set while any slot
+ * still has some.  Returns 0 or a negative code. */
+static int send_unsent(pm_map *m, int *progress)
 {
+    m->unsent = 0;
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (!pm__worker_alive(m, s->worker))
-            continue;
-        if (s->pend_active) {
+        if (pm__worker_alive(m, s->worker) && s->pend_active) {
             *progress |= flush_pending(m, s);
             if (s->tx.bad) { /* the worker published an impossible tail */
+                m->unsent = 1;
                 int rc = pm__corrupt(m, s, progress);
                 if (rc < 0)
                     return rc;
                 continue;
             }
         }
-        if (s->resend < s->fifo_n) {
+        if (pm__worker_alive(m, s->worker) && s->resend < s->fifo_n) {
             int rc = resend_some(m, s, progress);
             if (rc < 0)
                 return rc;
         }
+        if (s->pend_active || s->resend < s->fifo_n)
+            m->unsent = 1;
+    }
+    return 0;
+}
+
+/*
+ * One round of dispatch: what the slots have pending or to send again
+ * (send_unsent, only while m->unsent says there may be some); then asks the
+ * source for tasks (produce or gather) while the window has room, each to
+ * the least busy slot.  Returns 0 (*progress set when anything moved) or a
+ * negative code.
+ */
+int pm__dispatch(pm_map *m, int *progress)
+{
+    if (m->unsent) {
+        int rc = send_unsent(m, progress);
+        if (rc < 0)
+            return rc;
     }
     if (m->volatile_slot >= 0 && !m->slots[m->volatile_slot].pend_active)
         m->volatile_slot = -1; /* written (or its worker died) */

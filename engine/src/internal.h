@@ -228,6 +228,9 @@ struct pm_map {
     void *routed;         /* owner of the delivered result's routed ranges,
                              released next call unless taken */
 
+    int unsent;           /* a slot may have task bytes pending or tasks to
+                             send again (save_pending, pm__reset_worker):
+                             dispatch looks at every slot while it is set */
     int draining;         /* a worker died for good: send no new task */
     int finish_scan;      /* the input is exhausted and a running worker
                              may not have been told to finish yet */

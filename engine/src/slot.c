@@ -17,6 +17,7 @@ void pm__reset_worker(pm_map *m, int w)
 {
     pm__shm_reset_worker(m, w);
     m->workers[w].seen_stops = 0;
+    m->unsent = 1; /* its slots' tasks are to be sent again */
     for (int t = 0; t < m->opt.nthreads; t++) {
         int si = w * m->opt.nthreads + t;
         pm_slot *s = &m->slots[si];
