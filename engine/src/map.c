@@ -91,6 +91,10 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);
+    /* Dispatch in batches: once an eighth of the slots' tasks are done
+     * (the rest keeps the workers busy meanwhile). */
+    uint64_t cap = (uint64_t)m->nslots * (uint64_t)m->opt.window;
+    m->refill_at = cap - cap / 8;
 
     m->efd = -1;
     m->workers = calloc((size_t)m->opt.nproc, sizeof *m->workers);
@@ -192,9 +196,11 @@ int pm_map_next(pm_map *m, pm_result *res)
             if (rc < 0)
                 return pm__fail(m, rc);
         }
-        rc = pm__dispatch(m, &progress);
-        if (rc < 0)
-            return pm__fail(m, rc);
+        if (pm__dispatch_due(m)) {
+            rc = pm__dispatch(m, &progress);
+            if (rc < 0)
+                return pm__fail(m, rc);
+        }
         if (m->finish_scan && m->input_done)
             pm__finish_idle(m);
         if (m->retire_scan)
