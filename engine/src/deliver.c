@@ -22,7 +22,7 @@ static void pop_entry(pm_map *m, pm_slot *s)
     }
     /* e->result is handed out through m->held_copy and freed next call. */
     e->result = NULL;
-    s->fifo_head = (s->fifo_head + 1) % (uint32_t)m->opt.window;
+    s->fifo_head = (s->fifo_head + 1) & m->fifo_mask;
     s->fifo_n--;
     if (s->resend)
         s->resend--;

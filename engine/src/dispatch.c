@@ -166,8 +166,12 @@ static int send_task(pm_map *m, pm_slot *s, const pm_task *task,
     }
 
     int rc = 0;
-    size_t k = pm__tx_write(&s->tx, &hdr, sizeof hdr);
-    if (k < sizeof hdr) {
+    size_t k = 0;
+    if (niov <= 1 && pm__tx_put(&s->tx, &hdr, sizeof hdr,
+                                niov ? iov[0].base : NULL,
+                                niov ? iov[0].len : 0)) {
+        /* the whole message in one fragment: the common small task */
+    } else if ((k = pm__tx_write(&s->tx, &hdr, sizeof hdr)) < sizeof hdr) {
         rc = save_pending(m, s, (const unsigned char *)&hdr + k, sizeof hdr - k,
                           iov, niov, 0, owner);
     } else {

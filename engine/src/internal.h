@@ -228,6 +228,8 @@ struct pm_map {
     void *routed;         /* owner of the delivered result's routed ranges,
                              released next call unless taken */
 
+    uint32_t fifo_mask;   /* a slot's FIFO holds fifo_mask + 1 entries (the
+                             window rounded up to a power of two) */
     uint64_t refill_at;   /* pm_map_next dispatches when no more tasks than
                              this are in flight (or see pm__dispatch_due) */
     int unsent;           /* a slot may have task bytes pending or tasks to

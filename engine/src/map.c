@@ -94,6 +94,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     /* Dispatch in batches: once an eighth of the slots' tasks are done
      * (the rest keeps the workers busy meanwhile). */
     uint64_t cap = (uint64_t)m->nslots * (uint64_t)m->opt.window;
+    m->fifo_mask = (uint32_t)pow2_at_least((uint64_t)m->opt.window) - 1;
     m->refill_at = cap - cap / 8;
 
     m->efd = -1;
@@ -117,7 +118,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     if (err < 0)
         goto fail;
     for (int i = 0; i < m->nslots; i++) {
-        m->slots[i].fifo = calloc((size_t)m->opt.window,
+        m->slots[i].fifo = calloc((size_t)m->fifo_mask + 1,
                                   sizeof *m->slots[i].fifo);
         if (!m->slots[i].fifo) {
             err = -ENOMEM;

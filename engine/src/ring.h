@@ -153,6 +153,33 @@ static inline uint64_t pm__tx_room(pm_ring_tx *tx, uint64_t want)
     return room;
 }
 
+/*
+ * Writes a whole small message, the bytes a[0..na) then b[0..nb), as one
+ * fragment, when no message is being written and it fits now (at most the
+ * largest fragment, room in the ring, and before the end of the buffer):
+ * returns 1, published.  Otherwise returns 0 with nothing written (the
+ * caller streams it with pm__tx_write and pm__tx_end).
+ */
+static inline int pm__tx_put(pm_ring_tx *tx, const void *a, size_t na,
+                             const void *b, size_t nb)
+{
+    uint64_t n = (uint64_t)na + nb;
+    uint64_t off = (tx->pos + PM_FRAG_HDR) & (tx->cap - 1);
+    if (tx->open || !tx->first || n > tx->max_frag || n > tx->cap - off ||
+        pm__tx_room(tx, PM_FRAG_HDR + n) < PM_FRAG_HDR + n)
+        return 0;
+    uint32_t hdr[2] = {(uint32_t)n,
+                       PM_FRAG_MAGIC | PM_FRAG_FIRST | PM_FRAG_LAST};
+    memcpy(tx->data + off, a, na);
+    if (nb)
+        memcpy(tx->data + off + na, b, nb);
+    memcpy(tx->data + (tx->pos & (tx->cap - 1)), hdr, sizeof hdr);
+    /* Padded to 8: it fits, the room's end (tail + cap) is 8-aligned. */
+    tx->pos += (PM_FRAG_HDR + n + 7u) & ~(uint64_t)7u;
+    atomic_store_explicit(&tx->r->head, tx->pos, memory_order_release);
+    return 1;
+}
+
 /* Reads the shared tail now and sets tx->bad when it is impossible (past
  * the write position, more than cap behind it, or gone backwards): for the
  * parent's health check, which thus notices a broken tail even when it has

@@ -15,7 +15,7 @@
 /* The FIFO entry at position i (0 = oldest) of slot s. */
 static inline pm_inflight *pm__fifo_at(const pm_map *m, pm_slot *s, uint32_t i)
 {
-    return &s->fifo[(s->fifo_head + i) % (uint32_t)m->opt.window];
+    return &s->fifo[(s->fifo_head + i) & m->fifo_mask];
 }
 
 /* Gives a gathered task's pieces back to the caller. */

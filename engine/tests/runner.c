@@ -48,6 +48,7 @@
     X(errors_version)                                                          \
     X(ring_small_roundtrip)                                                    \
     X(ring_empty_message)                                                      \
+    X(ring_put_whole_messages)                                                 \
     X(ring_wraparound_prng)                                                    \
     X(ring_large_message_procs)                                                \
     X(ring_tx_end_eagain)                                                      \

@@ -185,6 +185,97 @@ TEST_IMPL(ring_empty_message)
     ring_free(r);
 }
 
+/* pm__tx_put: a whole small message in one fragment, or nothing at all
+ * (an open message, no room, a payload that would wrap, larger than a
+ * fragment); the bytes read back are the two parts, in order, whichever
+ * way the message went. */
+TEST_IMPL(ring_put_whole_messages)
+{
+    pm_ring *r = ring_new(CAP);
+    pm_ring_tx tx;
+    pm_ring_rx rx;
+    pm__tx_init(&tx, r, CAP);
+    pm__rx_init(&rx, r, CAP);
+    rbuf b = {0};
+    unsigned char a[16], p[CAP];
+    for (size_t i = 0; i < sizeof p; i++)
+        p[i] = (unsigned char)(i * 7 + 3);
+    unsigned seed = 12345, put = 0, streamed = 0;
+    for (int k = 0; k < 3000; k++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t na = (seed >> 8) % 17, nb = (seed >> 16) % 300;
+        if (k % 500 == 499)
+            nb = CAP / 4; /* more than a fragment holds with the header */
+        for (size_t i = 0; i < na; i++)
+            a[i] = (unsigned char)(k + i);
+        uint64_t head = atomic_load(&r->head), pos = tx.pos;
+        if (pm__tx_put(&tx, a, na, p + k % 64, nb)) {
+            put++;
+            ASSERT_UEQ(tx.pos - head, (PM_FRAG_HDR + na + nb + 7) / 8 * 8);
+            ASSERT_UEQ(atomic_load(&r->head), tx.pos);
+        } else {
+            /* Nothing written: then streamed as usual. */
+            ASSERT_UEQ(atomic_load(&r->head), head);
+            ASSERT_UEQ(tx.pos, pos);
+            ASSERT_EQ(tx.open, 0);
+            streamed++;
+            ASSERT_UEQ(pm__tx_write(&tx, a, na), na);
+            stall s;
+            stall_init(&s);
+            size_t off = 0;
+            while (off < nb) {
+                off += pm__tx_write(&tx, p + k % 64 + off, nb - off);
+                if (off < nb) {
+                    /* The consumer is this process: it reads below. */
+                    pm_frag f;
+                    int rc = pm__rx_peek(&rx, &f);
+                    ASSERT_MSG(rc > 0, "stuck writing message %d", k);
+                    ASSERT_EQ(f.flags & PM_FRAG_LAST, 0);
+                    rbuf_append(&b, f.p1, f.n1);
+                    if (f.n2)
+                        rbuf_append(&b, f.p2, f.n2);
+                    pm__rx_consume(&rx, &f);
+                }
+            }
+            while (pm__tx_end(&tx) == -EAGAIN)
+                backoff(&s, "producer waits for room for the end");
+        }
+        /* Read it back (what the streamed case already took is in b). */
+        rbuf rest = {0};
+        ring_recv(&rx, &rest);
+        rbuf_append(&b, rest.p, rest.len);
+        free(rest.p);
+        ASSERT_UEQ(b.len, na + nb);
+        ASSERT_MEM_EQ(b.p, a, na);
+        ASSERT_MEM_EQ(b.p + na, p + k % 64, nb);
+        b.len = 0;
+    }
+    /* Both ways were taken (wraps and too-large messages stream). */
+    ASSERT(put > 1000 && streamed > 5);
+    /* An open message: nothing is put in the middle of it. */
+    ASSERT_UEQ(pm__tx_write(&tx, "ab", 2), 2);
+    uint64_t head = atomic_load(&r->head);
+    ASSERT_EQ(pm__tx_put(&tx, "x", 1, NULL, 0), 0);
+    ASSERT_UEQ(atomic_load(&r->head), head);
+    ASSERT_OK(pm__tx_end(&tx));
+    ring_recv(&rx, &b);
+    ASSERT_UEQ(b.len, 2);
+    ASSERT_MEM_EQ(b.p, "ab", 2);
+    /* A full ring: nothing put until the consumer frees room. */
+    int n = 0;
+    while (pm__tx_put(&tx, p, 100, NULL, 0))
+        n++;
+    ASSERT(n > 0 && pm__tx_room(&tx, CAP) < PM_FRAG_HDR + 100 + 8);
+    for (int i = 0; i < n; i++) {
+        ring_recv(&rx, &b);
+        ASSERT_UEQ(b.len, 100);
+        ASSERT_MEM_EQ(b.p, p, 100);
+    }
+    ASSERT(pm__tx_put(&tx, p, 100, NULL, 0));
+    free(b.p);
+    ring_free(r);
+}
+
 /* One process plays both sides, in random steps: the producer writes what
  * fits, the consumer then takes a random number of fragments. */
 TEST_IMPL(ring_wraparound_prng)
