@@ -107,6 +107,7 @@ enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
  * anything else makes the whole record fall back to pickle.
  */
 #define ENC_UNSUPPORTED 1 /* enc_value: not encodable, nothing raised */
+#define ENC_OTHER 2       /* enc_fast: not one of its scalars */
 #define ENC_MAX_DEPTH 32
 
 /*
@@ -132,6 +133,7 @@ typedef struct {
     PyObject *kwargs; /* dict or NULL when empty */
     int star;         /* 0 False, 1 True, -1 None */
     int kwstar;
+    int plain;        /* star False, no kwstar, args or kwargs: fun(item) */
 } Caller;
 
 /* A large bytes value the encoding refers to instead of copying it: its

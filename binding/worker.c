@@ -74,8 +74,10 @@ static int sanitize_results(PyObject *results, PyObject **errors,
 static PyObject *inherited_item(PyObject *x)
 {
     if (PyLong_CheckExact(x)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
+        long long v;
+        int overflow = 0;
+        if (!long_compact(x, &v))
+            v = PyLong_AsLongLongAndOverflow(x, &overflow);
         if (!overflow)
             return PyLong_FromLongLong(v);
     } else if (PyFloat_CheckExact(x)) {
@@ -90,11 +92,11 @@ static PyObject *index_item(MapIter *self, Py_ssize_t i)
     if (self->range_fast && i < self->length) /* no overflow: tasks.c */
         return PyLong_FromLongLong(self->range_start +
                                    (long long)i * self->range_step);
-    PyObject *s = self->index_seq;
-    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
-        return inherited_item(PyList_GET_ITEM(s, i));
+    PyObject *s = self->index_seq; /* a list input is a tuple here */
     if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
         return inherited_item(PyTuple_GET_ITEM(s, i));
+    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
+        return inherited_item(PyList_GET_ITEM(s, i));
     return PySequence_GetItem(s, i);
 }
 
