@@ -9,6 +9,7 @@ path would break.
 import ctypes
 import functools
 import math
+import re
 
 import pytest
 
@@ -147,11 +148,13 @@ def _null_function():
 
 
 NULL_FUN, _KEEP = _null_function()
+# CPython's messages (3.9 says "error" where 3.10 on say "exception").
+NULL_WITHOUT_ERROR = "returned NULL without setting an (exception|error)"
+RESULT_WITH_ERROR = "returned a result with an (exception|error) set"
 
 
 def test_null_function_is_what_it_says():
-    with pytest.raises(SystemError,
-                       match="returned NULL without setting an exception"):
+    with pytest.raises(SystemError, match=NULL_WITHOUT_ERROR):
         NULL_FUN(1)
 
 
@@ -159,9 +162,7 @@ def test_null_function_is_what_it_says():
 def test_null_without_exception_is_a_system_error_naming_the_item(opts):
     """fun returns NULL with no exception set: as in a serial call, a
     SystemError (not a crash, not a missing result), named by its item."""
-    with pytest.raises(SystemError,
-                       match="returned NULL without setting an exception"
-                       ) as info:
+    with pytest.raises(SystemError, match=NULL_WITHOUT_ERROR) as info:
         list(parmapper.parmap(NULL_FUN, [4, 5, 6], **opts))
     assert info.value.seq_index in (0, 1, 2)
     if opts.get("ordered", True):
@@ -169,8 +170,8 @@ def test_null_without_exception_is_a_system_error_naming_the_item(opts):
     out = list(parmapper.parmap(NULL_FUN, range(4), exception="return",
                                 **opts))
     assert len(out) == 4
-    assert all(type(e) is SystemError and "returned NULL without setting"
-               in str(e) for e in out), out
+    assert all(type(e) is SystemError and re.search(NULL_WITHOUT_ERROR, str(e))
+               for e in out), out
     assert sorted(e.seq_index for e in out) == [0, 1, 2, 3]
 
 
@@ -203,14 +204,10 @@ def test_result_with_exception_set_is_a_system_error_naming_the_item(opts):
     """fun returns a result with an exception set: as in a serial call, a
     SystemError whose cause is the exception that was set (not the result,
     not a stray exception raised later), named by its item."""
+    # (Not called here: from 3.12 on, a call site the interpreter has
+    # specialized for a builtin does not check the result.)
     f, keep = _result_with_error_function()
-    with pytest.raises(SystemError) as serial:
-        f(1)
-    assert "returned a result with an exception set" in str(serial.value)
-    assert type(serial.value.__cause__) is ValueError
-    with pytest.raises(SystemError,
-                       match="returned a result with an exception set"
-                       ) as info:
+    with pytest.raises(SystemError, match=RESULT_WITH_ERROR) as info:
         list(parmapper.parmap(f, [4, 5, 6], **opts))
     if opts.get("ordered", True):
         assert info.value.seq_index == 0
@@ -219,6 +216,7 @@ def test_result_with_exception_set_is_a_system_error_naming_the_item(opts):
     else:  # the worker's traceback, the ValueError in it
         assert "ValueError" in str(info.value.__cause__)
     out = list(parmapper.parmap(f, range(4), exception="return", **opts))
-    assert all(type(e) is SystemError for e in out), out
+    assert all(type(e) is SystemError and re.search(RESULT_WITH_ERROR, str(e))
+               for e in out), out
     assert sorted(e.seq_index for e in out) == [0, 1, 2, 3]
     assert list(parmapper.parmap(abs, [-1, -2], **opts)) == [1, 2]
