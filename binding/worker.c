@@ -71,7 +71,7 @@ static int sanitize_results(PyObject *results, PyObject **errors,
  * rebuilt from its value instead (read only, a few ns); anything else is
  * the inherited object itself.
  */
-static PyObject *inherited_item(PyObject *x)
+static inline PyObject *inherited_item(PyObject *x)
 {
     if (PyLong_CheckExact(x)) {
         long long v;
@@ -248,6 +248,35 @@ static int task_items(MapIter *self, const pm_task *task,
 }
 
 /*
+ * run_item's rare case: the item could not be had (item NULL, its error
+ * set) or is an _Unsent marker, the parent could not pickle it or (bytes:
+ * its pickle, input_thread.c) this worker cannot unpickle it: its error is
+ * raised here.  Returns NULL.
+ */
+static PyObject *item_not_run(MapIter *self, PyObject *item, Py_ssize_t idx,
+                              int *unsent)
+{
+    *unsent = item != NULL;
+    if (!item) {
+        note_failed_item(self, idx, NULL);
+        return NULL;
+    }
+    PyObject *err = PyObject_GetAttrString(item, "error");
+    if (err && PyBytes_Check(err)) {
+        static PyObject *salvage_module; /* parmapper._salvage */
+        PyObject *fn = module_attr(&salvage_module, "parmapper._salvage",
+                                   "item_error");
+        Py_SETREF(err, fn ? PyObject_CallFunction(fn, "On", err, idx) : NULL);
+        Py_XDECREF(fn);
+    }
+    if (err) {
+        PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+        Py_DECREF(err);
+    }
+    return NULL;
+}
+
+/*
  * Calls the function on item j of the task (index idx): its result (new
  * reference), or NULL with the item's exception set, named by a note when
  * the function raised it.  *shape: the item had the wrong shape for
@@ -261,34 +290,16 @@ static inline PyObject *run_item(MapIter *self, PyObject *items,
     PyObject *item = items ? PyList_GET_ITEM(items, j) : index_item(self, idx);
     PyObject *r;
     *shape = 0;
-    *unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
-    if (!item) {
-        r = NULL;
-    } else if (*unsent) {
-        /* The parent could not pickle this item, or (bytes: its pickle,
-         * input_thread.c) this worker cannot unpickle it: raise its error
-         * here. */
-        PyObject *err = PyObject_GetAttrString(item, "error");
-        if (err && PyBytes_Check(err)) {
-            static PyObject *salvage_module; /* parmapper._salvage */
-            PyObject *fn = module_attr(&salvage_module, "parmapper._salvage",
-                                       "item_error");
-            Py_SETREF(err, fn ? PyObject_CallFunction(fn, "On", err, idx)
-                              : NULL);
-            Py_XDECREF(fn);
-        }
-        if (err) {
-            PyErr_SetObject((PyObject *)Py_TYPE(err), err);
-            Py_DECREF(err);
-        }
-        r = NULL;
-    } else {
+    if (item && Py_TYPE(item) != (PyTypeObject *)unsent_type) {
+        *unsent = 0;
         r = caller_call(self->caller, idx, item, shape);
         if (pm_forked_copy())
             copy_exit(r); /* fun forked and this is the child */
+        if (!r && !*shape)
+            note_failed_item(self, idx, item);
+    } else {
+        r = item_not_run(self, item, idx, unsent);
     }
-    if (!r && !*shape && !*unsent)
-        note_failed_item(self, idx, item);
     if (!items)
         Py_XDECREF(item);
     return r;
