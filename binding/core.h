@@ -59,7 +59,8 @@
                             route_table) between the byte and the list */
 
 /* Result records: one byte saying how the rest is laid out, then the
- * nanoseconds the worker spent on the task (u64), then the data. */
+ * nanoseconds the worker spent on the task (u64; measured only for an
+ * adaptive chunk size, the one reader, else 0), then the data. */
 #define REC_PLAIN 0   /* pickle of the list of results */
 #define REC_ERRORS 1  /* pickle of (results, {position: error entry}) */
 #define REC_COMPACT 2 /* the list of results in the compact codec */

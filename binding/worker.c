@@ -360,7 +360,7 @@ static int send_compact(PyObject *results, uint64_t elapsed, pm_writer *out)
     buf_t *enc = &tls_enc;
     buf_clear(enc);
     enc->splice = 1;
-    int rc = enc_value(enc, results, 0);
+    int rc = enc_seq(enc, results, 1, 0); /* an exact list, depth 0 */
     if (rc < 0) {
         if (PyErr_Occurred())
             print_error();
@@ -435,7 +435,9 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     results = PyList_New(n);
     if (!results)
         goto fatal;
-    uint64_t t0 = mono_ns();
+    /* The time only feeds the adaptive chunk size (two clock reads per
+     * task, ~50 instructions, at chunksize=1 one per item). */
+    uint64_t t0 = self->adaptive ? mono_ns() : 0;
     for (Py_ssize_t j = 0; j < n; j++) {
         int shape, unsent;
         PyObject *r = run_item(self, items, j, first + j, &shape, &unsent);
@@ -450,7 +452,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (rc)
             break;
     }
-    uint64_t elapsed = mono_ns() - t0;
+    uint64_t elapsed = self->adaptive ? mono_ns() - t0 : 0;
     ret = errors ? ENC_UNSUPPORTED : send_compact(results, elapsed, out);
     if (ret == ENC_UNSUPPORTED)
         ret = send_pickled(results, &errors, first, elapsed, out);

@@ -220,3 +220,23 @@ def test_result_with_exception_set_is_a_system_error_naming_the_item(opts):
                for e in out), out
     assert sorted(e.seq_index for e in out) == [0, 1, 2, 3]
     assert list(parmapper.parmap(abs, [-1, -2], **opts)) == [1, 2]
+
+
+def _pid_runs(pids):
+    return 1 + sum(a != b for a, b in zip(pids, pids[1:]))
+
+
+def test_adaptive_chunks_still_learn_the_time_per_item():
+    """Workers time their tasks only for the adaptive chunk size (the one
+    reader of the time): there it still grows the tasks for fast items, so
+    consecutive items run in the same worker (a time of 0 would keep every
+    task at one item: about one change of worker per item or two)."""
+    import os
+    n = 20000
+    pids = list(parmapper.parmap(lambda x: os.getpid(), range(n), N=2))
+    assert len(set(pids)) <= 2
+    assert _pid_runs(pids) < n // 20, _pid_runs(pids)
+    # A fixed chunk size is used exactly, untimed.
+    pids = list(parmapper.parmap(lambda x: os.getpid(), range(600), N=2,
+                                 chunksize=50))
+    assert all(len(set(pids[i:i + 50])) == 1 for i in range(0, 600, 50))
