@@ -170,6 +170,13 @@ static inline vectorcallfunc vectorcall_of(PyObject *fun)
     return f;
 }
 
+/* CPython's word in the messages below. */
+#if PY_VERSION_HEX >= 0x030A0000
+#define CALL_ERROR_WORD "exception"
+#else
+#define CALL_ERROR_WORD "error" /* 3.9's wording */
+#endif
+
 /*
  * A vectorcall function broke the protocol: r is NULL with no exception
  * set, or a result with an exception set.  Raises the SystemError CPython
@@ -180,7 +187,8 @@ static PyObject *bad_call_result(PyObject *fun, PyObject *r)
 {
     if (!r) {
         PyErr_Format(PyExc_SystemError,
-                     "%R returned NULL without setting an exception", fun);
+                     "%R returned NULL without setting an " CALL_ERROR_WORD,
+                     fun);
         return NULL;
     }
     Py_DECREF(r);
@@ -192,7 +200,7 @@ static PyObject *bad_call_result(PyObject *fun, PyObject *r)
     Py_XDECREF(et);
     Py_XDECREF(etb);
     PyErr_Format(PyExc_SystemError,
-                 "%R returned a result with an exception set", fun);
+                 "%R returned a result with an " CALL_ERROR_WORD " set", fun);
     if (!ev)
         return NULL;
     PyObject *st, *sv, *stb;
