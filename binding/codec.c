@@ -239,16 +239,17 @@ static int enc_seq(buf_t *b, PyObject *o, int is_list, int depth)
     unsigned mut = b->nmut;
     b->nmut += is_list;
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* A list may change size while encoding only through __del__
-         * tricks; re-check the bound on every step. */
-        if (is_list && i >= PyList_GET_SIZE(o))
-            return ENC_UNSUPPORTED;
         PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
-        if (depth == 0)
-            b->nseen = 0; /* sharing is looked for within one item */
-        int rc = enc_fast(b, x);
-        if (rc == ENC_OTHER)
+        int rc = enc_fast(b, x); /* the common scalars: nothing else runs */
+        if (rc == ENC_OTHER) {
+            if (depth == 0)
+                b->nseen = 0; /* sharing is looked for within one item */
             rc = enc_value(b, x, depth + 1);
+            /* A list may change size while a value in it is encoded only
+             * through __del__ tricks: then it is pickled as it is. */
+            if (rc == 0 && is_list && PyList_GET_SIZE(o) != n)
+                rc = ENC_UNSUPPORTED;
+        }
         if (rc)
             return rc;
     }
