@@ -157,19 +157,98 @@ static PyObject *call_keywords(Caller *c, Py_ssize_t idx, PyObject *kwvals,
     return kw;
 }
 
+/* fun's vectorcall function, looked up on every call (an object may
+ * change it), or NULL; PyVectorcall_Function inline (it is a function call
+ * from 3.11 on). */
+static inline vectorcallfunc vectorcall_of(PyObject *fun)
+{
+    PyTypeObject *tp = Py_TYPE(fun);
+    if (!PyType_HasFeature(tp, Py_TPFLAGS_HAVE_VECTORCALL))
+        return NULL;
+    vectorcallfunc f;
+    memcpy(&f, (char *)fun + tp->tp_vectorcall_offset, sizeof f);
+    return f;
+}
+
+/* CPython's word in the messages below. */
+#if PY_VERSION_HEX >= 0x030A0000
+#define CALL_ERROR_WORD "exception"
+#else
+#define CALL_ERROR_WORD "error" /* 3.9's wording */
+#endif
+
+/*
+ * A vectorcall function broke the protocol: r is NULL with no exception
+ * set, or a result with an exception set.  Raises the SystemError CPython
+ * raises there (_Py_CheckFunctionResult: the exception that was set, if
+ * any, as its cause) and returns NULL.
+ */
+static PyObject *bad_call_result(PyObject *fun, PyObject *r)
+{
+    if (!r) {
+        PyErr_Format(PyExc_SystemError,
+                     "%R returned NULL without setting an " CALL_ERROR_WORD,
+                     fun);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb && ev)
+        PyException_SetTraceback(ev, etb);
+    Py_XDECREF(et);
+    Py_XDECREF(etb);
+    PyErr_Format(PyExc_SystemError,
+                 "%R returned a result with an " CALL_ERROR_WORD " set", fun);
+    if (!ev)
+        return NULL;
+    PyObject *st, *sv, *stb;
+    PyErr_Fetch(&st, &sv, &stb);
+    PyErr_NormalizeException(&st, &sv, &stb);
+    if (sv) {
+        Py_INCREF(ev);
+        PyException_SetCause(sv, ev); /* steals a reference */
+        PyException_SetContext(sv, ev); /* steals the other */
+    } else {
+        Py_DECREF(ev);
+    }
+    PyErr_Restore(st, sv, stb);
+    return NULL;
+}
+
+static PyObject *caller_call_general(Caller *c, Py_ssize_t idx,
+                                     PyObject *item, int *shape);
+
 /*
  * Calls the function on one item.  Returns a new reference, or NULL with an
  * exception set; *shape is set to 1 when the item itself had the wrong shape
- * (the function was not called).
+ * (the function was not called).  The common case, fun(item), calls fun's
+ * vectorcall function directly (what PyObject_CallOneArg does, without its
+ * thread state look-up and out-of-line checks) and checks its result as
+ * CPython does.
  */
-static PyObject *caller_call(Caller *c, Py_ssize_t idx, PyObject *item,
-                             int *shape)
+static inline PyObject *caller_call(Caller *c, Py_ssize_t idx, PyObject *item,
+                                    int *shape)
 {
     *shape = 0;
-    if (c->star == 0 && !c->kwstar && PyTuple_GET_SIZE(c->args) == 0 &&
-        !c->kwargs)
-        return PyObject_CallOneArg(c->fun, item); /* the common case */
+    if (!c->plain)
+        return caller_call_general(c, idx, item, shape);
+    vectorcallfunc f = vectorcall_of(c->fun);
+    if (!f)
+        return PyObject_CallOneArg(c->fun, item); /* tp_call */
+    PyObject *args[2] = {NULL, item}; /* args[0]: the callee may use it */
+    PyObject *r = f(c->fun, args + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                    NULL);
+    if ((r != NULL) == (PyErr_Occurred() != NULL))
+        return bad_call_result(c->fun, r);
+    return r;
+}
 
+/* caller_call under star, kwstar, args or kwargs. */
+static PyObject *caller_call_general(Caller *c, Py_ssize_t idx,
+                                     PyObject *item, int *shape)
+{
     PyObject *vals = item, *kwvals = NULL, *pair = NULL;
     PyObject *pos = NULL, *kw = NULL, *res = NULL;
     if (c->kwstar) {
@@ -202,6 +281,7 @@ static int Caller_init(Caller *self, PyObject *a, PyObject *k)
     static char *kwlist[] = {"fun", "args", "kwargs", "star", "kwstar", NULL};
     PyObject *fun, *args, *kwargs, *star;
     int kwstar;
+    self->plain = 0; /* until every field is set */
     if (!PyArg_ParseTupleAndKeywords(a, k, "OOOOp", kwlist, &fun, &args,
                                      &kwargs, &star, &kwstar))
         return -1;
@@ -236,6 +316,8 @@ static int Caller_init(Caller *self, PyObject *a, PyObject *k)
         self->star = s;
     }
     self->kwstar = kwstar;
+    self->plain = self->star == 0 && !kwstar && PyTuple_GET_SIZE(t) == 0 &&
+                  !d;
     return 0;
 }
 

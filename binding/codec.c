@@ -43,10 +43,9 @@ static int buf_pieces(const buf_t *b, pm_iov *iov)
     return k;
 }
 
-static int buf_reserve(buf_t *b, size_t extra)
+/* buf_reserve when the buffer must grow (out of line). */
+static int buf_grow(buf_t *b, size_t extra)
 {
-    if (b->len + extra <= b->cap)
-        return 0;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra)
         cap *= 2;
@@ -58,6 +57,46 @@ static int buf_reserve(buf_t *b, size_t extra)
     b->p = p;
     b->cap = cap;
     return 0;
+}
+
+/* Makes room for extra more bytes: 0, or -1 with MemoryError set. */
+static inline int buf_reserve(buf_t *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    return buf_grow(b, extra);
+}
+
+/* A tag and 8 bytes (an 'i' or 'f' value). */
+static inline int buf_put9(buf_t *b, unsigned char tag, const void *eight)
+{
+    if (buf_reserve(b, 9) < 0)
+        return -1;
+    b->p[b->len] = tag;
+    memcpy(b->p + b->len + 1, eight, 8);
+    b->len += 9;
+    return 0;
+}
+
+/*
+ * The value of an exact int of at most one digit (|v| < 2**30), read from
+ * the object: 1, or 0 for a larger int (PyLong_AsLongLongAndOverflow then).
+ * From 3.12 on, CPython's own inline test; before, the digit count is
+ * Py_SIZE (negative for a negative int) and 0 has no digit.
+ */
+static inline int long_compact(PyObject *o, long long *v)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)o))
+        return 0;
+    *v = PyUnstable_Long_CompactValue((PyLongObject *)o);
+#else
+    Py_ssize_t size = Py_SIZE(o);
+    if (size < -1 || size > 1)
+        return 0;
+    *v = size ? size * (long long)((PyLongObject *)o)->ob_digit[0] : 0;
+#endif
+    return 1;
 }
 
 static inline int buf_put(buf_t *b, const void *src, size_t n)
@@ -124,6 +163,23 @@ static int enc_shared(buf_t *b, PyObject *o)
 
 static int enc_value(buf_t *b, PyObject *o, int depth);
 
+/* The common scalars, inline where values are encoded one after another:
+ * an exact int of one digit or an exact float.  Returns 0, -1 with an
+ * exception set, or ENC_OTHER for any other value (enc_value encodes it;
+ * a bool, an int or float subclass or a larger int are among them). */
+static inline int enc_fast(buf_t *b, PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    long long v;
+    if (t == &PyLong_Type && long_compact(o, &v))
+        return buf_put9(b, 'i', &v);
+    if (t == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(o);
+        return buf_put9(b, 'f', &d);
+    }
+    return ENC_OTHER;
+}
+
 /* A str: 's', u32 length, UTF-8.  Lone surrogates and strings of 4 GB or
  * more are left to pickle (ENC_UNSUPPORTED). */
 static int enc_str(buf_t *b, PyObject *o)
@@ -183,14 +239,17 @@ static int enc_seq(buf_t *b, PyObject *o, int is_list, int depth)
     unsigned mut = b->nmut;
     b->nmut += is_list;
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* A list may change size while encoding only through __del__
-         * tricks; re-check the bound on every step. */
-        if (is_list && i >= PyList_GET_SIZE(o))
-            return ENC_UNSUPPORTED;
         PyObject *x = is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
-        if (depth == 0)
-            b->nseen = 0; /* sharing is looked for within one item */
-        int rc = enc_value(b, x, depth + 1);
+        int rc = enc_fast(b, x); /* the common scalars: nothing else runs */
+        if (rc == ENC_OTHER) {
+            if (depth == 0)
+                b->nseen = 0; /* sharing is looked for within one item */
+            rc = enc_value(b, x, depth + 1);
+            /* A list may change size while a value in it is encoded only
+             * through __del__ tricks: then it is pickled as it is. */
+            if (rc == 0 && is_list && PyList_GET_SIZE(o) != n)
+                rc = ENC_UNSUPPORTED;
+        }
         if (rc)
             return rc;
     }
@@ -236,35 +295,30 @@ static int enc_dict(buf_t *b, PyObject *o, int depth)
     return k == n ? 0 : ENC_UNSUPPORTED;
 }
 
+/* An exact int of more than one digit: 'i' when it fits in 64 bits, else
+ * left to pickle. */
+static int enc_long(buf_t *b, PyObject *o)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow)
+        return ENC_UNSUPPORTED;
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    return buf_put9(b, 'i', &v);
+}
+
 /* Encodes one value into b.  Returns 0, ENC_UNSUPPORTED (nothing is raised:
  * the record is pickled instead), or -1 with an exception set.  The common
  * scalars first: this runs once per item and per result. */
 static int enc_value(buf_t *b, PyObject *o, int depth)
 {
+    int rc = enc_fast(b, o);
+    if (rc != ENC_OTHER)
+        return rc;
     PyTypeObject *t = Py_TYPE(o);
-    if (t == &PyLong_Type) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (overflow)
-            return ENC_UNSUPPORTED;
-        if (v == -1 && PyErr_Occurred())
-            return -1;
-        if (buf_reserve(b, 9) < 0)
-            return -1;
-        b->p[b->len] = 'i';
-        memcpy(b->p + b->len + 1, &v, 8);
-        b->len += 9;
-        return 0;
-    }
-    if (t == &PyFloat_Type) {
-        double v = PyFloat_AS_DOUBLE(o);
-        if (buf_reserve(b, 9) < 0)
-            return -1;
-        b->p[b->len] = 'f';
-        memcpy(b->p + b->len + 1, &v, 8);
-        b->len += 9;
-        return 0;
-    }
+    if (t == &PyLong_Type)
+        return enc_long(b, o);
     if (o == Py_None)
         return buf_tag(b, 'N');
     if (o == Py_True)

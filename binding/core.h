@@ -59,7 +59,8 @@
                             route_table) between the byte and the list */
 
 /* Result records: one byte saying how the rest is laid out, then the
- * nanoseconds the worker spent on the task (u64), then the data. */
+ * nanoseconds the worker spent on the task (u64; measured only for an
+ * adaptive chunk size, the one reader, else 0), then the data. */
 #define REC_PLAIN 0   /* pickle of the list of results */
 #define REC_ERRORS 1  /* pickle of (results, {position: error entry}) */
 #define REC_COMPACT 2 /* the list of results in the compact codec */
@@ -107,6 +108,7 @@ enum { MODE_RAISE = 0, MODE_RETURN = 1, MODE_PROC = 2 };
  * anything else makes the whole record fall back to pickle.
  */
 #define ENC_UNSUPPORTED 1 /* enc_value: not encodable, nothing raised */
+#define ENC_OTHER 2       /* enc_fast: not one of its scalars */
 #define ENC_MAX_DEPTH 32
 
 /*
@@ -132,6 +134,7 @@ typedef struct {
     PyObject *kwargs; /* dict or NULL when empty */
     int star;         /* 0 False, 1 True, -1 None */
     int kwstar;
+    int plain;        /* star False, no kwstar, args or kwargs: fun(item) */
 } Caller;
 
 /* A large bytes value the encoding refers to instead of copying it: its

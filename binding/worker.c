@@ -71,11 +71,13 @@ static int sanitize_results(PyObject *results, PyObject **errors,
  * rebuilt from its value instead (read only, a few ns); anything else is
  * the inherited object itself.
  */
-static PyObject *inherited_item(PyObject *x)
+static inline PyObject *inherited_item(PyObject *x)
 {
     if (PyLong_CheckExact(x)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
+        long long v;
+        int overflow = 0;
+        if (!long_compact(x, &v))
+            v = PyLong_AsLongLongAndOverflow(x, &overflow);
         if (!overflow)
             return PyLong_FromLongLong(v);
     } else if (PyFloat_CheckExact(x)) {
@@ -90,11 +92,11 @@ static PyObject *index_item(MapIter *self, Py_ssize_t i)
     if (self->range_fast && i < self->length) /* no overflow: tasks.c */
         return PyLong_FromLongLong(self->range_start +
                                    (long long)i * self->range_step);
-    PyObject *s = self->index_seq;
-    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
-        return inherited_item(PyList_GET_ITEM(s, i));
+    PyObject *s = self->index_seq; /* a list input is a tuple here */
     if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
         return inherited_item(PyTuple_GET_ITEM(s, i));
+    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
+        return inherited_item(PyList_GET_ITEM(s, i));
     return PySequence_GetItem(s, i);
 }
 
@@ -246,6 +248,35 @@ static int task_items(MapIter *self, const pm_task *task,
 }
 
 /*
+ * run_item's rare case: the item could not be had (item NULL, its error
+ * set) or is an _Unsent marker, the parent could not pickle it or (bytes:
+ * its pickle, input_thread.c) this worker cannot unpickle it: its error is
+ * raised here.  Returns NULL.
+ */
+static PyObject *item_not_run(MapIter *self, PyObject *item, Py_ssize_t idx,
+                              int *unsent)
+{
+    *unsent = item != NULL;
+    if (!item) {
+        note_failed_item(self, idx, NULL);
+        return NULL;
+    }
+    PyObject *err = PyObject_GetAttrString(item, "error");
+    if (err && PyBytes_Check(err)) {
+        static PyObject *salvage_module; /* parmapper._salvage */
+        PyObject *fn = module_attr(&salvage_module, "parmapper._salvage",
+                                   "item_error");
+        Py_SETREF(err, fn ? PyObject_CallFunction(fn, "On", err, idx) : NULL);
+        Py_XDECREF(fn);
+    }
+    if (err) {
+        PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+        Py_DECREF(err);
+    }
+    return NULL;
+}
+
+/*
  * Calls the function on item j of the task (index idx): its result (new
  * reference), or NULL with the item's exception set, named by a note when
  * the function raised it.  *shape: the item had the wrong shape for
@@ -259,34 +290,16 @@ static inline PyObject *run_item(MapIter *self, PyObject *items,
     PyObject *item = items ? PyList_GET_ITEM(items, j) : index_item(self, idx);
     PyObject *r;
     *shape = 0;
-    *unsent = item && Py_TYPE(item) == (PyTypeObject *)unsent_type;
-    if (!item) {
-        r = NULL;
-    } else if (*unsent) {
-        /* The parent could not pickle this item, or (bytes: its pickle,
-         * input_thread.c) this worker cannot unpickle it: raise its error
-         * here. */
-        PyObject *err = PyObject_GetAttrString(item, "error");
-        if (err && PyBytes_Check(err)) {
-            static PyObject *salvage_module; /* parmapper._salvage */
-            PyObject *fn = module_attr(&salvage_module, "parmapper._salvage",
-                                       "item_error");
-            Py_SETREF(err, fn ? PyObject_CallFunction(fn, "On", err, idx)
-                              : NULL);
-            Py_XDECREF(fn);
-        }
-        if (err) {
-            PyErr_SetObject((PyObject *)Py_TYPE(err), err);
-            Py_DECREF(err);
-        }
-        r = NULL;
-    } else {
+    if (item && Py_TYPE(item) != (PyTypeObject *)unsent_type) {
+        *unsent = 0;
         r = caller_call(self->caller, idx, item, shape);
         if (pm_forked_copy())
             copy_exit(r); /* fun forked and this is the child */
+        if (!r && !*shape)
+            note_failed_item(self, idx, item);
+    } else {
+        r = item_not_run(self, item, idx, unsent);
     }
-    if (!r && !*shape && !*unsent)
-        note_failed_item(self, idx, item);
     if (!items)
         Py_XDECREF(item);
     return r;
@@ -347,7 +360,7 @@ static int send_compact(PyObject *results, uint64_t elapsed, pm_writer *out)
     buf_t *enc = &tls_enc;
     buf_clear(enc);
     enc->splice = 1;
-    int rc = enc_value(enc, results, 0);
+    int rc = enc_seq(enc, results, 1, 0); /* an exact list, depth 0 */
     if (rc < 0) {
         if (PyErr_Occurred())
             print_error();
@@ -422,7 +435,9 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     results = PyList_New(n);
     if (!results)
         goto fatal;
-    uint64_t t0 = mono_ns();
+    /* The time only feeds the adaptive chunk size (two clock reads per
+     * task, ~50 instructions, at chunksize=1 one per item). */
+    uint64_t t0 = self->adaptive ? mono_ns() : 0;
     for (Py_ssize_t j = 0; j < n; j++) {
         int shape, unsent;
         PyObject *r = run_item(self, items, j, first + j, &shape, &unsent);
@@ -437,7 +452,7 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
         if (rc)
             break;
     }
-    uint64_t elapsed = mono_ns() - t0;
+    uint64_t elapsed = self->adaptive ? mono_ns() - t0 : 0;
     ret = errors ? ENC_UNSUPPORTED : send_compact(results, elapsed, out);
     if (ret == ENC_UNSUPPORTED)
         ret = send_pickled(results, &errors, first, elapsed, out);
