@@ -11,13 +11,22 @@ static PyObject *dumps(PyObject *obj)
     return PyObject_Vectorcall(pickle_dumps, argv, 2, NULL);
 }
 
-static PyObject *loads_mem(const void *p, size_t n)
+/* pickle.loads of the n bytes at p, copied first into a bytes object
+ * (*data, a new reference, when data is not NULL): p may lie in a ring, and
+ * the unpickler runs Python code (a __reduce__'s callable) that may fork;
+ * the fork has no ring (MADV_DONTFORK), and an unpickler reading on there
+ * would fault.  The copy costs a memcpy per pickled record or 'p' value,
+ * small beside the unpickling. */
+static PyObject *loads_mem(const void *p, size_t n, PyObject **data)
 {
-    PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
-    if (!mv)
+    PyObject *b = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (!b)
         return NULL;
-    PyObject *r = PyObject_CallOneArg(pickle_loads, mv);
-    Py_DECREF(mv);
+    PyObject *r = PyObject_CallOneArg(pickle_loads, b);
+    if (data)
+        *data = b;
+    else
+        Py_DECREF(b);
     return r;
 }
 
@@ -70,7 +79,8 @@ static PyObject *dec_pickled(const unsigned char **pp, const unsigned char *end)
     p += 8;
     if ((uint64_t)(end - p) < n)
         return dec_corrupt();
-    PyObject *one = loads_mem(p, (size_t)n), *r = NULL;
+    PyObject *data = NULL;
+    PyObject *one = loads_mem(p, (size_t)n, &data), *r = NULL;
     if (one) {
         if (!PyList_CheckExact(one) || PyList_GET_SIZE(one) != 1) {
             Py_DECREF(one);
@@ -79,14 +89,12 @@ static PyObject *dec_pickled(const unsigned char **pp, const unsigned char *end)
         r = PyList_GET_ITEM(one, 0);
         Py_INCREF(r);
         Py_DECREF(one);
-    } else if (PyErr_ExceptionMatches(PyExc_Exception) &&
+    } else if (data && PyErr_ExceptionMatches(PyExc_Exception) &&
                !PyErr_ExceptionMatches(PyExc_MemoryError) && unsent_type) {
         PyErr_Clear();
-        PyObject *data = PyBytes_FromStringAndSize((const char *)p,
-                                                   (Py_ssize_t)n);
-        r = data ? PyObject_CallOneArg(unsent_type, data) : NULL;
-        Py_XDECREF(data);
+        r = PyObject_CallOneArg(unsent_type, data);
     }
+    Py_XDECREF(data);
     *pp = p + n;
     return r;
 }
@@ -96,19 +104,12 @@ static PyObject *dec_pickled(const unsigned char **pp, const unsigned char *end)
 static PyObject *loads_rescued(const char *how, const void *p, size_t n,
                                Py_ssize_t first, int *rescued)
 {
-    PyObject *r = loads_mem(p, n);
-    if (r)
-        return r;
-    PyObject *et, *ev, *etb;
-    PyErr_Fetch(&et, &ev, &etb);
-    PyObject *data = PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
-    if (!data) {
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(etb);
-        return NULL; /* MemoryError replaces the unpickler's error */
+    PyObject *data = NULL;
+    PyObject *r = loads_mem(p, n, &data);
+    if (r || !data) {
+        Py_XDECREF(data);
+        return r; /* or the copy's MemoryError */
     }
-    PyErr_Restore(et, ev, etb);
     r = rescue_loads(how, data, NULL, first);
     Py_DECREF(data);
     if (r)

@@ -430,7 +430,10 @@ static int work_run(MapIter *self, const pm_task *task, const void *in,
     Py_ssize_t first = (Py_ssize_t)task->first;
     Py_ssize_t n = (Py_ssize_t)task->count;
 
-    if (task_items(self, task, in, len, out, &items) < 0)
+    int rc_items = task_items(self, task, in, len, out, &items);
+    if (pm_forked_copy()) /* an item's unpickling forked: this is the copy */
+        copy_exit(Py_None); /* the worker, not the copy, runs the task */
+    if (rc_items < 0)
         goto fatal;
     results = PyList_New(n);
     if (!results)

@@ -649,3 +649,63 @@ def test_a_process_map_continued_in_a_forked_child_raises(chunksize):
         "print([first] + list(it) == [x * 3 for x in range(10000)])\n"
         % chunksize, timeout=60)
     assert out.split() == ["ParmapperError", "0", "True"]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 10])
+def test_a_fork_while_a_result_is_unpickled_leaves_a_working_child(chunksize):
+    # A result the codec cannot hold comes as a pickle, which the caller
+    # unpickled straight from the ring: a __reduce__ callable that forks
+    # left the unpickler of the child reading memory the child does not
+    # have (SIGSEGV, found by a hostile test). The child must get the map's
+    # refusal, the caller every result.
+    out = _run_child(
+        "import os, parmapper\n"
+        "FORKED = []\n"
+        "class R:\n"
+        "    def __init__(self, v): self.v = v\n"
+        "    def __reduce__(self): return (hook, (self.v,))\n"
+        "def hook(v):\n"
+        "    if v == 5 and not FORKED:\n"
+        "        FORKED.append(os.fork())\n"
+        "    return ('R', v)\n"
+        "def mk(x): return R(x) if x == 5 else x\n"
+        "got = []\n"
+        "try:\n"
+        "    for r in parmapper.parmap(mk, range(40), N=2, chunksize=%d):\n"
+        "        got.append(r)\n"
+        "except Exception as e:\n"
+        "    got.append(type(e).__name__)\n"
+        "if FORKED[0] == 0:\n"
+        "    os._exit(0 if got[-1] == 'ParmapperError' else 3)\n"
+        "print(os.waitpid(FORKED[0], 0)[1])\n"
+        "print(got == [('R', 5) if x == 5 else x for x in range(40)])\n"
+        % chunksize, timeout=60)
+    assert out.split() == ["0", "True"]
+
+
+@pytest.mark.parametrize("input_thread", [True, False])
+def test_a_fork_while_an_item_is_unpickled_in_a_worker_leaves_a_clean_copy(
+        input_thread):
+    # The same in a worker: an item pickled into its task and unpickled
+    # from the task ring by a __reduce__ callable that forks. The copy must
+    # not fault; it leaves at once (exit 0) and runs nothing; the worker
+    # goes on, and the item's result says how its copy ended.
+    out = _run_child(
+        "import os, parmapper\n"
+        "class I:\n"
+        "    def __init__(self, v): self.v = v\n"
+        "    def __reduce__(self): return (hook, (self.v,))\n"
+        "def hook(v):\n"
+        "    if v != 5:\n"
+        "        return v\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        return v\n"
+        "    return ('status', os.waitpid(pid, 0)[1])\n"
+        "items = (I(x) if x == 5 else x for x in range(20))\n"
+        "r = list(parmapper.parmap(lambda x: x, items, N=2, chunksize=3,\n"
+        "                          input_thread=%r))\n"
+        "print(r[5])\n"
+        "print(r[:5] + r[6:] == [x for x in range(20) if x != 5])\n"
+        % input_thread, timeout=60)
+    assert out.split("\n")[:2] == ["('status', 0)", "True"]
