@@ -81,6 +81,9 @@
     X(map_ordered_p3_threads3)                                                 \
     X(map_ordered_p8_threads3)                                                 \
     X(map_ordered_window1)                                                     \
+    X(map_odd_windows_sweep)                                                   \
+    X(job_odd_windows_sweep)                                                   \
+    X(job_slow_feed_odd_windows)                                               \
     X(map_unordered_p1)                                                        \
     X(map_unordered_p3)                                                        \
     X(map_unordered_p8_threads3)                                               \

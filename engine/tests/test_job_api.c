@@ -682,3 +682,150 @@ TEST_IMPL(job_feed_from_a_thread)
     }
     ASSERT_NO_CHILDREN();
 }
+
+/* A C program's window need not be a power of two (a slot's FIFO is the
+ * window rounded up, fifo_mask): windows 1, 3, 5, 7 and 100, fixed and
+ * adaptive chunks, small rings, some results of a few KB; every record's
+ * result checked, in order when ordered. */
+TEST_IMPL(job_odd_windows_sweep)
+{
+    static const int wins[] = {1, 3, 5, 7, 100};
+    size_t n = N_(700, 70);
+    recs r;
+    recs_make(&r, n);
+    for (int wi = 0; wi < 5; wi++)
+        for (int np = 1; np <= 3; np++)
+            for (int nt = 1; nt <= 2; nt++)
+                for (int ord = 0; ord < 2; ord++)
+                    for (int ch = 0; ch < 3; ch++) {
+                        pm_job_options o;
+                        pm_job_options_init(&o);
+                        o.nproc = np;
+                        o.nthreads = nt;
+                        o.ordered = ord;
+                        o.window = wins[wi];
+                        o.chunk = ch == 0 ? 0 : ch == 1 ? 1 : 3;
+                        o.ring_bytes = (wi + ch) % 2 ? 4096 : 0;
+                        api_work w = {.big_every = 7,
+                                      .big = (size_t)(wi * 977 + ch * 333) % 3000};
+                        pm_job *job;
+                        ASSERT_OK(pm_job_create(&job, &o, api_fn, &w));
+                        ASSERT_OK(pm_job_feed_array(job, r.recs, r.n));
+                        unsigned char *seen = calloc(n, 1);
+                        ASSERT(seen != NULL);
+                        pm_item it;
+                        int rc;
+                        uint64_t next = 0;
+                        while ((rc = pm_job_next(job, &it)) == 1) {
+                            ASSERT_EQ(it.status, PM_ITEM_OK);
+                            ASSERT_ULT(it.index, n);
+                            ASSERT(!seen[it.index]);
+                            seen[it.index] = 1;
+                            if (ord)
+                                ASSERT_UEQ(it.index, next++);
+                            if (it.index % 7 == 1) {
+                                ASSERT_UEQ(it.len, w.big);
+                            } else {
+                                uint64_t v;
+                                ASSERT_UEQ(it.len, 8);
+                                memcpy(&v, it.data, 8);
+                                ASSERT_UEQ(v, it.index * 3);
+                            }
+                        }
+                        ASSERT_RC(rc, 0);
+                        for (size_t i = 0; i < n; i++)
+                            ASSERT(seen[i]);
+                        free(seen);
+                        pm_job_destroy(job);
+                    }
+    recs_free(&r);
+}
+
+/* A feed that another thread fills: records appear one at a time, each
+ * followed by pm_job_wake(); with ping set, the next only once the result
+ * of the last one came back (a job that sits on a record until more tasks
+ * are done, or misses the wake, stalls until the producer gives up). */
+typedef struct slow_feed {
+    pm_job *job;
+    _Atomic uint64_t avail; /* records made so far */
+    _Atomic uint64_t consumed; /* results the consumer has seen */
+    uint64_t taken, n;
+    uint64_t vals[512];
+    int ping;
+} slow_feed;
+
+static int slow_feed_fn(void *ctx, const void **data, size_t *len)
+{
+    slow_feed *f = ctx;
+    if (f->taken == f->n)
+        return 0;
+    if (f->taken >= atomic_load(&f->avail))
+        return PM_NO_TASK_YET;
+    f->vals[f->taken] = f->taken;
+    *data = &f->vals[f->taken];
+    *len = 8;
+    f->taken++;
+    return 1;
+}
+
+static void *slow_producer(void *arg)
+{
+    slow_feed *f = arg;
+    for (uint64_t i = 0; i < f->n; i++) {
+        if (f->ping) {
+            uint64_t t0 = pm__now_ns();
+            while (atomic_load(&f->consumed) < i) {
+                if (pm__now_ns() - t0 > 20000000000ull)
+                    return NULL; /* the job stalled: it fails on the count */
+                sched_yield();
+            }
+        } else if (i % 7 == 0) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+        atomic_store(&f->avail, i + 1);
+        pm_job_wake(f->job);
+    }
+    return NULL;
+}
+
+TEST_IMPL(job_slow_feed_odd_windows)
+{
+    static const int wins[] = {1, 3, 5, 7, 100};
+    for (int wi = 0; wi < 5; wi++)
+        for (int np = 1; np <= 3; np += 2)
+            for (int ping = 0; ping < 2; ping++)
+                for (int ord = 0; ord < 2; ord++) {
+                    pm_job_options o;
+                    pm_job_options_init(&o);
+                    o.nproc = np;
+                    o.nthreads = 1 + (wi & 1);
+                    o.ordered = ord;
+                    o.window = wins[wi];
+                    o.chunk = 1;
+                    slow_feed *f = calloc(1, sizeof *f);
+                    ASSERT(f != NULL);
+                    f->n = N_(400, 40);
+                    f->ping = ping;
+                    ASSERT_OK(pm_job_create(&f->job, &o, api_fn, NULL));
+                    ASSERT_OK(pm_job_feed_fn(f->job, slow_feed_fn, f));
+                    pthread_t th;
+                    ASSERT_OK(pthread_create(&th, NULL, slow_producer, f));
+                    pm_item it;
+                    int rc;
+                    uint64_t got = 0;
+                    while ((rc = pm_job_next(f->job, &it)) == 1) {
+                        ASSERT_EQ(it.status, PM_ITEM_OK);
+                        uint64_t v;
+                        ASSERT_UEQ(it.len, 8);
+                        memcpy(&v, it.data, 8);
+                        ASSERT_UEQ(v, it.index * 3);
+                        atomic_store(&f->consumed, ++got);
+                    }
+                    pthread_join(th, NULL);
+                    ASSERT_RC(rc, 0);
+                    ASSERT_UEQ(got, f->n);
+                    pm_job_destroy(f->job);
+                    free(f);
+                }
+}

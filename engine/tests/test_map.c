@@ -510,3 +510,34 @@ TEST_IMPL(map_zero_tasks)
         tgen_free(&g);
     }
 }
+
+/* A slot's FIFO holds the window rounded up to a power of two (fifo_mask):
+ * windows that are not powers of two, on one to three processes of one or
+ * two threads, ordered or not, rings small enough that tasks and results
+ * (pads around a fragment's size, ring/4) wrap and stream, all verified. */
+TEST_IMPL(map_odd_windows_sweep)
+{
+    static const int wins[] = {1, 2, 3, 5, 7, 9, 100};
+    static const size_t rings[] = {4096, 8192, 0};
+    static const size_t pads[] = {0, 1000, 1020, 1024, 2040, 4000, 9000};
+    int nwins = N_(7, 3);
+    for (int wi = 0; wi < nwins; wi++)
+        for (int np = 1; np <= 3; np++)
+            for (int nt = 1; nt <= 2; nt++)
+                for (int ord = 0; ord < 2; ord++)
+                    for (int ri = 0; ri < 3; ri++) {
+                        pm_options opt;
+                        pm_options_init(&opt);
+                        opt.nproc = np;
+                        opt.nthreads = nt;
+                        opt.ordered = ord;
+                        opt.window = wins[wi + (7 - nwins)];
+                        opt.ring_bytes = rings[ri];
+                        tgen g = {.nitems = N_(400, 40),
+                                  .max_count = 3,
+                                  .task_pad = pads[(wi + np + nt + ri) % 7]};
+                        twork w = {.result_pad = pads[(wi * 3 + ri + ord) % 7],
+                                   .chunk = (ri & 1) ? 700 : 0};
+                        run_verify(&opt, &g, &w);
+                    }
+}
