@@ -192,13 +192,7 @@ static PyObject *bad_call_result(PyObject *fun, PyObject *r)
         return NULL;
     }
     Py_DECREF(r);
-    PyObject *et, *ev, *etb;
-    PyErr_Fetch(&et, &ev, &etb);
-    PyErr_NormalizeException(&et, &ev, &etb);
-    if (etb && ev)
-        PyException_SetTraceback(ev, etb);
-    Py_XDECREF(et);
-    Py_XDECREF(etb);
+    PyObject *ev = take_exception();
     PyErr_Format(PyExc_SystemError,
                  "%R returned a result with an " CALL_ERROR_WORD " set", fun);
     if (!ev)

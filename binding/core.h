@@ -315,6 +315,10 @@ static PyObject *dec_pickled(const unsigned char **pp,
 static int gather_read(MapIter *self, pm_task *task, const pm_iov **iov,
                        int *niov, void **owner);
 
+/* tasks.c: takes the pending exception: its value (new reference), with
+ * its traceback attached. */
+static PyObject *take_exception(void);
+
 /* hooks.c: a worker thread takes the GIL back (a no-op while it holds it),
  * or lets it go. */
 static void gil_take(void);
