@@ -4,10 +4,30 @@
  */
 #include "core.h" /* not compiled alone: _core.c includes this file */
 
+/* Another thread of this interpreter at the fork (taken with the GIL held,
+ * under which no thread state is unlinked): only such a thread can hold a
+ * standard stream's lock that the fork inherits locked, so only then does
+ * the worker need streams of its own (fresh_stdio, ~0.6 ms per worker).
+ * Otherwise the worker keeps the caller's streams, flushed just before
+ * the fork so that nothing buffered is written twice. */
+static int fork_other_threads;
+
+static void flush_std(void);
+
+static int other_threads(void)
+{
+    PyThreadState *t = PyInterpreterState_ThreadHead(
+        PyThreadState_GetInterpreter(PyThreadState_Get()));
+    return t && PyThreadState_Next(t) != NULL;
+}
+
 static void hook_before_fork(void *ctx)
 {
     (void)ctx;
+    fork_other_threads = other_threads();
     PyOS_BeforeFork();
+    if (!fork_other_threads)
+        flush_std(); /* after the at-fork handlers, which may print */
 }
 
 static void hook_after_fork_parent(void *ctx)
@@ -42,10 +62,12 @@ static void hook_after_fork_child(void *ctx, int worker)
     worker_malloc_policy();
     /* Standard streams of its own: a thread of the caller may have held
      * the inherited ones' locks at the fork (parmapper/_worker.py). */
-    PyObject *f = fresh_stdio ? PyObject_CallNoArgs(fresh_stdio) : NULL;
-    if (!f)
-        PyErr_Clear();
-    Py_XDECREF(f);
+    if (fork_other_threads) {
+        PyObject *f = fresh_stdio ? PyObject_CallNoArgs(fresh_stdio) : NULL;
+        if (!f)
+            PyErr_Clear();
+        Py_XDECREF(f);
+    }
     /* Everything inherited goes to the permanent generation: a collection
      * in the worker then never walks the caller's objects, whose headers it
      * would write to, copying the caller's heap page by page (a full

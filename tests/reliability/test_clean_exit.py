@@ -136,3 +136,45 @@ emit(total=total, small=small, first=first, died=died,
     assert f["first"] == [0, 1, 2]
     assert f["died"] == "WorkerDiedError", f
     assert f["elapsed"] < 20, f
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_what_the_caller_printed_is_written_once(run_py, threads):
+    """A worker of a single-threaded caller keeps the caller's streams
+    (no other thread can hold their locks at the fork): what the caller had
+    buffered, or an at-fork handler printed, must be flushed before the
+    fork, not written again by each worker; workers replaced later (a
+    death with retries) too. With another thread they get streams of their
+    own, as before. stdout is a pipe (block-buffered)."""
+    res = run_py(r'''
+import os, threading, parmapper
+
+os.register_at_fork(before=lambda: print("at-fork line"))
+if P["threads"]:
+    ev = threading.Event()
+    th = threading.Thread(target=ev.wait)
+    th.start()
+print("caller line 1")
+def f(x):
+    if x == 7 and not os.path.exists(TMP + "/died"):
+        open(TMP + "/died", "w").close()
+        os._exit(3)
+    print("worker line %d" % x, flush=True)  # a death loses no line
+    return x
+r = list(parmapper.parmap(f, range(20), N=2, chunksize=1, retries=1))
+print("caller line 2")
+if P["threads"]:
+    ev.set()
+    th.join()
+emit(ok=r == list(range(20)))
+''', params={"threads": threads}, env={"PYTHONUNBUFFERED": ""})
+    assert res.returncode == 0, res.describe()
+    assert res.facts["ok"]
+    out = res.stdout.splitlines()
+    assert out.count("caller line 1") == 1, res.describe()
+    assert out.count("caller line 2") == 1, res.describe()
+    # One per fork: the two workers and the one that replaced the dead one.
+    assert out.count("at-fork line") == 3, res.describe()
+    workers = sorted(l for l in out if l.startswith("worker"))
+    assert workers == sorted("worker line %d" % x for x in range(20)), \
+        res.describe()
