@@ -212,9 +212,7 @@ static PyObject *record_failed(MapIter *self)
     res.task.first = (uint64_t)self->chunk_first;
     res.task.count = (uint64_t)self->rec_count;
     bad_record(&res, "undecodable values");
-    self->rec_end = NULL;
-    self->rec_left = 0;
-    map_teardown_keep_error(self);
+    map_teardown_keep_error(self); /* the record goes with the map */
     return NULL;
 }
 
@@ -225,7 +223,8 @@ static PyObject *record_value(MapIter *self)
 {
     if (self->rec_forks != fork_count) {
         /* A copy fork() made of the caller: the record is in memory the
-         * caller's process releases and the workers write again. */
+         * caller's process releases and the workers write again.  Let go
+         * of it before anything runs that could ask for a value again. */
         self->rec_end = NULL;
         self->rec_left = 0;
         raise_engine_error(self, PM_ENOTOWNER);

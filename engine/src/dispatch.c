@@ -227,7 +227,8 @@ static int send_unsent(pm_map *m, int *progress)
     m->unsent = 0;
     for (int i = 0; i < m->nslots; i++) {
         pm_slot *s = &m->slots[i];
-        if (pm__worker_alive(m, s->worker) && s->pend_active) {
+        int alive = pm__worker_alive(m, s->worker);
+        if (alive && s->pend_active) {
             *progress |= flush_pending(m, s);
             if (s->tx.bad) { /* the worker published an impossible tail */
                 m->unsent = 1;
@@ -237,7 +238,7 @@ static int send_unsent(pm_map *m, int *progress)
                 continue;
             }
         }
-        if (pm__worker_alive(m, s->worker) && s->resend < s->fifo_n) {
+        if (alive && s->resend < s->fifo_n) {
             int rc = resend_some(m, s, progress);
             if (rc < 0)
                 return rc;

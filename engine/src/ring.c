@@ -10,7 +10,6 @@
 
 #include "pm.h"
 
-#define ALIGN8(x) (((x) + 7u) & ~(uint64_t)7u)
 
 size_t pm__ring_size(size_t cap)
 {
@@ -76,7 +75,7 @@ static void tx_publish(pm_ring_tx *tx, int last)
     hdr[1] = PM_FRAG_MAGIC | (tx->first ? PM_FRAG_FIRST : 0u) |
              (last ? PM_FRAG_LAST : 0u);
     memcpy(tx->data + (tx->frag_at & (tx->cap - 1)), hdr, sizeof hdr);
-    tx->pos = tx->frag_at + ALIGN8(PM_FRAG_HDR + (uint64_t)tx->frag_len);
+    tx->pos = tx->frag_at + PM_ALIGN8(PM_FRAG_HDR + (uint64_t)tx->frag_len);
     atomic_store_explicit(&tx->r->head, tx->pos, memory_order_release);
     tx->open = 0;
     tx->first = last;
@@ -144,7 +143,7 @@ int pm__rx_peek(pm_ring_rx *rx, pm_frag *f)
     if (rx->head_cache - rx->tail > rx->cap)
         return PM_ECORRUPT;
     memcpy(hdr, rx->data + (rx->tail & mask), sizeof hdr);
-    uint64_t end = rx->tail + ALIGN8(PM_FRAG_HDR + (uint64_t)hdr[0]);
+    uint64_t end = rx->tail + PM_ALIGN8(PM_FRAG_HDR + (uint64_t)hdr[0]);
     if ((hdr[1] & 0xffff0000u) != PM_FRAG_MAGIC || hdr[0] > rx->max_frag ||
         end - rx->tail > rx->head_cache - rx->tail)
         return PM_ECORRUPT;

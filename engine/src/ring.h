@@ -34,6 +34,8 @@
 #define PM_FRAG_LAST 2u
 #define PM_FRAG_MAGIC 0x504d0000u /* "PM" in the high half of flags */
 #define PM_FRAG_HDR 8u
+/* Fragments start at 8-aligned positions. */
+#define PM_ALIGN8(x) (((x) + 7u) & ~(uint64_t)7u)
 
 typedef struct pm_ring {
     _Alignas(64) _Atomic uint64_t head; /* bytes published by the producer */
@@ -175,7 +177,7 @@ static inline int pm__tx_put(pm_ring_tx *tx, const void *a, size_t na,
         memcpy(tx->data + off + na, b, nb);
     memcpy(tx->data + (tx->pos & (tx->cap - 1)), hdr, sizeof hdr);
     /* Padded to 8: it fits, the room's end (tail + cap) is 8-aligned. */
-    tx->pos += (PM_FRAG_HDR + n + 7u) & ~(uint64_t)7u;
+    tx->pos += PM_ALIGN8(PM_FRAG_HDR + n);
     atomic_store_explicit(&tx->r->head, tx->pos, memory_order_release);
     return 1;
 }
