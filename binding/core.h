@@ -258,7 +258,9 @@ static PyObject *kw_buffers;         /* ("buffers",) */
 static PyObject *ItemShapeError;  /* TypeError subclass, made here */
 static PyObject *errors_module;   /* parmapper._errors, imported lazily */
 static PyObject *unsent_type;     /* parmapper._errors._Unsent, set before fork */
-static PyObject *gc_freeze;       /* gc.freeze, set before fork */
+static PyObject *gc_module;       /* gc, set before fork */
+/* The caller's collector was on at the fork (gc_pause in hooks.c). */
+static int gc_was_on;
 static PyObject *fresh_stdio;     /* parmapper._worker.fresh_stdio, idem */
 
 /* 0 in the caller's process; 1 in a worker of a daemon map; 2 in a worker of

@@ -35,13 +35,8 @@ static int map_begin(MapIter *self)
 {
     if (!unsent_type && !(unsent_type = errors_attr("_Unsent")))
         return -1;
-    if (!gc_freeze) {
-        PyObject *gc = PyImport_ImportModule("gc");
-        gc_freeze = gc ? PyObject_GetAttrString(gc, "freeze") : NULL;
-        Py_XDECREF(gc);
-        if (!gc_freeze)
-            return -1;
-    }
+    if (!gc_module && !(gc_module = PyImport_ImportModule("gc")))
+        return -1;
     if (!fresh_stdio && !(fresh_stdio = worker_attr("fresh_stdio")))
         return -1;
     if (self->index_seq) {
