@@ -355,13 +355,18 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
 
 /*
  * Index dispatch reads the items in the workers, from the input they
- * inherited at fork.  A worker forked later (a replacement, after a death or
- * a timeout) must read the same items, not what the caller has put in the
- * list since: a list is replaced by a tuple of its items now (a pointer per
- * item); a numpy array by a copy, when the map can replace
- * workers to run tasks again (retries or a timeout).  Tuples and ranges
- * cannot change.  Sets self->length, the true length.  Returns 0, or -1
- * with an exception set.
+ * inherited at fork.  A worker forked later (a replacement: retries,
+ * timeout, max_memory, max_tasks_per_worker, pm_options_respawn) must read
+ * the same items, not what the caller has put in the list or array since:
+ * such a map copies a list into a tuple of its items (a pointer and a
+ * reference per item) and a numpy array with its copy().  Other maps copy
+ * nothing: their workers are all forked by pm_map_start, before the
+ * caller's code runs again, and each reads its own copy of the caller's
+ * memory.  (The copy of a list of 10^6 ints cost ~7 ms before the forks,
+ * and its references written to every item ~10^4 page faults more in the
+ * caller; measured in benchmarks.md.)  Tuples and ranges cannot change.
+ * Sets self->length, the true length.  Returns 0, or -1 with an exception
+ * set.
  */
 /* A range whose every item fits in a long long: the worker computes item i
  * as range_start + i * range_step (index_item) instead of CPython's
@@ -396,19 +401,16 @@ static int range_fast_path(MapIter *self)
 static int index_snapshot(MapIter *self)
 {
     PyObject *s = self->index_seq, *snap = NULL;
-    if (PyList_CheckExact(s)) {
-        snap = PyList_AsTuple(s);
+    if (pm_options_respawn(&self->opt) && !PyTuple_CheckExact(s) &&
+        !PyRange_Check(s)) {
+        /* A numpy array is copied whatever its flags say (a read-only
+         * view of a writable array changes with it). */
+        snap = PyList_CheckExact(s) ? PyList_AsTuple(s)
+                                    : PyObject_CallMethod(s, "copy", NULL);
         if (!snap)
             return -1;
-    } else if (!PyTuple_CheckExact(s) && !PyRange_Check(s) &&
-               (self->opt.retries > 0 || self->opt.timeout_ms > 0)) {
-        /* A numpy array: copied whatever its flags say (a read-only view
-         * of a writable array changes with it). */
-        if (!(snap = PyObject_CallMethod(s, "copy", NULL)))
-            return -1;
-    }
-    if (snap)
         Py_SETREF(self->index_seq, snap);
+    }
     self->length = PyObject_Length(self->index_seq);
     if (self->length < 0)
         return -1;

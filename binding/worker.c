@@ -92,11 +92,13 @@ static PyObject *index_item(MapIter *self, Py_ssize_t i)
     if (self->range_fast && i < self->length) /* no overflow: tasks.c */
         return PyLong_FromLongLong(self->range_start +
                                    (long long)i * self->range_step);
-    PyObject *s = self->index_seq; /* a list input is a tuple here */
-    if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
-        return inherited_item(PyTuple_GET_ITEM(s, i));
+    /* The caller's list as it was at the fork (a tuple of its items when
+     * the map may fork replacements: index_snapshot). */
+    PyObject *s = self->index_seq;
     if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
         return inherited_item(PyList_GET_ITEM(s, i));
+    if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
+        return inherited_item(PyTuple_GET_ITEM(s, i));
     return PySequence_GetItem(s, i);
 }
 

@@ -279,6 +279,65 @@ def test_replacement_worker_reads_the_array_as_it_was(tmp_path):
     assert got == list(range(400))
 
 
+def _slow_int(x):
+    import time
+    time.sleep(0.002)
+    return int(x)
+
+
+@pytest.mark.parametrize("kind", ["list", "array"])
+@pytest.mark.parametrize("how", ["parmap", "Pool.imap"])
+def test_retired_workers_successors_read_the_input_as_it_was(kind, how):
+    # A worker retired after max_tasks_per_worker is replaced by a fresh
+    # fork: a numpy array was copied only with retries or a timeout, so the
+    # successors read what the caller had written into it since (a silent
+    # wrong answer: [0, 1, 2, 3, -1, -1, ...]).
+    if kind == "array":
+        np = pytest.importorskip("numpy")
+        seq = np.arange(60)
+    else:
+        seq = list(range(60))
+    got = []
+    if how == "parmap":
+        results = parmapper.parmap(_slow_int, seq, N=2, chunksize=1,
+                                   max_tasks_per_worker=2)
+    else:
+        pool = parmapper.Pool(2, maxtasksperchild=2)
+        results = pool.imap(_slow_int, seq)
+    for i, r in enumerate(results):
+        got.append(r)
+        if i == 0:
+            seq[:] = [-1] * 60
+    if how != "parmap":
+        pool.close()
+        pool.join()
+    assert got == list(range(60))
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(chunksize=1), dict(Nt=2),
+                                  dict(ordered=False)],
+                         ids=["adaptive", "chunk1", "threads", "unordered"])
+@pytest.mark.parametrize("change", ["assign", "clear", "array"])
+def test_workers_read_the_input_as_it_was_at_the_start(opts, change):
+    # Without options that fork replacements the input is not copied: each
+    # worker reads it in its own copy of the caller's memory, made by the
+    # fork before the caller's code runs again.
+    if change == "array":
+        np = pytest.importorskip("numpy")
+        seq = np.arange(300)
+    else:
+        seq = list(range(300))
+    got = []
+    for i, r in enumerate(parmapper.parmap(_slow_int, seq, N=2, **opts)):
+        got.append(r)
+        if i == 5:
+            if change == "clear":
+                seq.clear()
+            else:
+                seq[:] = [-1] * 300
+    assert sorted(got) == list(range(300))
+
+
 # --- a slow input does not hold results back --------------------------------
 
 SLOW_PATHS = {

@@ -28,6 +28,14 @@ void pm_options_init(pm_options *o)
     o->ordered = 1;
 }
 
+/* The replacements: handle_dead (m->keep below) and the retirement after
+ * max_items_per_worker (pm__poll_health), both in health.c. */
+int pm_options_respawn(const pm_options *o)
+{
+    return o->retries > 0 || o->timeout_ms > 0 || o->deliver_lost ||
+           o->max_rss_bytes > 0 || o->max_items_per_worker > 0;
+}
+
 static uint64_t pow2_at_least(uint64_t x)
 {
     uint64_t p = 1;

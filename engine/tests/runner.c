@@ -121,6 +121,7 @@
     X(map_destroy_while_workers_slow)                                          \
     X(map_started_in_exited_thread)                                            \
     X(map_retry_recovers)                                                      \
+    X(map_respawn_options)                                                     \
     X(map_retry_recovers_p3_threads2)                                          \
     X(map_retry_exhausted)                                                     \
     X(map_timeout)                                                             \

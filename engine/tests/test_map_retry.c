@@ -170,6 +170,61 @@ TEST_IMPL(map_retry_recovers)
     tgen_free(&g);
 }
 
+/* pm_options_respawn names exactly the options under which a worker can be
+ * forked after pm_map_start (the binding copies an indexed input only
+ * then): without them a death forks nothing, with max_items_per_worker
+ * alone fresh workers are forked. */
+TEST_IMPL(map_respawn_options)
+{
+    pm_options opt;
+    pm_options_init(&opt);
+    ASSERT_EQ(pm_options_respawn(&opt), 0);
+    for (int k = 0; k < 5; k++) {
+        pm_options o;
+        pm_options_init(&o);
+        if (k == 0) o.retries = 1;
+        if (k == 1) o.timeout_ms = 1000;
+        if (k == 2) o.deliver_lost = 1;
+        if (k == 3) o.max_items_per_worker = 10;
+        if (k == 4) o.max_rss_bytes = 1 << 30;
+        ASSERT_MSG(pm_options_respawn(&o) == 1, "option %d", k);
+    }
+    for (int k = 0; k < 2; k++) {
+        const uint64_t n = 200;
+        pm_options_init(&opt);
+        opt.nproc = 2;
+        if (k == 1)
+            opt.max_items_per_worker = 30;
+        tgen g = {.nitems = n, .max_count = 1};
+        rwork w;
+        rwork_init(&w, n);
+        if (k == 0) {
+            w.die_item = 37;
+            w.die_times = 1;
+        }
+        int forks = 0;
+        pm_hooks hooks = {.ctx = &forks, .after_fork_parent = count_fork};
+        pm_map *m;
+        ASSERT_OK(pm_map_create(&m, &opt, tgen_produce, &g, rwork_work, &w,
+                                &hooks));
+        pm_result res;
+        int rc;
+        while ((rc = pm_map_next(m, &res)) == 1)
+            ;
+        if (k == 0) {
+            ASSERT_RC(rc, PM_EWORKERDIED);
+            ASSERT_EQ(forks, 2); /* none after the start */
+        } else {
+            ASSERT_OK(rc);
+            ASSERT_MSG(forks > 2, "%d forks with max_items_per_worker", forks);
+        }
+        ASSERT_OK(pm_map_destroy(m));
+        ASSERT_NO_CHILDREN();
+        rwork_free(&w);
+        tgen_free(&g);
+    }
+}
+
 TEST_IMPL(map_retry_recovers_p3_threads2)
 {
     const uint64_t n = 2000;
