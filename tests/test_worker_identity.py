@@ -59,6 +59,48 @@ def test_worker_named_for_multiprocessing():
     assert mp.parent_process() is None
 
 
+def _identity(i):
+    import multiprocessing as mp
+    p = mp.current_process()
+    return (p.name, p._identity, mp.parent_process().pid,
+            mp.parent_process().name, os.getpid())
+
+
+def _nested(i):
+    return os.getpid(), list(parmapper.parmap(_identity, range(2), N=2,
+                                              chunksize=1))
+
+
+def test_worker_names_when_maps_interleave_and_nest():
+    """The caller makes its workers' process objects when a map is created
+    (_worker.prepare): a map started after another was created, a map
+    inside a worker and a renamed caller still give each worker its own."""
+    import multiprocessing as mp
+    me = os.getpid()
+    a = parmapper.parmap(_identity, range(3), N=3, chunksize=1)
+    b = list(parmapper.parmap(_identity, range(2), N=2, chunksize=1))
+    got = list(a)
+    assert sorted(g[0] for g in b) == ["ParmapWorker-1", "ParmapWorker-2"]
+    assert sorted(g[0] for g in got) == ["ParmapWorker-1", "ParmapWorker-2",
+                                          "ParmapWorker-3"]
+    assert sorted(g[1] for g in got) == [(1,), (2,), (3,)]
+    assert all(g[2] == me and g[3] == "MainProcess" and g[4] != me
+               for g in got)
+    for wpid, inner in parmapper.parmap(_nested, range(2), N=2, chunksize=1,
+                                        daemon=False):
+        assert sorted(g[0] for g in inner) == ["ParmapWorker-1",
+                                               "ParmapWorker-2"]
+        assert all(g[2] == wpid and g[3].startswith("ParmapWorker-")
+                   and len(g[1]) == 2 for g in inner), inner
+    old = mp.current_process().name
+    mp.current_process().name = "Boss"
+    try:
+        got = list(parmapper.parmap(_identity, range(2), N=2, chunksize=1))
+    finally:
+        mp.current_process().name = old
+    assert [g[3] for g in got] == ["Boss", "Boss"]
+
+
 def test_log_records_name_workers():
     """%(processName)s tells workers from the caller, in a program that
     imports only logging and parmapper."""

@@ -426,12 +426,12 @@ def parmap(fun, seq, N=None, Nt=1, chunksize=None, ordered=True, daemon=True,
         # rather than in every worker.
         if "logging" in sys.modules and "multiprocessing" not in sys.modules:
             import multiprocessing.process  # noqa: F401
-        _worker.prepare()
         nproc = user_N
         # A list is read at the first next(), not now: it may be filled
         # meanwhile (its length now is no bound).
         if n is not None and not (n == 0 and type(seq) is list):
             nproc = max(1, min(nproc, n if adaptive else -(-n // chunksize)))
+        _worker.prepare(nproc)
         if n == 0 and indexed and type(seq) is not list:
             results = iter(())
         else:

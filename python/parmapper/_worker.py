@@ -101,15 +101,20 @@ def after_fork(worker):
             pass
 
 
-def _name_worker(worker):
-    from multiprocessing import process
+# What prepare() made in the caller for its workers' multiprocessing names:
+# (the caller's pid, its parent_process() object, [one process object per
+# worker]).  Made before the fork, each worker only assigns its own: making
+# them there cost ~0.3 ms per worker, most of it in the pages the copies of
+# the caller's objects wrote to (~60 copy-on-write faults).
+_PREPARED = None
 
-    parent = process._current_process
+
+def _process_object(process, parent, worker, caller_pid):
     me = process.BaseProcess.__new__(process.BaseProcess)
     me.__dict__.update(parent.__dict__)
     me._identity = tuple(getattr(parent, "_identity", ())) + (worker + 1,)
     me._config = dict(parent._config)
-    me._parent_pid = os.getppid()
+    me._parent_pid = caller_pid
     me._parent_name = parent.name
     me._popen = None
     me._closed = False
@@ -117,22 +122,46 @@ def _name_worker(worker):
     me._args = ()
     me._kwargs = {}
     me._name = "ParmapWorker-{}".format(worker + 1)
+    return me
+
+
+def _name_worker(worker):
+    from multiprocessing import process
+
+    prepared = _PREPARED
+    ppid = os.getppid()
+    if prepared is not None and prepared[0] == ppid and \
+            worker < len(prepared[2]):
+        parent_object, me = prepared[1], prepared[2][worker]
+    else:  # another map of the caller prepared since, for fewer workers
+        parent = process._current_process
+        parent_object = _Parent(parent.name, ppid)
+        me = _process_object(process, parent, worker, ppid)
     process._current_process = me
-    process._parent_process = _Parent(parent.name, os.getppid())
+    process._parent_process = parent_object
     process._children = set()
 
 
 _PARENT_CLASS = None
 
 
-def prepare():
-    """In the caller, before its workers fork: makes what :func:`after_fork`
-    would otherwise make in each of them (the class of parent_process())."""
-    if "multiprocessing.process" in sys.modules and _PARENT_CLASS is None:
-        try:
-            _parent_class()
-        except Exception:
-            pass
+def prepare(nproc):
+    """In the caller, before `nproc` workers fork: makes what
+    :func:`after_fork` would otherwise make in each of them (their
+    multiprocessing process objects and the class of parent_process()).
+    Made anew for every map, so that they copy the caller's process object
+    as it is now (~20 us per worker)."""
+    global _PREPARED
+    if "multiprocessing.process" not in sys.modules:
+        return
+    try:
+        from multiprocessing import process
+        parent, pid = process._current_process, os.getpid()
+        _PREPARED = (pid, _Parent(parent.name, pid),
+                     [_process_object(process, parent, w, pid)
+                      for w in range(nproc)])
+    except Exception:  # a multiprocessing that differs: named in the worker
+        _PREPARED = None
 
 
 def _parent_class():
