@@ -548,6 +548,10 @@ def markdown(cases, info, workloads, quick, md_path, png_rel):
       "consuming every result into a list (workload 6: the slow consumer) and "
       "shutting the pool down (`close()` + `join()`, the `with` block's exit; "
       "joblib keeps loky's reusable workers alive by design).")
+    w("- Import times are those of compiled packages: `run.py` first writes "
+      "the `.pyc` files of parmapper, joblib and mpire that are missing (as pip "
+      "does at install), so a source tree run with PYTHONDONTWRITEBYTECODE does "
+      "not count the compiler.")
     w("- All peers map the same module-level functions (benchmarks/_funcs.py), so "
       "every library can run every workload; results are checked (count, values, "
       "order) and a wrong answer is reported as n/a.")
