@@ -198,8 +198,9 @@ typedef struct {
                               WorkerDiedError (parmapper._worker.ProcLog) */
     PyObject *index_seq;   /* the input, when the workers index it (a list
                               is replaced by a tuple of its items when the
-                              map starts: every worker, replacements too,
-                              reads the items as they were then) */
+                              map may fork replacements: index_snapshot) */
+    PyObject *spare_int;   /* in a worker: an int item the function kept no
+                              reference to, reused for the next (worker.c) */
     int range_fast;        /* index_seq is a range of long longs: */
     long long range_start, range_step; /* item i is start + i * step */
     int input_done;        /* the input is finished: never read it again */

@@ -391,6 +391,7 @@ static int MapIter_clear(MapIter *self)
     Py_CLEAR(self->chunk_errors);
     Py_CLEAR(self->timeout_obj);
     Py_CLEAR(self->index_seq);
+    Py_CLEAR(self->spare_int);
     Py_CLEAR(self->input_exc);
     Py_CLEAR(self->proc_log);
     if (self->reader) {

@@ -62,16 +62,72 @@ static int sanitize_results(PyObject *results, PyObject **errors,
     return 0;
 }
 
+/*
+ * An int item is made afresh in the worker (inherited_item, below), and
+ * freed after the call.  When the function kept no reference to it (its
+ * count is back to the worker's own one), its object is kept as the map's
+ * spare and the next such item is written into it: nobody else can see an
+ * object only the worker holds, so this is a fresh int without a malloc
+ * and a free (~100 instructions of the ~800 a worker spends per int item
+ * of a list; benchmarks.md).  Only ints of exactly one digit (|v| < 2**30)
+ * outside CPython's cached small ints, whose layout each version's header
+ * gives: Py_SIZE and ob_digit before 3.12, long_value.lv_tag (digit count
+ * above _PyLong_NON_SIZE_BITS, the sign in the low bits, and from 3.13 an
+ * immortality bit, kept) from 3.12 on.
+ */
+static inline int one_digit(long long v)
+{
+    return v >= -(long long)PyLong_MASK && v <= (long long)PyLong_MASK &&
+           (v < -5 || v > 256);
+}
+
+static inline int spare_ok(PyObject *o)
+{
+    if (Py_REFCNT(o) != 1 || !PyLong_CheckExact(o))
+        return 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    return (((PyLongObject *)o)->long_value.lv_tag >> _PyLong_NON_SIZE_BITS) == 1;
+#else
+    return Py_SIZE(o) == 1 || Py_SIZE(o) == -1;
+#endif
+}
+
+static inline PyObject *spare_set(PyObject *o, long long v)
+{
+    digit d = (digit)(v < 0 ? -v : v);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyLongObject *l = (PyLongObject *)o;
+    l->long_value.lv_tag = ((uintptr_t)1 << _PyLong_NON_SIZE_BITS) |
+                           (l->long_value.lv_tag & 4) | (v < 0 ? 2 : 0);
+    l->long_value.ob_digit[0] = d;
+#else
+    Py_SET_SIZE(o, v < 0 ? -1 : 1);
+    ((PyLongObject *)o)->ob_digit[0] = d;
+#endif
+    return o;
+}
+
+/* The int v, new or in the spare (new reference). */
+static inline PyObject *new_int(MapIter *self, long long v)
+{
+    if (self->spare_int && one_digit(v)) {
+        PyObject *o = self->spare_int;
+        self->spare_int = NULL;
+        return spare_set(o, v);
+    }
+    return PyLong_FromLongLong(v);
+}
+
 /* Worker side: the item at index i of the inherited input (new reference). */
 /*
  * An item of the inherited sequence.  Taking a reference writes to the
  * object's header, and the first write to one of the caller's pages costs
  * the worker a page fault and a copy of the page (copy-on-write): for a
  * list of a million ints, ~8000 faults, ~25 ms.  An int or a float is
- * rebuilt from its value instead (read only, a few ns); anything else is
- * the inherited object itself.
+ * rebuilt from its value instead (read only, a few ns; an int into the
+ * spare when there is one); anything else is the inherited object itself.
  */
-static inline PyObject *inherited_item(PyObject *x)
+static inline PyObject *inherited_item(MapIter *self, PyObject *x)
 {
     if (PyLong_CheckExact(x)) {
         long long v;
@@ -79,7 +135,7 @@ static inline PyObject *inherited_item(PyObject *x)
         if (!long_compact(x, &v))
             v = PyLong_AsLongLongAndOverflow(x, &overflow);
         if (!overflow)
-            return PyLong_FromLongLong(v);
+            return new_int(self, v);
     } else if (PyFloat_CheckExact(x)) {
         return PyFloat_FromDouble(PyFloat_AS_DOUBLE(x));
     }
@@ -90,15 +146,15 @@ static inline PyObject *inherited_item(PyObject *x)
 static PyObject *index_item(MapIter *self, Py_ssize_t i)
 {
     if (self->range_fast && i < self->length) /* no overflow: tasks.c */
-        return PyLong_FromLongLong(self->range_start +
-                                   (long long)i * self->range_step);
+        return new_int(self, self->range_start +
+                                 (long long)i * self->range_step);
     /* The caller's list as it was at the fork (a tuple of its items when
      * the map may fork replacements: index_snapshot). */
     PyObject *s = self->index_seq;
     if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
-        return inherited_item(PyList_GET_ITEM(s, i));
+        return inherited_item(self, PyList_GET_ITEM(s, i));
     if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
-        return inherited_item(PyTuple_GET_ITEM(s, i));
+        return inherited_item(self, PyTuple_GET_ITEM(s, i));
     return PySequence_GetItem(s, i);
 }
 
@@ -302,8 +358,12 @@ static inline PyObject *run_item(MapIter *self, PyObject *items,
     } else {
         r = item_not_run(self, item, idx, unsent);
     }
-    if (!items)
-        Py_XDECREF(item);
+    if (!items) {
+        if (item && !self->spare_int && spare_ok(item))
+            self->spare_int = item; /* the worker's only reference */
+        else
+            Py_XDECREF(item);
+    }
     return r;
 }
 

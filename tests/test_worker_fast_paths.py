@@ -240,3 +240,49 @@ def test_adaptive_chunks_still_learn_the_time_per_item():
     pids = list(parmapper.parmap(lambda x: os.getpid(), range(600), N=2,
                                  chunksize=50))
     assert all(len(set(pids[i:i + 50])) == 1 for i in range(0, 600, 50))
+
+
+# An int item the function keeps no reference to is reused for the next int
+# item of the task (binding/worker.c, spare_set): each value must come out
+# exactly, with its sign, on both sides of one digit and of the small ints.
+SPARE_LIST = (EDGE_INTS + list(range(-300, 300)) + EDGE_INTS[::-1] +
+              [12345, -12345, 2**30 - 1, -(2**30 - 1), 7, 2**29, -(2**29)])
+SPARE_RANGES = [range(-(2**30) - 3, 2**30 + 4, 2**27 + 1),
+                range(300, -300, -7), range(2**30 - 50, 2**30 + 50)]
+
+
+def text(x):
+    return repr(x), type(x).__name__
+
+
+@pytest.mark.parametrize("opts", OPTS)
+@pytest.mark.parametrize("seq", [SPARE_LIST, tuple(SPARE_LIST)] + SPARE_RANGES,
+                         ids=["list", "tuple", "range-wide", "range-down",
+                              "range-digit"])
+def test_int_items_come_out_exact(opts, seq):
+    got = list(parmapper.parmap(text, seq, **opts))
+    want = [text(x) for x in seq]
+    if not opts.get("ordered", True):
+        got, want = sorted(got), sorted(want)
+    assert got == want
+
+
+_kept = []
+
+
+def keep_some(x):
+    """Keeps every third item with its repr at the time: a kept item is
+    never reused, so each still has the value it had when kept."""
+    if x % 3 == 0:
+        _kept.append((x, repr(x)))
+    return repr(x), all(repr(k) == was for k, was in _kept)
+
+
+@pytest.mark.parametrize("opts", OPTS)
+def test_int_items_the_function_keeps_stay_as_they_were(opts):
+    seq = list(range(1000, 1300)) + list(range(-1300, -1000))
+    _kept.clear()  # workers inherit it empty (N=1 fills the caller's)
+    got = list(parmapper.parmap(keep_some, seq, **opts))
+    if not opts.get("ordered", True):
+        got.sort(key=lambda p: seq.index(int(p[0])))
+    assert got == [(repr(x), True) for x in seq]
