@@ -285,6 +285,13 @@ def _slow_int(x):
     return int(x)
 
 
+def _list_or_array(kind, n):
+    """range(n) as a numpy array when kind is "array", else as a list."""
+    if kind == "array":
+        return pytest.importorskip("numpy").arange(n)
+    return list(range(n))
+
+
 @pytest.mark.parametrize("kind", ["list", "array"])
 @pytest.mark.parametrize("how", ["parmap", "Pool.imap"])
 def test_retired_workers_successors_read_the_input_as_it_was(kind, how):
@@ -292,11 +299,7 @@ def test_retired_workers_successors_read_the_input_as_it_was(kind, how):
     # fork: a numpy array was copied only with retries or a timeout, so the
     # successors read what the caller had written into it since (a silent
     # wrong answer: [0, 1, 2, 3, -1, -1, ...]).
-    if kind == "array":
-        np = pytest.importorskip("numpy")
-        seq = np.arange(60)
-    else:
-        seq = list(range(60))
+    seq = _list_or_array(kind, 60)
     got = []
     if how == "parmap":
         results = parmapper.parmap(_slow_int, seq, N=2, chunksize=1,
@@ -322,11 +325,7 @@ def test_workers_read_the_input_as_it_was_at_the_start(opts, change):
     # Without options that fork replacements the input is not copied: each
     # worker reads it in its own copy of the caller's memory, made by the
     # fork before the caller's code runs again.
-    if change == "array":
-        np = pytest.importorskip("numpy")
-        seq = np.arange(300)
-    else:
-        seq = list(range(300))
+    seq = _list_or_array(change, 300)
     got = []
     for i, r in enumerate(parmapper.parmap(_slow_int, seq, N=2, **opts)):
         got.append(r)
