@@ -338,30 +338,6 @@ def test_workers_read_the_input_as_it_was_at_the_start(opts, change):
     assert sorted(got) == list(range(300))
 
 
-_SHRUNK = []
-
-
-def _pop_input(x):
-    _SHRUNK.pop()
-    return x
-
-
-@pytest.mark.parametrize("opts", [dict(), dict(Nt=2)], ids=["Nt1", "Nt2"])
-def test_input_list_shortened_by_fun_in_a_worker_is_named(opts):
-    # Without options that fork replacements a worker reads the caller's
-    # list in its own copy of the caller's memory, which fun can change:
-    # one that shortens it made the worker's later reads fail with a bare
-    # "IndexError: list index out of range", named by nothing.
-    _SHRUNK[:] = list(range(40))
-    try:
-        with pytest.raises(IndexError, match=r"parmap: item \d+ of the input "
-                                             r"list is gone.*shortened"):
-            list(parmapper.parmap(_pop_input, _SHRUNK, N=2, chunksize=2,
-                                  **opts))
-    finally:
-        _SHRUNK[:] = []
-
-
 # --- a slow input does not hold results back --------------------------------
 
 SLOW_PATHS = {
