@@ -260,8 +260,11 @@ static PyObject *ItemShapeError;  /* TypeError subclass, made here */
 static PyObject *errors_module;   /* parmapper._errors, imported lazily */
 static PyObject *unsent_type;     /* parmapper._errors._Unsent, set before fork */
 static PyObject *gc_module;       /* gc, set before fork */
-/* The caller's collector was on at the fork (gc_pause in hooks.c). */
+/* The caller's collector was on when the first of the forks in progress
+ * paused it, and how many are in progress: between their gc_pause and
+ * gc_resume (hooks.c), in any thread of the caller (under the GIL). */
 static int gc_was_on;
+static int gc_pauses;
 static PyObject *fresh_stdio;     /* parmapper._worker.fresh_stdio, idem */
 
 /* 0 in the caller's process; 1 in a worker of a daemon map; 2 in a worker of

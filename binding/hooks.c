@@ -29,9 +29,9 @@ static int other_threads(void)
  * generations, which hold whatever the caller made last: the input list
  * and its snapshot.  That walks and writes every object of theirs before
  * the worker's first task (a list of 10^6 ints: ~40 ms in each worker,
- * measured with perf).  Returns whether it was on.
+ * measured with perf).  gc_off returns whether it was on.
  */
-static int gc_pause(void)
+static int gc_off(void)
 {
 #if PY_VERSION_HEX >= 0x030A0000
     return PyGC_Disable();
@@ -46,10 +46,8 @@ static int gc_pause(void)
 #endif
 }
 
-static void gc_resume(int was_on)
+static void gc_on(void)
 {
-    if (!was_on)
-        return;
 #if PY_VERSION_HEX >= 0x030A0000
     PyGC_Enable();
 #else
@@ -60,6 +58,26 @@ static void gc_resume(int was_on)
 #endif
 }
 
+/*
+ * The pauses nest: the parent's at-fork handlers run Python code, which
+ * may let another thread of the caller fork for a map of its own, or
+ * start a map itself, while the collector is paused.  Only the first pause
+ * reads the user's setting and only the last resume restores it (a pause
+ * that saved "off" because another fork had paused the collector left it
+ * off for good).
+ */
+static void gc_pause(void)
+{
+    if (gc_pauses++ == 0)
+        gc_was_on = gc_off();
+}
+
+static void gc_resume(void)
+{
+    if (gc_pauses > 0 && --gc_pauses == 0 && gc_was_on)
+        gc_on();
+}
+
 static void hook_before_fork(void *ctx)
 {
     (void)ctx;
@@ -67,14 +85,14 @@ static void hook_before_fork(void *ctx)
     PyOS_BeforeFork();
     if (!fork_other_threads)
         flush_std(); /* after the at-fork handlers, which may print */
-    gc_was_on = gc_pause();
+    gc_pause();
 }
 
 static void hook_after_fork_parent(void *ctx)
 {
     (void)ctx;
     PyOS_AfterFork_Parent();
-    gc_resume(gc_was_on);
+    gc_resume();
 }
 
 /*
@@ -119,7 +137,11 @@ static void hook_after_fork_child(void *ctx, int worker)
     if (!r)
         PyErr_Clear();
     Py_XDECREF(r);
-    gc_resume(gc_was_on);
+    /* Only this thread is left: the other pauses in progress were other
+     * threads' forks (or the caller's, around this one). */
+    gc_pauses = 0;
+    if (gc_was_on)
+        gc_on();
     /* numpy's global random state re-seeded, the worker named for
      * multiprocessing and logging (parmapper._worker.after_fork). */
     PyObject *setup = worker_attr("after_fork");

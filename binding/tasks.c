@@ -360,9 +360,9 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
  * the same items, not what the caller has put in the list or array since:
  * such a map copies a list into a tuple of its items (a pointer and a
  * reference per item) and a numpy array with its copy().  Other maps copy
- * nothing: their workers are all forked by pm_map_start, before the
- * caller's code runs again, and each reads its own copy of the caller's
- * memory.  (The copy of a list of 10^6 ints cost ~7 ms before the forks,
+ * nothing (but a list when the caller has other threads, below): their
+ * workers are all forked by pm_map_start, before the caller's code runs
+ * again, and each reads its own copy of the caller's memory.  (The copy of a list of 10^6 ints cost ~7 ms before the forks,
  * and its references written to every item ~10^4 page faults more in the
  * caller; measured in benchmarks.md.)  Tuples and ranges cannot change.
  * Sets self->length, the true length.  Returns 0, or -1 with an exception
@@ -401,18 +401,24 @@ static int range_fast_path(MapIter *self)
 static int index_snapshot(MapIter *self)
 {
     PyObject *s = self->index_seq, *snap = NULL;
-    if (pm_options_respawn(&self->opt) && !PyTuple_CheckExact(s) &&
-        !PyRange_Check(s)) {
+    /* Another thread of the caller can run while the workers fork (the
+     * at-fork handlers run Python code, the import lock and the flush of
+     * the standard streams let the GIL go): it could change a list between
+     * two forks, and the workers would not read the same items.  A list
+     * is copied then too (a numpy array is not: see docs/api.md). */
+    int copy = pm_options_respawn(&self->opt) ||
+               (PyList_CheckExact(s) && other_threads());
+    if (copy && !PyTuple_CheckExact(s) && !PyRange_Check(s)) {
         /* A numpy array is copied whatever its flags say (a read-only
          * view of a writable array changes with it). */
         snap = PyList_CheckExact(s) ? PyList_AsTuple(s)
                                     : PyObject_CallMethod(s, "copy", NULL);
         if (!snap)
             return -1;
-        Py_SETREF(self->index_seq, snap);
+        Py_SETREF(self->index_seq, snap); /* s may be freed */
     }
     self->length = PyObject_Length(self->index_seq);
     if (self->length < 0)
         return -1;
-    return PyRange_Check(s) ? range_fast_path(self) : 0;
+    return PyRange_Check(self->index_seq) ? range_fast_path(self) : 0;
 }

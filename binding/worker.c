@@ -151,8 +151,18 @@ static PyObject *index_item(MapIter *self, Py_ssize_t i)
     /* The caller's list as it was at the fork (a tuple of its items when
      * the map may fork replacements: index_snapshot). */
     PyObject *s = self->index_seq;
-    if (PyList_CheckExact(s) && i < PyList_GET_SIZE(s))
-        return inherited_item(self, PyList_GET_ITEM(s, i));
+    if (PyList_CheckExact(s)) {
+        if (i < PyList_GET_SIZE(s))
+            return inherited_item(self, PyList_GET_ITEM(s, i));
+        /* It had self->length items at the fork. */
+        return PyErr_Format(
+            PyExc_IndexError,
+            "parmap: item %zd of the input list is gone: the list was "
+            "shortened in this worker (by fun?).  Each worker reads the "
+            "list in its own copy of the caller's memory: fun must not "
+            "change it (or pass a tuple)",
+            i);
+    }
     if (PyTuple_CheckExact(s) && i < PyTuple_GET_SIZE(s))
         return inherited_item(self, PyTuple_GET_ITEM(s, i));
     return PySequence_GetItem(s, i);

@@ -118,3 +118,36 @@ def test_log_records_name_workers():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["['ParmapWorker-1',", "'ParmapWorker-2']",
                                 "MainProcess"]
+
+
+def _slow_identity(i):
+    import time
+    time.sleep(0.01)
+    return _identity(i)
+
+
+def test_worker_names_follow_a_caller_renamed_before_the_fork():
+    """The process objects are made at parmap() (_worker.prepare), the
+    workers forked at the first next() and, as replacements, later: a
+    caller renamed in between was the parent under its old name
+    (parent_process().name, %(processName)s of the parent) -- as it is at
+    each fork, as before the objects were prepared."""
+    import multiprocessing as mp
+    old = mp.current_process().name
+    try:
+        it = parmapper.parmap(_identity, range(2), N=2, chunksize=1)
+        mp.current_process().name = "Boss"
+        got = list(it)
+        assert [g[3] for g in got] == ["Boss", "Boss"]
+        mp.current_process().name = old
+        it = parmapper.parmap(_slow_identity, range(8), N=2, chunksize=1,
+                              max_tasks_per_worker=1)
+        first = next(it)
+        mp.current_process().name = "Renamed"
+        rest = list(it)
+    finally:
+        mp.current_process().name = old
+    assert first[3] == old
+    assert rest[-1][3] == "Renamed", rest
+    assert sorted(set(g[0] for g in [first] + rest)) == ["ParmapWorker-1",
+                                                         "ParmapWorker-2"]

@@ -367,10 +367,11 @@ PM_EXTERN void pm_options_init(pm_options *o);
  * to replace one that died or broke its rings (retries, deliver_lost), ran
  * past timeout_ms, grew past max_rss_bytes or retired after
  * max_items_per_worker; 0 when its workers are all forked by
- * pm_map_start().  A replacement inherits the caller's memory as it is at
- * its fork: whatever the workers read from there (the items, when the
- * work function indexes the caller's data) must then be a copy that the
- * caller cannot change during the map. */
+ * pm_map_start() -- unless the caller calls pm_map_resume(), which forks
+ * again the workers that had finished.  A replacement inherits the
+ * caller's memory as it is at its fork: whatever the workers read from
+ * there (the items, when the work function indexes the caller's data)
+ * must then be a copy that the caller cannot change during the map. */
 PM_EXTERN int pm_options_respawn(const pm_options *o);
 
 typedef struct pm_map pm_map;

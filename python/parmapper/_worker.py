@@ -102,10 +102,14 @@ def after_fork(worker):
 
 
 # What prepare() made in the caller for its workers' multiprocessing names:
-# (the caller's pid, its parent_process() object, [one process object per
-# worker]).  Made before the fork, each worker only assigns its own: making
-# them there cost ~0.3 ms per worker, most of it in the pages the copies of
-# the caller's objects wrote to (~60 copy-on-write faults).
+# (the caller's pid, its process object, that object's name and _config as
+# they were, its parent_process() object, [one process object per worker]).
+# Made before the fork, each worker only assigns its own: making them there
+# cost ~0.3 ms per worker, most of it in the pages the copies of the
+# caller's objects wrote to (~60 copy-on-write faults).  A worker whose
+# caller's process object is no longer the one prepared, or was renamed
+# (or given another authkey) since -- between parmap() and the first
+# next(), or before a replacement's fork -- makes its own.
 _PREPARED = None
 
 
@@ -130,11 +134,12 @@ def _name_worker(worker):
 
     prepared = _PREPARED
     ppid = os.getppid()
+    parent = process._current_process
     if prepared is not None and prepared[0] == ppid and \
-            worker < len(prepared[2]):
-        parent_object, me = prepared[1], prepared[2][worker]
-    else:  # another map of the caller prepared since, for fewer workers
-        parent = process._current_process
+            prepared[1] is parent and prepared[2] == parent.name and \
+            prepared[3] == parent._config and worker < len(prepared[5]):
+        parent_object, me = prepared[4], prepared[5][worker]
+    else:  # made for another process object, or another map's fewer workers
         parent_object = _Parent(parent.name, ppid)
         me = _process_object(process, parent, worker, ppid)
     process._current_process = me
@@ -157,7 +162,8 @@ def prepare(nproc):
     try:
         from multiprocessing import process
         parent, pid = process._current_process, os.getpid()
-        _PREPARED = (pid, _Parent(parent.name, pid),
+        _PREPARED = (pid, parent, parent.name, dict(parent._config),
+                     _Parent(parent.name, pid),
                      [_process_object(process, parent, w, pid)
                       for w in range(nproc)])
     except Exception:  # a multiprocessing that differs: named in the worker

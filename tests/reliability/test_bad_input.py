@@ -6,6 +6,8 @@ shape for star/kwstar raise ``ItemShapeError`` naming the index, in every
 mode.  All cases of a kind run in one child interpreter (module-scoped
 fixtures); the tests assert on its report, one case each.
 """
+import re
+
 import pytest
 
 # (case id, the call's keyword arguments as Python source, expected
@@ -149,3 +151,31 @@ def test_item_of_the_wrong_shape(shapes_report, shape_id, N, Nt, mode):
     assert r["err"]["seq_index"] == 3, r["err"]
     # Ordered: the items before it were yielded, nothing after it.
     assert len(r["got"]) == 3, r["got"]
+
+
+@pytest.mark.parametrize("Nt", [1, 2])
+def test_input_list_shortened_by_fun_in_a_worker_is_named(run_facts, Nt):
+    """Without options that fork replacements (and without other threads)
+    a worker reads the caller's list in its own copy of the caller's
+    memory, which fun can change: one that shortens it made the worker's
+    later reads fail with a bare "IndexError: list index out of range",
+    named by nothing.  (A child interpreter: another thread left running
+    by an earlier test would make the map copy the list.)"""
+    f = run_facts(r'''
+import parmapper
+
+seq = list(range(40))
+
+def f(x):
+    seq.pop()
+    return x
+
+try:
+    list(parmapper.parmap(f, seq, N=2, chunksize=2, Nt=P))
+    emit(raised=None)
+except IndexError as e:
+    emit(raised=str(e))
+''', params=Nt)
+    assert f["raised"] and re.match(
+        r"parmap: item \d+ of the input list is gone.*shortened",
+        f["raised"]), f

@@ -312,3 +312,58 @@ emit(ok=ok, elapsed=elapsed, lines=counter[0], waited=waitpid_any())
     assert f["ok"]
     assert f["lines"] > 0
     assert f["waited"] == "ChildProcessError"
+
+
+@pytest.mark.parametrize("how", ["parmap", "parmap, Nt=2, unordered",
+                                 "Pool.map"])
+def test_list_changed_by_another_thread_while_the_workers_fork(run_facts,
+                                                              how):
+    """The workers fork one after another, and the GIL goes between two
+    forks (at-fork handlers run Python code; the import lock, the flush of
+    the standard streams): another thread of the caller can change the
+    input list then.  Read in place, each worker saw the list as it was at
+    its own fork ([0, 0, 3, 3, 7, ...] for a list of zeros); the map must
+    read it as it was at its start."""
+    f = run_facts(r'''
+import threading
+import parmapper
+
+n = 64
+seq = [0] * n
+forking = threading.Event()
+
+def before():
+    forking.set()
+    time.sleep(0.01)               # lets the other thread run
+
+os.register_at_fork(before=before)
+stop = False
+
+def change():
+    forking.wait()
+    k = 0
+    while not stop:
+        k += 1
+        seq[:] = [k] * n
+        time.sleep(0.001)
+
+def f(x):
+    return x
+
+t = threading.Thread(target=change)
+t.start()
+try:
+    if P == "Pool.map":
+        with parmapper.Pool(4) as pool:
+            got = pool.map(f, seq, chunksize=1)
+    else:
+        got = list(parmapper.parmap(f, seq, N=4, chunksize=1,
+                                    Nt=2 if "Nt" in P else 1,
+                                    ordered="unordered" not in P))
+finally:
+    stop = True
+    forking.set()
+    t.join()
+emit(got=sorted(set(got)), n=len(got))
+''', params=how)
+    assert f["got"] == [0] and f["n"] == 64, f

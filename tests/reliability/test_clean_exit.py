@@ -149,6 +149,60 @@ emit(ok=res == [[x] * 2 for x in data], enabled=gc.isenabled(),
     assert f["marks"] == [], f
 
 
+@pytest.mark.parametrize("how", ["threads", "threads, gc off",
+                                 "map in at-fork handler",
+                                 "map in at-fork handler, gc off"])
+def test_collector_setting_survives_forks_that_overlap(run_facts, how):
+    """The collector is paused around each fork and the parent's at-fork
+    handlers, which run Python code: another thread can fork for its own
+    map meanwhile, or the handler start a map.  One saved setting shared
+    by every fork in progress left the collector off for good in the
+    caller (that second pause saved "off") and in workers forked during
+    another's pause; the user's setting, on or off, must come back in
+    both."""
+    f = run_facts(r'''
+import gc, threading
+import parmapper
+
+off = "off" in P
+if off:
+    gc.disable()
+
+def f(x):
+    return gc.isenabled()
+
+seen = []
+if P.startswith("threads"):
+    # Holds the parent's handlers long enough for another thread to fork.
+    os.register_at_fork(after_in_parent=lambda: time.sleep(0.002))
+
+    def run():
+        for _ in range(5):
+            seen.extend(parmapper.parmap(f, range(4), N=2, chunksize=1))
+
+    ts = [threading.Thread(target=run) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+else:
+    busy = []
+
+    def handler():
+        if not busy:
+            busy.append(1)
+            seen.extend(parmapper.parmap(f, range(2), N=2, chunksize=1))
+            busy.pop()
+
+    os.register_at_fork(after_in_parent=handler)
+    seen.extend(parmapper.parmap(f, range(2), N=2, chunksize=1))
+emit(enabled=gc.isenabled(), seen=seen)
+''', params=how)
+    want = "off" not in how
+    assert f["enabled"] is want, f
+    assert f["seen"] and all(s is want for s in f["seen"]), f
+
+
 def test_maps_work_with_sigchld_ignored(run_facts):
     """With SIGCHLD ignored the kernel reaps the workers itself: waits on
     their exits cannot use pidfds or exit statuses, yet maps end, early
