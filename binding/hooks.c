@@ -128,11 +128,11 @@ static void hook_after_fork_child(void *ctx, int worker)
         Py_XDECREF(f);
     }
     /* Everything inherited goes to the permanent generation (the collector
-     * is still off, gc_pause): a collection
-     * in the worker then never walks the caller's objects, whose headers it
-     * would write to, copying the caller's heap page by page (a full
-     * collection over 1 GB of objects: ~1.2 s and ~0.7 GB copied per worker).
-     * O(1), and the caller's own gc is untouched. */
+     * is still off: gc_pause): a collection in the worker then never walks
+     * the caller's objects, whose headers it would write to, copying the
+     * caller's heap page by page (a full collection over 1 GB of objects:
+     * ~1.2 s and ~0.7 GB copied per worker).  O(1), and the caller's own
+     * generations are untouched. */
     PyObject *r = PyObject_CallMethod(gc_module, "freeze", NULL);
     if (!r)
         PyErr_Clear();

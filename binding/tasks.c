@@ -353,21 +353,6 @@ static int gather_cb(void *ctx, pm_task *task, const pm_iov **iov, int *niov,
            (volatile_pieces ? PM_PRODUCED_VOLATILE : 0);
 }
 
-/*
- * Index dispatch reads the items in the workers, from the input they
- * inherited at fork.  A worker forked later (a replacement: retries,
- * timeout, max_memory, max_tasks_per_worker, pm_options_respawn) must read
- * the same items, not what the caller has put in the list or array since:
- * such a map copies a list into a tuple of its items (a pointer and a
- * reference per item) and a numpy array with its copy().  Other maps copy
- * nothing (but a list when the caller has other threads, below): their
- * workers are all forked by pm_map_start, before the caller's code runs
- * again, and each reads its own copy of the caller's memory.  (The copy of a list of 10^6 ints cost ~7 ms before the forks,
- * and its references written to every item ~10^4 page faults more in the
- * caller; measured in benchmarks.md.)  Tuples and ranges cannot change.
- * Sets self->length, the true length.  Returns 0, or -1 with an exception
- * set.
- */
 /* A range whose every item fits in a long long: the worker computes item i
  * as range_start + i * range_step (index_item) instead of CPython's
  * range_item, which does it in Python ints (~650 instructions an item). */
@@ -398,6 +383,21 @@ static int range_fast_path(MapIter *self)
     return 0;
 }
 
+/*
+ * Index dispatch reads the items in the workers, from the input they
+ * inherited at fork.  A worker forked later (a replacement: retries,
+ * timeout, max_memory, max_tasks_per_worker, pm_options_respawn) must read
+ * the same items, not what the caller has put in the list or array since:
+ * such a map copies a list into a tuple of its items (a pointer and a
+ * reference per item) and a numpy array with its copy().  Other maps copy
+ * nothing (but a list when the caller has other threads, below): their
+ * workers are all forked by pm_map_start, before the caller's code runs
+ * again, and each reads its own copy of the caller's memory.  (The copy of
+ * a list of 10^6 ints cost ~7 ms before the forks, and its references
+ * written to every item ~10^4 page faults more in the caller; measured in
+ * benchmarks.md.)  Tuples and ranges cannot change.  Sets self->length,
+ * the true length.  Returns 0, or -1 with an exception set.
+ */
 static int index_snapshot(MapIter *self)
 {
     PyObject *s = self->index_seq, *snap = NULL;
