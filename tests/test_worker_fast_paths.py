@@ -9,7 +9,11 @@ path would break.
 import ctypes
 import functools
 import math
+import operator
+import os
 import re
+import sys
+import threading
 
 import pytest
 
@@ -286,3 +290,92 @@ def test_int_items_the_function_keeps_stay_as_they_were(opts):
     if not opts.get("ordered", True):
         got.sort(key=lambda p: seq.index(int(p[0])))
     assert got == [(repr(x), True) for x in seq]
+
+
+# The reference that keeps an int item from being reused may be held
+# anywhere the function can put it, not only in a list of its own: a frame
+# it keeps, a traceback, a generator, C state (ctypes, an object array), a
+# thread that is still running.  Each keeper returns a way to read the item
+# back later; keep_held checks every earlier one still reads as it did.
+_held = []
+
+
+def _hold_frame(x):
+    return sys._getframe().f_locals.__getitem__
+
+
+def _hold_traceback(x):
+    def inner(y):
+        raise ValueError
+    try:
+        inner(x)
+    except ValueError:
+        tb = sys.exc_info()[2]
+    return lambda k: tb.tb_next.tb_frame.f_locals["y"]
+
+
+def _hold_generator(x):
+    def gen(y):
+        yield y
+    g = gen(x)  # not started: its frame holds y
+    return lambda k: g.gi_frame.f_locals["y"]
+
+
+def _hold_ctypes(x):
+    p = ctypes.py_object(x)
+    return lambda k: p.value
+
+
+def _hold_object_array(x):
+    np = pytest.importorskip("numpy")
+    a = np.empty(1, dtype=object)
+    a[0] = x
+    return lambda k: a[0]
+
+
+def _hold_thread(x):
+    go, box = threading.Event(), []
+    t = threading.Thread(target=lambda v: (go.wait(), box.append(v)),
+                         args=(x,), daemon=True)
+    t.start()
+
+    def read(k):
+        go.set()
+        t.join()
+        return box[0]
+    return read
+
+
+def _hold_index(x):  # operator.index, range: the same object, not a copy
+    r = range(operator.index(x))
+    return lambda k: r.stop
+
+
+HOLDERS = [_hold_frame, _hold_traceback, _hold_generator, _hold_ctypes,
+           _hold_object_array, _hold_thread, _hold_index]
+
+
+def keep_held(hold, x):
+    if _held and _held[0][0] != os.getpid():
+        _held.clear()  # inherited from the caller or another worker
+    read = hold(x) if type(x) is int and x % 2 == 0 else None
+    ok = all(repr(r("x")) == was for _, r, was in _held)
+    if read:
+        _held.append((os.getpid(), read, repr(x)))
+    return repr(x), ok
+
+
+@pytest.mark.parametrize("opts", OPTS[1:])
+@pytest.mark.parametrize("hold", HOLDERS, ids=lambda h: h.__name__[6:])
+@pytest.mark.parametrize("seq", [list(range(-1200, -1000)) +
+                                 list(range(1000, 1200)) + [2.5, None, True],
+                                 range(-3000, 3000, 29)],
+                         ids=["list", "range"])
+def test_int_items_held_outside_the_function_stay_as_they_were(opts, hold,
+                                                               seq):
+    got = list(parmapper.parmap(functools.partial(keep_held, hold), seq,
+                                **opts))
+    want = [(repr(x), True) for x in seq]
+    if not opts.get("ordered", True):
+        got, want = sorted(got), sorted(want)
+    assert got == want
