@@ -75,15 +75,24 @@ static int sanitize_results(PyObject *results, PyObject **errors,
  * above _PyLong_NON_SIZE_BITS, the sign in the low bits, and from 3.13 an
  * immortality bit, kept) from 3.12 on.
  */
+/* Only where the layout and the reference count were read from the headers
+ * and tested (3.9-3.13 with the GIL; a free-threaded build splits the count
+ * and runs the worker's threads at once). */
+#if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define SPARE_INT 1
+#else
+#define SPARE_INT 0
+#endif
+
 static inline int one_digit(long long v)
 {
-    return v >= -(long long)PyLong_MASK && v <= (long long)PyLong_MASK &&
-           (v < -5 || v > 256);
+    return SPARE_INT && v >= -(long long)PyLong_MASK &&
+           v <= (long long)PyLong_MASK && (v < -5 || v > 256);
 }
 
 static inline int spare_ok(PyObject *o)
 {
-    if (Py_REFCNT(o) != 1 || !PyLong_CheckExact(o))
+    if (!SPARE_INT || Py_REFCNT(o) != 1 || !PyLong_CheckExact(o))
         return 0;
 #if PY_VERSION_HEX >= 0x030C0000
     return (((PyLongObject *)o)->long_value.lv_tag >> _PyLong_NON_SIZE_BITS) == 1;
