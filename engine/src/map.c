@@ -28,12 +28,20 @@ void pm_options_init(pm_options *o)
     o->ordered = 1;
 }
 
-/* The replacements: handle_dead (m->keep below) and the retirement after
+/* Whether a map keeps a copy of each task to send it again to a fresh
+ * worker (m->keep): the options under which health.c's handle_dead
+ * replaces a dead, timed-out or oversized worker. */
+static int keeps_tasks(const pm_options *o)
+{
+    return o->retries > 0 || o->timeout_ms > 0 || o->deliver_lost ||
+           o->max_rss_bytes > 0;
+}
+
+/* The replacements: handle_dead (keeps_tasks) and the retirement after
  * max_items_per_worker (pm__poll_health), both in health.c. */
 int pm_options_respawn(const pm_options *o)
 {
-    return o->retries > 0 || o->timeout_ms > 0 || o->deliver_lost ||
-           o->max_rss_bytes > 0 || o->max_items_per_worker > 0;
+    return keeps_tasks(o) || o->max_items_per_worker > 0;
 }
 
 static uint64_t pow2_at_least(uint64_t x)
@@ -94,8 +102,7 @@ static int create(pm_map **out, const pm_options *opt, pm_produce_fn produce,
     m->volatile_slot = -1;
     m->assembly_slot = -1;
     m->last_slot = -1;
-    m->keep = m->opt.retries > 0 || m->opt.timeout_ms > 0 ||
-              m->opt.deliver_lost || m->opt.max_rss_bytes;
+    m->keep = keeps_tasks(&m->opt);
     m->spin.budget_ns = PM_SPIN_MIN_NS * 8;
     m->nslots = m->opt.nproc * m->opt.nthreads;
     m->win = pow2_at_least((uint64_t)m->nslots * (uint64_t)m->opt.window);

@@ -17,6 +17,15 @@ static pm_ring *ring_new(size_t cap)
     return p;
 }
 
+/* A ring of CAP bytes with both its ends, in this process. */
+static pm_ring *ring_open(pm_ring_tx *tx, pm_ring_rx *rx)
+{
+    pm_ring *r = ring_new(CAP);
+    pm__tx_init(tx, r, CAP);
+    pm__rx_init(rx, r, CAP);
+    return r;
+}
+
 static void ring_free(pm_ring *r)
 {
     munmap(r, pm__ring_size(r->cap));
@@ -120,11 +129,9 @@ static void ring_recv(pm_ring_rx *rx, rbuf *b)
 
 TEST_IMPL(ring_small_roundtrip)
 {
-    pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r, CAP);
-    pm__rx_init(&rx, r, CAP);
+    pm_ring *r = ring_open(&tx, &rx);
     ASSERT_UEQ(r->cap, CAP);
     ASSERT_UEQ(pm__tx_room(&tx, CAP), CAP);
     ASSERT_EQ(pm__rx_ready(&rx), 0);
@@ -157,11 +164,9 @@ TEST_IMPL(ring_small_roundtrip)
 
 TEST_IMPL(ring_empty_message)
 {
-    pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r, CAP);
-    pm__rx_init(&rx, r, CAP);
+    pm_ring *r = ring_open(&tx, &rx);
     rbuf b = {0};
     for (int i = 0; i < 3; i++) {
         /* An empty message, then a one-byte one: both come out intact. */
@@ -191,11 +196,9 @@ TEST_IMPL(ring_empty_message)
  * way the message went. */
 TEST_IMPL(ring_put_whole_messages)
 {
-    pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r, CAP);
-    pm__rx_init(&rx, r, CAP);
+    pm_ring *r = ring_open(&tx, &rx);
     rbuf b = {0};
     unsigned char a[16], p[CAP];
     for (size_t i = 0; i < sizeof p; i++)
@@ -280,11 +283,9 @@ TEST_IMPL(ring_put_whole_messages)
  * fits, the consumer then takes a random number of fragments. */
 TEST_IMPL(ring_wraparound_prng)
 {
-    pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r, CAP);
-    pm__rx_init(&rx, r, CAP);
+    pm_ring *r = ring_open(&tx, &rx);
     const uint64_t N = N_(30000, 3000);
     const uint64_t seed = 77;
     uint64_t sent = 0, got = 0, step = 0;
@@ -409,11 +410,9 @@ TEST_IMPL(ring_large_message_procs)
 
 TEST_IMPL(ring_tx_end_eagain)
 {
-    pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r, CAP);
-    pm__rx_init(&rx, r, CAP);
+    pm_ring *r = ring_open(&tx, &rx);
     ASSERT_UEQ(r->max_frag, CAP / 4 - PM_FRAG_HDR);
     unsigned char src[5000];
     pat_fill(src, sizeof src, 5, 0);
@@ -459,11 +458,9 @@ TEST_IMPL(ring_tx_end_eagain)
 
 TEST_IMPL(ring_corrupt_header)
 {
-    pm_ring *r = ring_new(CAP);
     pm_ring_tx tx;
     pm_ring_rx rx;
-    pm__tx_init(&tx, r, CAP);
-    pm__rx_init(&rx, r, CAP);
+    pm_ring *r = ring_open(&tx, &rx);
     ring_send(&tx, "abcdefghij", 10);
     uint32_t good[2], bad[2];
     memcpy(good, r->data, sizeof good);
